@@ -1,0 +1,5 @@
+import sys
+
+from deepstep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,106 @@
+"""The Python API: the same names as the command line's flags.
+
+    run = deepstep.train(data="cifar10-sample", model="lenet", epochs=5, batch_size=32)
+    run.evaluate()              # the test part, once
+    run.predict(["photo.jpg"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deepstep.config import check_values, read_config_file, resolve_config
+from deepstep.engine.run_dir import RunDir
+
+
+class Run:
+    """A run folder: its config, metrics and checkpoints, and what can be done with them."""
+
+    def __init__(self, path: str | Path):
+        self._dir = RunDir.open(path)
+
+    @property
+    def path(self) -> Path:
+        return self._dir.path
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """run.json: data, model, normalisation, device and results."""
+        return self._dir.read_json("run.json")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._dir.read_config()
+
+    @property
+    def metrics(self) -> list[dict[str, float]]:
+        """One dict per epoch, as in metrics.csv."""
+        return self._dir.read_metrics()
+
+    def evaluate(self, split: str = "test", *, force: bool = False, checkpoint: str = "best", verbose: bool = True) -> dict[str, Any]:
+        """Accuracy, loss, per-class accuracy and confusion matrix; the test split once per run."""
+        from deepstep.tasks.image_classification import evaluate_run
+
+        return evaluate_run(self.path, split, force=force, checkpoint=checkpoint, log=_log(verbose), progress=verbose)
+
+    def predict(self, images: str | Path | list[str | Path], *, top_k: int = 5, plot: str | Path | None = None, checkpoint: str = "best") -> list[dict[str, Any]]:
+        """Top-k classes with softmax probabilities for each image file (or folder of images)."""
+        from deepstep.tasks.image_classification import predict_run
+
+        inputs = [images] if isinstance(images, str | Path) else list(images)
+        return predict_run(self.path, inputs, top_k=top_k, plot=plot, checkpoint=checkpoint)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+
+def _log(verbose: bool):
+    return print if verbose else (lambda message: None)
+
+
+def train(data: str | None = None, model: str | None = None, *, config: str | Path | None = None, verbose: bool = True, **options: Any) -> Run:
+    """Train and validate a model; options are the `deepstep train` flags with underscores.
+
+    Values resolve as on the command line: defaults < recipe < `config` file < arguments.
+    """
+    from deepstep.tasks.image_classification import train as train_images
+
+    given = {k: v for k, v in {"data": data, "model": model, **options}.items() if v is not None}
+    flags = check_values(given, source="deepstep.train()")
+    resolved = resolve_config(read_config_file(config) if config else {}, flags)
+    return Run(train_images(resolved, log=_log(verbose), progress=verbose))
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run folder written by `train`."""
+    return Run(path)
+
+
+def show(data: str, *, split: str = "train", n: int = 16, out: str | Path = "grid.png", data_dir: str | None = None) -> Path:
+    """Save a labelled grid of `n` images of a dataset split; returns the PNG's path."""
+    from deepstep.tasks.image_classification import show_images
+
+    return show_images(data, split=split, n=n, out=out, data_dir=data_dir)
+
+
+def list_datasets() -> list[dict[str, str]]:
+    from deepstep.data.sources import DATASETS
+
+    return [{"name": name, "description": d.description} for name, d in DATASETS.items()]
+
+
+def list_models(pattern: str = "*") -> list[dict[str, Any]]:
+    """Every registered model with its parameter count (at its default classes) and declared input."""
+    import torch
+
+    from deepstep.models import create_model, get_model_spec, list_models as names
+
+    rows = []
+    for name in names(pattern):
+        spec = get_model_spec(name)
+        with torch.device("meta"):
+            params = sum(p.numel() for p in create_model(name).parameters())
+        rows.append({"name": name, "parameters": params, "input_size": list(spec.input_size), "description": spec.description,
+                     "defaults": spec.defaults()})
+    return rows

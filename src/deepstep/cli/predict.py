@@ -1,0 +1,45 @@
+"""deepstep predict: class and softmax probabilities for new images, with the run's pre-processing."""
+
+from __future__ import annotations
+
+import argparse
+
+from deepstep.cli.common import formatter, print_json
+
+EXAMPLES = """\
+examples:
+  deepstep predict runs/lenet-cifar10-sample cat.jpg
+  deepstep predict runs/lenet-cifar10-sample photos/ --top-k 3 --json
+  deepstep predict runs/lenet-cifar10-sample cat.jpg --plot cat-prediction.png
+
+Grayscale, RGBA and palette images are converted to what the model takes.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="classify images with a trained run",
+        description=__doc__, epilog=EXAMPLES, formatter_class=formatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN", help="a run folder written by `deepstep train`")
+    parser.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="how many classes to list per image (default 5)")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    parser.add_argument("--json", action="store_true", help="print a JSON list: file, label, top_k [{label, probability}]")
+    parser.add_argument("--plot", metavar="OUT.png", help="draw each image beside a bar chart of its top-k probabilities")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deepstep.tasks.image_classification import predict_run
+
+    results = predict_run(args.run_dir, args.images, top_k=args.top_k, checkpoint=args.checkpoint, plot=args.plot)
+    if args.json:
+        print_json(results)
+    else:
+        for r in results:
+            ranked = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top_k"])
+            print(f"{r['file']}: {r['label']}  ({ranked})")
+    if args.plot and not args.json:
+        print(f"plot: {args.plot}")
+    return 0

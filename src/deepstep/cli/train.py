@@ -1,0 +1,126 @@
+"""deepstep train: fit a model on the train part, validating every epoch."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from deepstep.cli.common import formatter, progress_enabled
+from deepstep.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, TrainConfig
+
+EXAMPLES = """\
+examples:
+  deepstep train --data cifar10-sample --model lenet --epochs 10
+  deepstep train --data ../shared/data/cifar10-jpeg.tar.gz --model lenet --recipe tutorial
+  deepstep train --data photos/ --model resnet18 --image-size 128 --augment
+  deepstep train --config experiment.toml --lr 0.05          # flags override the file
+  deepstep train --out runs/lenet-cifar10 --resume --epochs 20
+
+The run folder (--out, default runs/MODEL-DATA) receives config.yaml, run.json, metrics.csv,
+curves.png and checkpoints/ (best and last). The test part is never used here: measure it
+once with `deepstep evaluate RUN`.
+"""
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip().replace("-", "_"), yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key.strip().replace("-", "_"), value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+# (flag, argparse keywords); the flag names are TrainConfig's fields with dashes.
+OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("data", {"metavar": "D", "help": "built-in dataset (see `deepstep datasets`), image folder, or .tar.gz/.zip of one (default cifar10-sample)"}),
+    ("model", {"metavar": "M", "help": "model name (see `deepstep models`; default lenet)"}),
+    ("model-arg", {"dest": "model_args", "metavar": "KEY=VALUE", "type": _key_value, "action": "append", "help": "a model argument, e.g. width=32 (repeatable)"}),
+    ("data-dir", {"metavar": "DIR", "help": "cache for downloads, unpacked archives and decoded images (env DEEPSTEP_DATA, default ~/.cache/deepstep)"}),
+    ("image-size", {"metavar": "N|HxW", "help": "resize images to this instead of the model's declared input size"}),
+    ("val-split", {"type": float, "metavar": "F", "help": "fraction of each class of the train part held out for validation (default 0.1)"}),
+    ("test-split", {"type": float, "metavar": "F", "help": "fraction carved as the test part when a folder has no test/ (default 0.2)"}),
+    ("mean", {"type": _floats, "metavar": "M[,M,M]", "help": "normalisation mean per channel, in [0, 1] (default: computed on the train part)"}),
+    ("std", {"type": _floats, "metavar": "S[,S,S]", "help": "normalisation std per channel (default: computed on the train part)"}),
+    ("strict", {"action": argparse.BooleanOptionalAction, "help": "stop at the first unreadable image instead of skipping it with a warning"}),
+    ("epochs", {"type": _int, "metavar": "N", "help": "passes over the train part (default 10)"}),
+    ("batch-size", {"type": _int, "metavar": "N", "help": "images per mini-batch, one optimizer step each (default 64)"}),
+    ("lr", {"type": float, "metavar": "LR", "help": "learning rate (default 0.01)"}),
+    ("optimizer", {"choices": OPTIMIZERS, "help": "default sgd"}),
+    ("momentum", {"type": float, "metavar": "M", "help": "SGD momentum (default 0.9)"}),
+    ("nesterov", {"action": argparse.BooleanOptionalAction, "help": "Nesterov momentum (SGD)"}),
+    ("weight-decay", {"type": float, "metavar": "WD", "help": "L2 penalty on weights, not on biases or norms (default 0)"}),
+    ("schedule", {"choices": SCHEDULES, "help": "learning-rate schedule, stepped every batch (default none)"}),
+    ("warmup", {"type": float, "metavar": "F", "help": "fraction of training with a linear warm-up of the learning rate (default 0)"}),
+    ("label-smoothing", {"type": float, "metavar": "F", "help": "cross-entropy label smoothing (default 0)"}),
+    ("augment", {"action": argparse.BooleanOptionalAction, "help": "random crop (4-pixel reflect padding) and horizontal flip, on whole batches"}),
+    ("precision", {"choices": PRECISIONS, "help": "auto: bf16 on CPUs with AMX/AVX-512-BF16 and GPUs that have it, fp16 on other GPUs, else 32"}),
+    ("device", {"choices": DEVICES, "help": "default auto: cuda, then mps, then cpu"}),
+    ("seed", {"type": int, "metavar": "N", "help": "seed for weights, data order, augmentation and validation split (default 0)"}),
+    ("patience", {"type": int, "metavar": "N", "help": "stop after N epochs without a better val accuracy (default 0: never)"}),
+    ("out", {"metavar": "DIR", "help": "run folder (default runs/MODEL-DATA[-N])"}),
+    ("resume", {"action": argparse.BooleanOptionalAction, "help": "continue the run in --out from its last checkpoint"}),
+    ("recipe", {"choices": sorted(RECIPES), "help": "a named preset of these options, applied before --config and flags"}),
+]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train + validate a model, writing a run folder",
+        description=__doc__, epilog=EXAMPLES, formatter_class=formatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML or YAML file whose keys are these flags' names")
+    for flag, kwargs in OPTIONS:
+        parser.add_argument(f"--{flag}", default=argparse.SUPPRESS, **kwargs)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def flags_given(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags typed on the command line (the others were suppressed)."""
+    fields = TrainConfig.__dataclass_fields__
+    given = {k: v for k, v in vars(args).items() if k in fields}
+    if "model_args" in given:
+        given["model_args"] = dict(given["model_args"])
+    return given
+
+
+def run(args: argparse.Namespace) -> int:
+    from deepstep.config import read_config_file, resolve_config
+    from deepstep.tasks.image_classification import train
+
+    file_values = read_config_file(args.config) if args.config else {}
+    given = flags_given(args)
+    if given.get("resume") and "out" in given and not args.config:
+        from deepstep.engine.run_dir import RunDir
+
+        file_values = read_config_file_from_run(RunDir.open(given["out"]))
+    config = resolve_config(file_values, given)
+    train(config, progress=progress_enabled(args))
+    return 0
+
+
+def read_config_file_from_run(run) -> dict[str, Any]:
+    """A run's own config.yaml, so that `--out RUN --resume` needs no other flags."""
+    from deepstep.config import check_values
+
+    values = check_values(run.read_config(), source=str(run.file("config.yaml")))
+    values.pop("resume", None)
+    return values

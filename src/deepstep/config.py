@@ -1,0 +1,260 @@
+"""The training configuration: one dataclass whose field names are the CLI flags.
+
+Values are resolved in this order, each overriding the one before:
+defaults < recipe (`--recipe`) < config file (`--config`, TOML or YAML) < flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepstep.errors import DeepstepError, did_you_mean
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "step", "cosine", "onecycle")
+PRECISIONS = ("auto", "32", "bf16", "16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run is made from; written to the run folder as config.yaml."""
+
+    data: str = "cifar10-sample"
+    model: str = "lenet"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    image_size: str | None = None
+    val_split: float = 0.1
+    test_split: float = 0.2
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    strict: bool = False
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    warmup: float = 0.0
+    label_smoothing: float = 0.0
+    augment: bool = False
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    patience: int = 0
+    out: str | None = None
+    resume: bool = False
+    recipe: str | None = None
+
+    def validate(self) -> TrainConfig:
+        """Raise DeepstepError naming the first option whose value cannot work."""
+        _positive_int(self, "epochs")
+        _positive_int(self, "batch_size")
+        if not self.lr > 0:
+            raise DeepstepError(f"--lr must be positive, got {self.lr}")
+        for name, choices in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
+            ("device", DEVICES),
+        ):
+            value = getattr(self, name)
+            if value not in choices:
+                raise DeepstepError(
+                    f"--{_flag(name)} {value!r} is not one of {', '.join(choices)}"
+                    + did_you_mean(str(value), choices)
+                )
+        for name in ("val_split", "test_split"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise DeepstepError(f"--{_flag(name)} must be in [0, 1), got {value}")
+        for name in ("momentum", "label_smoothing", "warmup"):
+            if not 0 <= getattr(self, name) < 1:
+                raise DeepstepError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise DeepstepError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.patience < 0:
+            raise DeepstepError(f"--patience must be >= 0 (0 turns early stopping off), got {self.patience}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) not in (1, 3):
+                raise DeepstepError(f"--{name} takes 1 or 3 numbers (one per channel), got {len(value)}")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise DeepstepError(f"--std values must be positive, got {self.std}")
+        if self.image_size is not None:
+            parse_image_size(self.image_size)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config with flag names as keys, as written to config.yaml and read back by --config."""
+        return {_flag(k): v for k, v in dataclasses.asdict(self).items()}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _positive_int(config: TrainConfig, name: str) -> None:
+    value = getattr(config, name)
+    if value <= 0:
+        raise DeepstepError(f"--{_flag(name)} must be a positive integer, got {value}")
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'32' -> (32, 32); '64x48' -> (64, 48) as (height, width)."""
+    parts = str(text).lower().split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) <= 0:
+        raise DeepstepError(f"--image-size {text!r} is not a size: use 32 or HEIGHTxWIDTH such as 64x48")
+    return sizes[0], sizes[1]
+
+
+# Named presets of config values (`--recipe NAME`); a recipe sits between the defaults
+# and the config file, so anything in it can still be overridden.
+RECIPES: dict[str, dict[str, Any]] = {
+    "tutorial": {
+        "model": "lenet",
+        "batch_size": 4,
+        "optimizer": "sgd",
+        "lr": 0.001,
+        "momentum": 0.9,
+        "epochs": 2,
+        "precision": "32",
+        "val_split": 0.0,
+    },
+}
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """Check `value` against TrainConfig's type for `name`; ints are accepted for floats."""
+    expected = _field_types()[name]
+    ok, converted = _coerce(expected, value)
+    if not ok:
+        raise DeepstepError(
+            f"{source}: {_flag(name)} must be {_describe(expected)}, got {value!r}"
+        )
+    return converted
+
+
+def _coerce(expected: Any, value: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(expected):
+            ok, converted = _coerce(option, value)
+            if ok:
+                return True, converted
+        return False, None
+    if expected is type(None):
+        return value is None, None
+    if expected is bool:
+        return isinstance(value, bool), value
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if expected is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else None
+    if expected is str:
+        ok = isinstance(value, str | int | float) and not isinstance(value, bool)
+        return ok, str(value) if ok else None
+    if origin is list:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            return False, None
+        (item_type,) = typing.get_args(expected)
+        items = [_coerce(item_type, v) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if origin is dict:
+        return isinstance(value, dict), value
+    raise TypeError(f"no coercion for {expected}")
+
+
+def _describe(expected: Any) -> str:
+    args = [a for a in typing.get_args(expected) if a is not type(None)]
+    if args:
+        expected = args[0]
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if expected in names:
+        return names[expected]
+    if typing.get_origin(expected) is list:
+        return "a list of numbers"
+    return "a table of key = value"
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML or YAML file whose keys are flag names; unknown keys and wrong types are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepstepError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            raw = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text) or {}
+        else:
+            raise DeepstepError(f"config file {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, ValueError) as err:
+        raise DeepstepError(f"config file {path} is not valid {path.suffix[1:].upper()}: {err}") from None
+    except Exception as err:  # yaml.YAMLError without importing yaml at module level
+        if type(err).__module__.startswith("yaml"):
+            first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise DeepstepError(f"config file {path} is not valid YAML: {first_line}") from None
+        raise
+    if not isinstance(raw, dict):
+        raise DeepstepError(f"config file {path} must hold key: value pairs at its top level")
+    return check_values(raw, source=str(path))
+
+
+def check_values(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """Map flag-style keys to field names, refusing unknown keys and wrong types."""
+    fields = _field_types()
+    values = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            known = [_flag(f) for f in fields]
+            raise DeepstepError(
+                f"{source}: unknown option {key!r}{did_you_mean(_flag(name), known)}"
+            )
+        values[name] = coerce(name, value, source)
+    return values
+
+
+def resolve_config(file_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults < recipe < config file < flags, validated."""
+    file_values = file_values or {}
+    flags = flags or {}
+    recipe_name = flags.get("recipe", file_values.get("recipe"))
+    values: dict[str, Any] = {}
+    if recipe_name is not None:
+        if recipe_name not in RECIPES:
+            raise DeepstepError(
+                f"unknown recipe {recipe_name!r}{did_you_mean(recipe_name, RECIPES)}; "
+                f"recipes: {', '.join(RECIPES)}"
+            )
+        values.update(RECIPES[recipe_name])
+    values.update(file_values)
+    values.update(flags)
+    return TrainConfig(**values).validate()

@@ -1,0 +1,79 @@
+"""Decode image files into uint8 arrays (C, H, W). Imports only numpy and Pillow: decode
+workers are spawned processes, and this keeps their start-up short."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Pillow's decompression-bomb guard: Image.open raises DecompressionBombError past twice this.
+Image.MAX_IMAGE_PIXELS = 89_478_485
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+
+
+def to_model_mode(image: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode (palette, RGBA, CMYK, 16-bit, ...) to RGB or L."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max() if values.size else 0
+        scale = 255.0 / top if top > 255 else 1.0
+        image = Image.fromarray(np.clip(values * scale, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        # Transparent pixels become white, as an image viewer shows them, not their hidden colour.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB" if channels == 3 else "L")
+
+
+def fit_to_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize keeping the aspect ratio and center-crop to (height, width); no-op at that size."""
+    height, width = size
+    if image.size == (width, height):
+        return image
+    return ImageOps.fit(image, (width, height), method=Image.Resampling.BILINEAR)
+
+
+def prepare_image(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
+    """A Pillow image -> uint8 array (channels, height, width), as every model input is made."""
+    image = to_model_mode(ImageOps.exif_transpose(image), channels)
+    array = np.asarray(fit_to_size(image, size), dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int], channels: int) -> np.ndarray:
+    """Open, decode and prepare one image file; raises OSError/ValueError for bad files."""
+    with Image.open(path) as image:
+        image.draft("RGB" if channels == 3 else "L", (size[1], size[0]))  # JPEG: decode at reduced scale
+        return prepare_image(image, size, channels)
+
+
+def decode_files(
+    paths: Sequence[str], size: tuple[int, int], channels: int
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode `paths` into one (N, C, H, W) uint8 array; bad files give (index, reason) and zeros."""
+    out = np.zeros((len(paths), channels, *size), dtype=np.uint8)
+    bad = []
+    for i, path in enumerate(paths):
+        try:
+            out[i] = read_image(path, size, channels)
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+            bad.append((i, describe_error(err)))
+    return out, bad
+
+
+def describe_error(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, Image.DecompressionBombError):
+        return "image too large (decompression-bomb guard)"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    if "cannot identify image file" in text:
+        return "not an image Pillow can read"
+    return text

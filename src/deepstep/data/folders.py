@@ -1,0 +1,193 @@
+"""Image folders in ImageFolder layout, and .tar.gz / .zip archives of them unpacked once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepstep.data.decode import IMAGE_EXTENSIONS
+from deepstep.errors import DeepstepError
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+@dataclass
+class FolderSplit:
+    """The image files of one split, with their class index."""
+
+    files: list[Path]
+    labels: list[int]
+
+
+@dataclass
+class ImageFolderLayout:
+    """What a folder holds: classes and the splits it provides (train always; val/test if present)."""
+
+    root: Path
+    classes: list[str]
+    splits: dict[str, FolderSplit]
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def find_images(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+    return found
+
+
+def scan_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[list[str], FolderSplit]:
+    """Files and labels of `folder/<class>/...`; `classes` fixes the class order (from train/)."""
+    subfolders = _class_folders(folder)
+    if not subfolders:
+        if any(_is_image(p.name) for p in folder.iterdir()):
+            raise DeepstepError(
+                f"{folder} holds images but no class subfolders: put each class in its own folder, "
+                f"{folder}/<class>/<image>.jpg (ImageFolder layout)"
+            )
+        raise DeepstepError(
+            f"{folder} has no class subfolders: expected {folder}/<class>/<image>.jpg (ImageFolder layout)"
+        )
+    found = {p.name: find_images(p) for p in subfolders}
+    found = {name: files for name, files in found.items() if files}
+    if not found:
+        raise DeepstepError(f"{folder} has class folders but no images in them ({', '.join(IMAGE_EXTENSIONS)})")
+    if classes is None:
+        classes = sorted(found)
+    else:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise DeepstepError(
+                f"{folder} has classes that train/ does not have: {', '.join(unknown)}; "
+                "every split must use the training classes"
+            )
+    index = {name: i for i, name in enumerate(classes)}
+    files, labels = [], []
+    for name in sorted(found, key=index.__getitem__):
+        files.extend(found[name])
+        labels.extend([index[name]] * len(found[name]))
+    return classes, FolderSplit(files, labels)
+
+
+def _descend_single_folder(root: Path) -> Path:
+    """An archive often wraps everything in one top folder: step into it."""
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        if len(entries) == 1 and entries[0].is_dir() and entries[0].name not in SPLIT_FOLDERS:
+            inner = _class_folders(entries[0])
+            if len(inner) == 1 or any(p.name in SPLIT_FOLDERS for p in inner):
+                root = entries[0]
+                continue
+        return root
+
+
+def scan_image_folder(path: Path) -> ImageFolderLayout:
+    """Read an ImageFolder layout: `train/` (+ `val/`, `test/`) or one folder of class folders."""
+    if not path.exists():
+        raise DeepstepError(f"{path} does not exist: give an image folder, a .tar.gz/.zip of one, or a built-in dataset name")
+    if not path.is_dir():
+        raise DeepstepError(f"{path} is not a folder or a .tar.gz/.zip archive of one")
+    if not any(path.iterdir()):
+        raise DeepstepError(f"{path} is empty: expected {path}/<class>/<image>.jpg or {path}/train/<class>/<image>.jpg")
+    root = _descend_single_folder(path)
+    if (root / "train").is_dir():
+        classes, train = scan_class_folders(root / "train")
+        splits = {"train": train}
+        for name in ("val", "test"):
+            if (root / name).is_dir():
+                _, splits[name] = scan_class_folders(root / name, classes)
+        return ImageFolderLayout(root, classes, splits)
+    classes, everything = scan_class_folders(root)
+    return ImageFolderLayout(root, classes, {"train": everything})
+
+
+def file_fingerprint(path: Path) -> str:
+    """Identity of one file by its name, size and modification time (cheap, no read)."""
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _archive_stem(path: Path) -> str:
+    name = path.name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def unpack_archive(archive: Path, cache_dir: Path, name: str | None = None) -> Path:
+    """Unpack `archive` once into `cache_dir/unpacked/` and return the folder; reused while unchanged."""
+    if not archive.is_file():
+        raise DeepstepError(f"{archive} does not exist")
+    target = cache_dir / "unpacked" / f"{name or _archive_stem(archive)}-{file_fingerprint(archive)}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=target.parent))
+    try:
+        if archive.name.lower().endswith(".zip"):
+            _unzip(archive, staging)
+        else:
+            _untar(archive, staging)
+        try:
+            staging.rename(target)  # atomic: a concurrent unpacker either wins or finds it done
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _untar(archive: Path, dest: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")  # refuses absolute paths, '..', devices, links out
+            else:  # Python 3.11 before 3.11.4
+                root = dest.resolve()
+                for member in tar.getmembers():
+                    inside = (dest / member.name).resolve().is_relative_to(root)
+                    if not inside or not (member.isfile() or member.isdir()):
+                        raise DeepstepError(f"{archive} holds an unsafe entry: {member.name}")
+                tar.extractall(dest)
+    except (tarfile.TarError, EOFError, OSError, zlib_error()) as err:
+        raise DeepstepError(f"{archive} is not a readable .tar/.tar.gz archive ({err})") from None
+
+
+def _unzip(archive: Path, dest: Path) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            root = dest.resolve()
+            for member in zf.infolist():
+                target = (dest / member.filename).resolve()
+                if not target.is_relative_to(root):
+                    raise DeepstepError(f"{archive} holds a path outside the archive: {member.filename}")
+            zf.extractall(dest)
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise DeepstepError(f"{archive} is not a readable .zip archive ({err})") from None
+
+
+def zlib_error() -> type[Exception]:
+    import zlib
+
+    return zlib.error

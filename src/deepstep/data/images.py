@@ -1,0 +1,270 @@
+"""In-memory images: decode once (in parallel) into a uint8 tensor cached on disk, then
+batch by indexing, with augmentation and normalisation done on whole chunks of images."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deepstep.data.decode import decode_files, prepare_image
+from deepstep.data.sources import ImageSplit
+from deepstep.errors import DeepstepError
+from deepstep.hardware import available_cores
+
+CACHE_VERSION = 1
+DECODE_CHUNK = 1000  # files per task sent to a decode worker
+
+
+@dataclass
+class Pixels:
+    """A split decoded to model size: images (N, C, H, W) uint8, labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    skipped: list[tuple[str, str]]  # (file, reason) for files that could not be decoded
+
+
+def load_pixels(
+    split: ImageSplit,
+    *,
+    size: tuple[int, int],
+    channels: int,
+    cache_dir: Path,
+    cache_name: str,
+    strict: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Pixels:
+    """Decode `split` at `size` x `channels`, or load it from the cache (about a second).
+
+    `cache_name` must identify the split's content (source name, split and fingerprint).
+    """
+    height, width = size
+    cache_file = cache_dir / "decoded" / f"{cache_name}-{height}x{width}x{channels}-v{CACHE_VERSION}.safetensors"
+    pixels = _read_cache(cache_file)
+    if pixels is None or len(pixels.labels) + len(pixels.skipped) != len(split):
+        pixels = _decode(split, size, channels, workers, progress, cache_name)
+        _write_cache(cache_file, pixels)
+    if strict and pixels.skipped:
+        file, reason = pixels.skipped[0]
+        raise DeepstepError(
+            f"{file}: {reason}; {len(pixels.skipped)} bad image(s) in all. Remove or fix them, "
+            "or leave out --strict to skip bad images with a warning"
+        )
+    return pixels
+
+
+def _read_cache(path: Path) -> Pixels | None:
+    if not path.is_file():
+        return None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return Pixels(tensors["images"], tensors["labels"], [tuple(s) for s in json.loads(meta.get("skipped", "[]"))])
+    except (SafetensorError, KeyError, OSError, ValueError):
+        return None  # a damaged cache is rebuilt, never trusted
+
+
+def _write_cache(path: Path, pixels: Pixels) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(
+            {"images": pixels.images.contiguous(), "labels": pixels.labels},
+            tmp,
+            metadata={"skipped": json.dumps(pixels.skipped), "version": str(CACHE_VERSION)},
+        )
+        os.replace(tmp, path)  # two processes building the same cache: the last rename wins, both valid
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _decode(
+    split: ImageSplit, size: tuple[int, int], channels: int, workers: int | None, progress: bool, what: str
+) -> Pixels:
+    if split.pixels is not None:
+        images = _from_array(split.pixels, size, channels)
+        return Pixels(images, torch.from_numpy(split.labels.copy()), [])
+    paths = [str(p) for p in split.files]
+    chunks = [paths[i : i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
+    workers = min(workers or available_cores(), len(chunks))
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(paths), desc=f"decoding {what}", unit="img", disable=not progress, leave=False)
+    results = None
+    if workers > 1:
+        try:
+            context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                results = []
+                for result in pool.map(decode_files, chunks, repeat(size), repeat(channels)):
+                    results.append(result)
+                    bar.update(len(result[0]))
+        except (BrokenProcessPool, OSError, RuntimeError):
+            results = None  # e.g. a script without `if __name__ == "__main__":`: decode here instead
+            bar.reset()
+    if results is None:
+        results = []
+        for chunk in chunks:
+            results.append(decode_files(chunk, size, channels))
+            bar.update(len(chunk))
+    bar.close()
+    images = np.concatenate([r[0] for r in results]) if results else np.zeros((0, channels, *size), np.uint8)
+    bad_index = []
+    skipped = []
+    for chunk_number, (_, bad) in enumerate(results):
+        for i, reason in bad:
+            bad_index.append(chunk_number * DECODE_CHUNK + i)
+            skipped.append((paths[chunk_number * DECODE_CHUNK + i], reason))
+    keep = np.setdiff1d(np.arange(len(paths)), np.asarray(bad_index, dtype=np.int64))
+    return Pixels(torch.from_numpy(images[keep]), torch.from_numpy(split.labels[keep].copy()), skipped)
+
+
+def _from_array(pixels: np.ndarray, size: tuple[int, int], channels: int) -> torch.Tensor:
+    """torchvision's arrays (N, H, W[, C]) -> (N, C, H, W) at the model's size and channels."""
+    native_channels = 1 if pixels.ndim == 3 else pixels.shape[3]
+    if pixels.shape[1:3] == size and native_channels == channels:
+        array = pixels[:, None] if pixels.ndim == 3 else pixels.transpose(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(array))
+    from PIL import Image
+
+    out = np.empty((len(pixels), channels, *size), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        out[i] = prepare_image(Image.fromarray(image), size, channels)
+    return torch.from_numpy(out)
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].to(torch.float64).div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += x.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 ((x / 255) - mean) / std, in two in-place passes."""
+    scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+    shift = (-mean / std).view(1, -1, 1, 1)
+    return images.to(torch.float32).mul_(scale).add_(shift)
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after reflect padding, and random horizontal flip, on a whole batch.
+
+    Images are grouped by their (dy, dx) shift, so the crop is one slab copy per shift
+    rather than a per-image Python loop.
+    """
+    n, _, height, width = images.shape
+    span = 2 * padding + 1
+    shifts = torch.randint(0, span * span, (n,), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    shifts, flips = shifts.to(images.device), flips.to(images.device)
+    padded = F.pad(images, (padding,) * 4, mode="reflect")
+    out = torch.empty_like(images)
+    order = torch.argsort(shifts)
+    start = 0
+    for shift, count in enumerate(torch.bincount(shifts, minlength=span * span).tolist()):
+        if count:
+            index = order[start : start + count]
+            dy, dx = divmod(shift, span)
+            out[index] = padded[index, :, dy : dy + height, dx : dx + width]
+            start += count
+    return torch.where(flips.view(-1, 1, 1, 1), out.flip(3), out)
+
+
+class ImageBatches:
+    """Mini-batches (x float32 normalised, y int64) from uint8 images held in memory.
+
+    Each epoch draws a new order from its own generator; images are gathered, augmented and
+    normalised a chunk at a time, and batches are slices of that chunk.
+    """
+
+    def __init__(
+        self,
+        pixels: Pixels,
+        *,
+        batch_size: int,
+        mean: list[float],
+        std: list[float],
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+        chunk_bytes: int = 64 * 2**20,
+    ):
+        self.device = torch.device(device)
+        self.images = pixels.images.to(self.device)
+        self.labels = pixels.labels.to(self.device)
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+        self.shuffle = shuffle
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+        self.channels_last = channels_last
+        image_bytes = 4 * self.images[0].numel() if len(self.images) else 1
+        self.chunk = max(1, chunk_bytes // (image_bytes * batch_size)) * batch_size
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The generator that draws the order and the augmentation: saved for exact resume."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        full, rest = divmod(n, self.batch_size)
+        # A trailing batch of one image is dropped when shuffling: batch norm cannot train on it.
+        return full + (1 if rest > 1 or (rest == 1 and not self.shuffle) else 0)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.images)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.device)
+            n = len(self) * self.batch_size if n % self.batch_size == 1 else n
+        else:
+            order = None
+        for start in range(0, n, self.chunk):
+            stop = min(start + self.chunk, n)
+            if order is None:
+                x, y = self.images[start:stop], self.labels[start:stop]
+            else:
+                index = order[start:stop]
+                x, y = self.images[index], self.labels[index]
+            if self.augment:
+                x = random_crop_flip(x, padding=4, generator=self.generator)
+            x = normalize(x, self.mean, self.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for b in range(0, stop - start, self.batch_size):
+                yield x[b : b + self.batch_size], y[b : b + self.batch_size]

@@ -1,0 +1,201 @@
+"""Where images come from: built-in datasets (torchvision, the shipped sample) and paths.
+
+`open_image_source(spec)` turns what the user typed after `--data` into an `ImageSource`:
+classes plus a train and a test split (and a val split when the folder has `val/`), each a
+list of files or an in-memory uint8 array, with labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from deepstep.data.folders import (
+    ImageFolderLayout,
+    file_fingerprint,
+    is_archive,
+    scan_image_folder,
+    unpack_archive,
+)
+from deepstep.data.splits import stratified_split
+from deepstep.errors import DeepstepError, did_you_mean
+from deepstep.registry import Registry
+
+SAMPLE_ARCHIVE = Path(__file__).parent / "samples" / "cifar10-sample.tar.gz"
+TEST_CARVE_SEED = 0  # the carved test part must not depend on the training seed
+
+
+def default_data_dir() -> Path:
+    """--data-dir, else $DEEPSTEP_DATA, else ~/.cache/deepstep."""
+    return Path(os.environ.get("DEEPSTEP_DATA") or Path.home() / ".cache" / "deepstep")
+
+
+@dataclass
+class ImageSplit:
+    """One split of labelled images: files on disk, or pixels already in memory."""
+
+    labels: np.ndarray  # (N,) int64
+    files: list[Path] | None = None
+    pixels: np.ndarray | None = None  # (N, H, W) or (N, H, W, C) uint8, as torchvision holds them
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> ImageSplit:
+        return ImageSplit(
+            labels=self.labels[indices],
+            files=[self.files[i] for i in indices] if self.files is not None else None,
+            pixels=self.pixels[indices] if self.pixels is not None else None,
+        )
+
+    def open(self, i: int) -> Image.Image:
+        """Image `i` as a Pillow image (for grids and checks)."""
+        if self.files is not None:
+            return Image.open(self.files[i])
+        return Image.fromarray(self.pixels[i])
+
+    def name(self, i: int) -> str:
+        return str(self.files[i]) if self.files is not None else f"#{i}"
+
+
+@dataclass
+class ImageSource:
+    """A dataset: class names, splits and where the test part came from."""
+
+    name: str
+    classes: list[str]
+    splits: dict[str, ImageSplit]
+    fingerprint: str
+    test_origin: str
+    root: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuiltinDataset:
+    name: str
+    description: str
+    open: Callable[[Path, float], ImageSource]
+
+
+DATASETS: Registry[BuiltinDataset] = Registry("dataset", "deepstep datasets")
+
+
+def builtin(name: str, description: str):
+    return DATASETS.register(name, lambda fn: BuiltinDataset(name, description, fn))
+
+
+def open_image_source(spec: str, data_dir: Path | None = None, test_split: float = 0.2) -> ImageSource:
+    """A built-in dataset name, an image folder, or a .tar.gz/.zip archive of one."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if spec in DATASETS:
+        return DATASETS.get(spec).open(data_dir, test_split)
+    path = Path(spec).expanduser()
+    looks_like_path = os.sep in spec or "." in spec or path.exists()
+    if not looks_like_path:
+        raise DeepstepError(
+            f"--data {spec!r} is neither a built-in dataset{did_you_mean(spec, DATASETS.names())} nor an "
+            "existing path; `deepstep datasets` lists the built-in ones"
+        )
+    if is_archive(path):
+        folder = unpack_archive(path, data_dir)
+        return _folder_source(folder, name=folder.name, test_split=test_split)
+    return _folder_source(path, name=path.resolve().name, test_split=test_split)
+
+
+def _folder_source(path: Path, name: str, test_split: float) -> ImageSource:
+    layout = scan_image_folder(path)
+    splits = {
+        split: ImageSplit(labels=np.asarray(s.labels, dtype=np.int64), files=s.files)
+        for split, s in layout.splits.items()
+    }
+    if "test" in splits:
+        origin = "the folder's test/"
+    else:
+        if test_split <= 0:
+            raise DeepstepError(
+                f"{path} has no test/ folder and --test-split is 0: give a test/ folder or a test split such as 0.2"
+            )
+        keep, held = stratified_split(splits["train"].labels, test_split, seed=TEST_CARVE_SEED)
+        splits["test"] = splits["train"].subset(held)
+        splits["train"] = splits["train"].subset(keep)
+        origin = (
+            f"carved from the folder: {test_split:.0%} of each class (stratified, seed {TEST_CARVE_SEED})"
+        )
+    return ImageSource(
+        name=name,
+        classes=layout.classes,
+        splits=splits,
+        fingerprint=_layout_fingerprint(layout, test_split),
+        test_origin=origin,
+        root=layout.root,
+    )
+
+
+def _layout_fingerprint(layout: ImageFolderLayout, test_split: float) -> str:
+    digest = hashlib.sha256(f"{layout.classes}|{test_split}".encode())
+    for split in sorted(layout.splits):
+        for path in layout.splits[split].files:
+            stat = path.stat()
+            digest.update(f"{split}|{path.relative_to(layout.root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+@builtin("cifar10-sample", "CIFAR-10, a stratified sample shipped with deepstep (offline): 4,500 train + 1,000 test, 32x32 JPEG")
+def _cifar10_sample(data_dir: Path, test_split: float) -> ImageSource:
+    folder = unpack_archive(SAMPLE_ARCHIVE, data_dir, name="cifar10-sample")
+    return _folder_source(folder, name="cifar10-sample", test_split=test_split)
+
+
+def _torchvision_source(
+    name: str, dataset_class: str, archive_hint: str
+) -> Callable[[Path, float], ImageSource]:
+    def open_dataset(data_dir: Path, test_split: float) -> ImageSource:
+        import torchvision.datasets
+
+        cls = getattr(torchvision.datasets, dataset_class)
+        root = data_dir / name
+        parts = {}
+        for split, train in (("train", True), ("test", False)):
+            try:
+                try:
+                    ds = cls(str(root), train=train, download=False)
+                except RuntimeError:  # not there yet: torchvision's own download
+                    ds = cls(str(root), train=train, download=True)
+            except Exception as err:  # offline: URLError, socket errors, HTTP errors, bad checksum
+                reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+                raise DeepstepError(
+                    f"{name} is not in {root} and could not be downloaded ({reason}): put {archive_hint} "
+                    f"in {root}, or use --data with an image folder or a .tar.gz/.zip of one "
+                    f"(train/<class>/*.jpg, test/<class>/*.jpg), or --data cifar10-sample offline"
+                ) from None
+            pixels = np.asarray(ds.data, dtype=np.uint8)
+            parts[split] = ImageSplit(labels=np.asarray(ds.targets, dtype=np.int64), pixels=pixels)
+            classes = list(ds.classes)
+        fingerprint = hashlib.sha256(
+            f"{name}|{len(parts['train'])}|{len(parts['test'])}".encode()
+        ).hexdigest()[:16]
+        return ImageSource(
+            name=name,
+            classes=classes,
+            splits=parts,
+            fingerprint=fingerprint,
+            test_origin=f"the standard {name} test split",
+        )
+
+    return open_dataset
+
+
+for _name, _cls, _hint, _desc in (
+    ("cifar10", "CIFAR10", "cifar-10-python.tar.gz", "CIFAR-10: 50,000 + 10,000 32x32 colour images, 10 classes (torchvision download)"),
+    ("cifar100", "CIFAR100", "cifar-100-python.tar.gz", "CIFAR-100: 50,000 + 10,000 32x32 colour images, 100 classes (torchvision download)"),
+    ("mnist", "MNIST", "the four MNIST .gz files under MNIST/raw/", "MNIST: 60,000 + 10,000 28x28 grey digits (torchvision download)"),
+    ("fashion-mnist", "FashionMNIST", "the four Fashion-MNIST .gz files under FashionMNIST/raw/", "Fashion-MNIST: 60,000 + 10,000 28x28 grey clothes images (torchvision download)"),
+):
+    DATASETS.add(_name, BuiltinDataset(_name, _desc, _torchvision_source(_name, _cls, _hint)))

@@ -1,0 +1,190 @@
+"""Epochs of train + validate, with metrics, best/last checkpoints, early stopping and resume."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepstep.engine.checkpoint import load_state, load_weights, save_checkpoint
+from deepstep.engine.loop import Progress, Step, evaluate, train_one_epoch
+from deepstep.engine.precision import Precision
+from deepstep.engine.run_dir import RunDir
+
+
+@dataclass
+class Training:
+    """What fit() runs: the model, the task's steps, the batches and the optimisation."""
+
+    model: nn.Module
+    train_step: Step
+    eval_step: Step
+    train_batches: Iterable
+    val_batches: Iterable | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scaler = self.precision.grad_scaler()
+
+
+@dataclass
+class Monitor:
+    """The validation metric that picks the best checkpoint and drives early stopping."""
+
+    name: str = "val_acc"
+    higher_is_better: bool = True
+
+    def better(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value > best if self.higher_is_better else value < best
+
+
+@dataclass
+class FitState:
+    """Where training stands: finished epochs, their rows, the best monitored value so far."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float | None = None
+    best_epoch: int | None = None
+    stale_epochs: int = 0
+
+
+def capture_rng(batches: Iterable) -> dict[str, Any]:
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if hasattr(batches, "state_dict"):
+        rng["batches"] = batches.state_dict()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any], batches: Iterable) -> None:
+    torch.set_rng_state(rng["torch"])
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(tuple(rng["numpy"]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if "batches" in rng and hasattr(batches, "load_state_dict"):
+        batches.load_state_dict(rng["batches"])
+
+
+def resume(training: Training, run: RunDir) -> FitState:
+    """Load the last checkpoint's weights and training state; return where to continue."""
+    load_weights(run.checkpoints, "last", training.model)
+    state = load_state(run.checkpoints, "last")
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"]:
+        training.scaler.load_state_dict(state["scaler"])
+    restore_rng(state["rng"], training.train_batches)
+    fit_state = state["fit"]
+    return FitState(
+        epoch=fit_state["epoch"],
+        history=fit_state["history"],
+        best=fit_state["best"],
+        best_epoch=fit_state["best_epoch"],
+        stale_epochs=fit_state["stale_epochs"],
+    )
+
+
+def _format_row(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train loss {row['train_loss']:.4f}"]
+    if "train_acc" in row:
+        parts[-1] += f" acc {row['train_acc']:.2%}"
+    if "val_loss" in row:
+        parts.append(f"val loss {row['val_loss']:.4f}" + (f" acc {row['val_acc']:.2%}" if "val_acc" in row else ""))
+    parts.append(f"{row['seconds']:.1f} s")
+    parts.append(f"{row['images_per_s']:.0f} img/s")
+    return "  ".join(parts)
+
+
+def fit(
+    training: Training,
+    *,
+    epochs: int,
+    run: RunDir,
+    meta: dict[str, Any],
+    state: FitState | None = None,
+    patience: int = 0,
+    monitor: Monitor | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> FitState:
+    """Train for `epochs` (continuing from `state`), validating after each epoch.
+
+    After every epoch: a row in metrics.csv, the `last` checkpoint (with everything needed to
+    resume), and the `best` checkpoint when the monitored validation metric improved. Without
+    validation batches the best checkpoint is the last one.
+    """
+    state = state or FitState()
+    monitor = monitor or Monitor()
+    model = training.model
+    for epoch in range(state.epoch + 1, epochs + 1):
+        bar = Progress(len(training.train_batches), f"epoch {epoch}/{epochs}", progress)
+        lr = training.optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        try:
+            train_means, n_train = train_one_epoch(
+                model, training.train_step, training.train_batches, training.optimizer,
+                training.scheduler, training.precision, training.scaler, bar,
+            )
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        row: dict[str, Any] = {"epoch": epoch}
+        row.update({f"train_{k}": v for k, v in train_means.items()})
+        if training.val_batches is not None:
+            val_start = time.perf_counter()
+            val_means, _ = evaluate(model, training.eval_step, training.val_batches, training.precision)
+            row.update({f"val_{k}": v for k, v in val_means.items()})
+            row["val_seconds"] = time.perf_counter() - val_start
+        row["seconds"] = seconds
+        row["images_per_s"] = n_train / seconds if seconds > 0 else 0.0
+        row["lr"] = lr
+        state.history.append(row)
+        state.epoch = epoch
+
+        value = row.get(monitor.name)
+        improved = value is None or monitor.better(value, state.best)
+        if value is not None and improved:
+            state.best, state.best_epoch, state.stale_epochs = value, epoch, 0
+        elif value is not None:
+            state.stale_epochs += 1
+        if value is None:
+            state.best_epoch = epoch
+
+        checkpoint_meta = {**meta, "epoch": epoch, "metrics": row}
+        tag = f"e{epoch:04d}"
+        if improved:
+            save_checkpoint(run.checkpoints, "best", tag, model, checkpoint_meta)
+        save_checkpoint(
+            run.checkpoints, "last", tag, model, checkpoint_meta,
+            state={
+                "optimizer": training.optimizer.state_dict(),
+                "scheduler": training.scheduler.state_dict(),
+                "scaler": training.scaler.state_dict(),
+                "rng": capture_rng(training.train_batches),
+                "fit": {
+                    "epoch": state.epoch, "history": state.history, "best": state.best,
+                    "best_epoch": state.best_epoch, "stale_epochs": state.stale_epochs,
+                },
+            },
+        )
+        run.write_metrics(state.history)
+        log(_format_row(row, epochs) + ("  *" if improved and value is not None else ""))
+        if patience and value is not None and state.stale_epochs >= patience:
+            log(f"early stop: {monitor.name} has not improved for {patience} epochs (best {state.best:.4f} at epoch {state.best_epoch})")
+            break
+    return state

@@ -1,0 +1,127 @@
+"""One epoch of training, and evaluation: forward, loss, backward, optimizer step.
+
+A task gives a `step(model, batch)` returning {"loss": scalar, "output": tensor, ...}; every
+other scalar it returns (e.g. "acc") is a batch mean, averaged here over the epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepstep.engine.precision import Precision
+from deepstep.errors import DeepstepError
+
+Step = Callable[[nn.Module, Any], dict[str, torch.Tensor]]
+
+
+def batch_size_of(batch: Any) -> int:
+    first = batch[0] if isinstance(batch, list | tuple) else batch
+    return len(first)
+
+
+class Meter:
+    """Running sums of batch means, kept on the device so that no step waits for a sync."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def update(self, result: dict[str, torch.Tensor], n: int) -> None:
+        for key, value in result.items():
+            if key != "output":
+                value = value.detach() * n
+                total = self.sums.get(key)
+                self.sums[key] = value if total is None else total.add_(value)
+        self.count += n
+
+    def means(self) -> dict[str, float]:
+        return {key: total.item() / max(1, self.count) for key, total in self.sums.items()}
+
+
+class Progress:
+    """A tqdm bar updated every `interval` seconds with the live loss (the only sync it causes)."""
+
+    def __init__(self, total: int, description: str, enabled: bool, interval: float = 0.5):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=description, unit="batch", leave=False, disable=not enabled, dynamic_ncols=True)
+        self.enabled = not self.bar.disable
+        self.interval = interval
+        self.next_time = time.monotonic() + interval
+        self.pending = 0
+
+    def step(self, meter: Meter) -> None:
+        if not self.enabled:
+            return
+        self.pending += 1
+        now = time.monotonic()
+        if now >= self.next_time:
+            self.bar.update(self.pending)
+            self.pending = 0
+            loss = meter.sums["loss"].item() / max(1, meter.count)
+            self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+            self.next_time = now + self.interval
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    step: Step,
+    batches: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    precision: Precision,
+    scaler: torch.amp.GradScaler,
+    progress: Progress | None = None,
+) -> tuple[dict[str, float], int]:
+    """Forward, loss, backward and optimizer step over every batch; returns the epoch's means
+    and the number of examples seen."""
+    model.train()
+    meter = Meter()
+    for batch in batches:
+        with precision.autocast():
+            result = step(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(result["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        meter.update(result, batch_size_of(batch))
+        if progress is not None:
+            progress.step(meter)
+    means = meter.means()
+    if not math.isfinite(means.get("loss", 0.0)):
+        raise DeepstepError(
+            f"the training loss became {means['loss']} in this epoch; lower --lr or use --precision 32. "
+            "The last good checkpoint is kept"
+        )
+    return means, meter.count
+
+
+def evaluate(
+    model: nn.Module,
+    step: Step,
+    batches: Iterable,
+    precision: Precision,
+    keep_outputs: bool = False,
+) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Means over `batches` without gradients; with keep_outputs, every output (float32, CPU)."""
+    model.eval()
+    meter = Meter()
+    outputs = []
+    with torch.inference_mode():
+        for batch in batches:
+            with precision.autocast():
+                result = step(model, batch)
+            meter.update(result, batch_size_of(batch))
+            if keep_outputs:
+                outputs.append(result["output"].float().cpu())
+    return meter.means(), (torch.cat(outputs) if keep_outputs and outputs else None)

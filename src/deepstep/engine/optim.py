@@ -1,0 +1,83 @@
+"""Optimizers and learning-rate schedules, picked by name from small tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from deepstep.errors import DeepstepError
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights only: biases and norm scales (1-d tensors) are not decayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda groups, lr, momentum, nesterov: torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov),
+    "adam": lambda groups, lr, momentum, nesterov: torch.optim.Adam(groups, lr=lr),
+    "adamw": lambda groups, lr, momentum, nesterov: torch.optim.AdamW(groups, lr=lr),
+}
+
+
+def build_optimizer(
+    name: str, model: nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float
+) -> torch.optim.Optimizer:
+    """SGD uses momentum/nesterov; Adam and AdamW use their default betas."""
+    if nesterov and (name != "sgd" or momentum <= 0):
+        raise DeepstepError("--nesterov needs --optimizer sgd and a --momentum above 0")
+    return OPTIMIZERS[name](parameter_groups(model, weight_decay), lr, momentum, nesterov)
+
+
+def _warmup(step: int, warmup_steps: int) -> float:
+    return (step + 1) / warmup_steps if step < warmup_steps else 1.0
+
+
+def _constant(step: int, total: int, warmup: int) -> float:
+    return _warmup(step, warmup)
+
+
+def _step_decay(step: int, total: int, warmup: int) -> float:
+    """x0.1 at half and again at three quarters of training (the classic CIFAR schedule)."""
+    return _warmup(step, warmup) * (0.1 ** ((step >= total // 2) + (step >= 3 * total // 4)))
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return _warmup(step, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _one_cycle(step: int, total: int, warmup: int) -> float:
+    """Linear up to the peak over the warm-up (a quarter of training by default), linear down to 0."""
+    warmup = warmup or max(1, total // 4)
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+SCHEDULES: dict[str, Callable[[int, int, int], float]] = {
+    "none": _constant,
+    "step": _step_decay,
+    "cosine": _cosine,
+    "onecycle": _one_cycle,
+}
+
+
+def build_schedule(
+    name: str, optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step schedule: the factor on the base learning rate after each optimizer step."""
+    factor = SCHEDULES[name]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step, total_steps, warmup_steps))

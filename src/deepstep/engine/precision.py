@@ -1,0 +1,76 @@
+"""Device and numeric precision: autocast that is a no-op in fp32, a grad scaler only for fp16."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from deepstep.errors import DeepstepError
+
+DTYPES = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """auto: CUDA if present, else Apple MPS, else the CPU."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise DeepstepError("--device cuda: no CUDA device is visible to PyTorch; use --device cpu or auto")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeepstepError("--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
+    return torch.device(requested)
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX or AVX-512-BF16, where oneDNN runs bf16 matrix work natively."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What `--precision` resolved to on this device, and why."""
+
+    name: str  # "32", "bf16" or "16"
+    device_type: str
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.name]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.name == "32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling guards fp16 gradients from underflow; a no-op for fp32 and bf16."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.name == "16")
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    kind = device.type
+    if requested == "auto":
+        if kind == "cuda":
+            if torch.cuda.is_bf16_supported():
+                return Precision("bf16", kind, "auto: bf16 autocast, supported by this GPU")
+            return Precision("16", kind, "auto: fp16 autocast with loss scaling (this GPU has no bf16)")
+        if kind == "cpu" and cpu_has_fast_bf16():
+            return Precision("bf16", kind, "auto: bf16 autocast, this CPU has AMX/AVX-512-BF16")
+        return Precision("32", kind, f"auto: fp32 (no fast bf16 on this {kind})")
+    if requested == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeepstepError("--precision bf16: this GPU does not support bfloat16; use --precision 16 or auto")
+    return Precision(requested, kind, f"--precision {requested}")

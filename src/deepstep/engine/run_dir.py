@@ -1,0 +1,107 @@
+"""The run folder: everything a run was made with and everything it measured.
+
+    RUN/config.yaml       the resolved config (usable again with --config)
+    RUN/run.json          data, model, split sizes, normalisation, precision, what was picked
+    RUN/metrics.csv       one row per epoch
+    RUN/checkpoints/      best.json, last.json and their safetensors files
+    RUN/evaluations.json  every evaluation of the test split, in order
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from deepstep.engine.files import read_json, write_json, write_text
+from deepstep.errors import DeepstepError
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s", "lr"]
+
+
+class RunDir:
+    """Paths and atomic reads/writes of one run folder."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def exists(self) -> bool:
+        return (self.path / "run.json").is_file()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RunDir:
+        run = cls(path)
+        if not run.path.exists():
+            raise DeepstepError(f"run folder {run.path} does not exist")
+        if not run.exists():
+            raise DeepstepError(f"{run.path} is not a deepstep run folder (no run.json); give the folder `deepstep train` wrote")
+        return run
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> RunDir:
+        """A new run folder; refuses one that already holds a run, whose checkpoints would be lost."""
+        run = cls(path)
+        if run.exists() or run.checkpoints.exists():
+            raise DeepstepError(
+                f"{run.path} already holds a run: use --resume to continue it, or choose another --out"
+            )
+        run.path.mkdir(parents=True, exist_ok=True)
+        return run
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_json(self.path / name, obj)
+
+    def read_json(self, name: str, default: Any = None) -> Any:
+        path = self.path / name
+        if not path.is_file():
+            return default
+        try:
+            return read_json(path)
+        except ValueError:
+            raise DeepstepError(f"{path} is not valid JSON; the run folder is damaged") from None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        import yaml
+
+        write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def read_config(self) -> dict[str, Any]:
+        import yaml
+
+        return yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8")) or {}
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv with every epoch's row (small, atomic, never half-written)."""
+        columns = list(METRIC_COLUMNS)
+        for row in rows:
+            columns.extend(k for k in row if k not in columns)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _format(row.get(k)) for k in columns})
+        write_text(self.path / "metrics.csv", buffer.getvalue())
+
+    def read_metrics(self) -> list[dict[str, float]]:
+        path = self.path / "metrics.csv"
+        if not path.is_file():
+            return []
+        with open(path, newline="", encoding="utf-8") as f:
+            return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _format(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value

@@ -1,0 +1,118 @@
+"""Figures made from records (metric rows, matrices, images); matplotlib is imported lazily and
+used without pyplot, so no GUI backend is ever touched."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _save(fig, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    return out
+
+
+def plot_curves(rows: Sequence[dict[str, Any]], out: Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch, train beside validation."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(10, 4)
+    epochs = [r["epoch"] for r in rows]
+    panels = [("loss", "loss", False), ("acc", "accuracy", True)]
+    panels = [p for p in panels if any(r.get(f"train_{p[0]}") is not None for r in rows)]
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (key, label, percent) in zip(axes, panels, strict=True):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = [r.get(f"{split}_{key}") for r in rows]
+            points = [(e, v * 100 if percent else v) for e, v in zip(epochs, values, strict=True) if v is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(f"{label} (%)" if percent else label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out)
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], out: Path, title: str) -> Path:
+    """Rows are true classes, columns predicted; each cell shows its count."""
+    n = len(classes)
+    size = min(4 + 0.45 * n, 24)
+    fig = _figure(size + 1.5, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if n <= 30:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8,
+                        color="white" if matrix[i, j] > threshold else "black")
+    return _save(fig, out)
+
+
+def _show_image(ax, image: np.ndarray) -> None:
+    """image: (C, H, W) or (H, W, C) uint8."""
+    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+        image = image.transpose(1, 2, 0)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_predictions(items: Sequence[tuple[np.ndarray, str, list[dict[str, Any]]]], out: Path) -> Path:
+    """One row per image: the image as the model saw it, and its top-k probabilities."""
+    rows = len(items)
+    fig = _figure(9, 2.6 * rows)
+    axes = fig.subplots(rows, 2, squeeze=False, width_ratios=[1, 1.6])
+    for (image, name, top_k), (ax_image, ax_bars) in zip(items, axes, strict=True):
+        _show_image(ax_image, image)
+        ax_image.set_title(Path(name).name, fontsize=9)
+        labels = [t["label"] for t in top_k][::-1]
+        probs = [t["probability"] for t in top_k][::-1]
+        bars = ax_bars.barh(labels, probs, color=["#1f77b4"] * (len(probs) - 1) + ["#d62728"])
+        ax_bars.set_xlim(0, 1)
+        ax_bars.set_xlabel("softmax probability")
+        ax_bars.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
+        ax_bars.set_title(f"predicted: {top_k[0]['label']} ({top_k[0]['probability']:.1%})", fontsize=10)
+    return _save(fig, out)
+
+
+def plot_image_grid(images: Sequence[np.ndarray], labels: Sequence[str], out: Path, title: str = "") -> Path:
+    """A labelled grid of images (each (H, W, C) or (C, H, W) uint8)."""
+    n = len(images)
+    cols = min(8, max(1, math.ceil(math.sqrt(n))))
+    rows = math.ceil(n / cols)
+    fig = _figure(1.6 * cols, 1.8 * rows + (0.4 if title else 0))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label in zip(axes.flat, images, labels, strict=False):
+        _show_image(ax, image)
+        ax.axis("on")
+        ax.set_title(label, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out)

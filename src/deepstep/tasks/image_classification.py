@@ -1,0 +1,584 @@
+"""Image classification: from an image source and a registered model to a trained run,
+its one test evaluation, and predictions on new images."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepstep.config import TrainConfig, parse_image_size
+from deepstep.data.folders import find_images
+from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize
+from deepstep.data.sources import ImageSource, default_data_dir, open_image_source
+from deepstep.data.splits import stratified_split
+from deepstep.engine.backends import set_cpu_threads, tune_cpu_kernels
+from deepstep.engine.checkpoint import load_weights
+from deepstep.engine.fit import FitState, Monitor, Training, fit, resume
+from deepstep.engine.loop import Step, evaluate
+from deepstep.engine.optim import build_optimizer, build_schedule
+from deepstep.engine.precision import Precision, resolve_device, resolve_precision
+from deepstep.engine.run_dir import RunDir
+from deepstep.errors import DeepstepError
+from deepstep.models import check_input, create_model, get_model_spec
+from deepstep.models.shapes import format_size
+
+TASK = "image-classification"
+Log = Callable[[str], None]
+
+# Changing these between a run and its resume would make the result meaningless.
+RESUME_MUST_MATCH = ("data", "model", "model_args", "image_size", "batch_size", "val_split", "test_split", "seed", "mean", "std", "augment")
+
+
+def classification_step(label_smoothing: float = 0.0) -> Step:
+    """Cross-entropy on logits; also reports the batch accuracy."""
+
+    def step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch
+        logits = model(x)  # (B, classes)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        acc = (logits.argmax(dim=1) == y).float().mean()
+        return {"loss": loss, "output": logits, "acc": acc}
+
+    return step
+
+
+# ---- model input -------------------------------------------------------------------------------
+
+
+def model_input(model_name: str, image_size: str | None) -> tuple[int, tuple[int, int]]:
+    """(channels, (height, width)) the images are made to, from the model's declared input."""
+    spec = get_model_spec(model_name)
+    if len(spec.input_size) != 3 or spec.input_size[0] not in (1, 3):
+        raise DeepstepError(
+            f"{model_name} takes {format_size(spec.input_size)} inputs, not 1- or 3-channel images, so it "
+            f"cannot be trained on an image dataset; see its layers with `deepstep models`"
+        )
+    channels = spec.input_size[0]
+    size = parse_image_size(image_size) if image_size else (spec.input_size[1], spec.input_size[2])
+    return channels, size
+
+
+def check_model_fits(model_name: str, model_args: dict[str, Any], channels: int, size: tuple[int, int]) -> int:
+    """Build the model on the meta device (no memory) and push a dummy input through it.
+
+    Returns the parameter count; raises a one-line error naming the first layer that does not fit.
+    """
+    spec = get_model_spec(model_name)
+    with torch.device("meta"):
+        model = create_model(model_name, **model_args)
+    check_input(model, model_name, (channels, *size), spec.input_size)
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """The decoded train part, the validation part carved from it, and the normalisation."""
+
+    source: ImageSource
+    train: Pixels
+    val: Pixels | None
+    mean: list[float]
+    std: list[float]
+    report: dict[str, Any]
+
+
+def _cache_name(source: ImageSource, split: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.name)[:40]
+    return f"{safe}-{split}-{source.fingerprint}"
+
+
+def load_split(
+    source: ImageSource, split: str, channels: int, size: tuple[int, int], config_dir: Path, strict: bool, log: Log, progress: bool
+) -> Pixels:
+    if split not in source.splits:
+        raise DeepstepError(f"{source.name} has no {split!r} split; it has {', '.join(source.splits)}")
+    pixels = load_pixels(
+        source.splits[split], size=size, channels=channels, cache_dir=config_dir,
+        cache_name=_cache_name(source, split), strict=strict, progress=progress,
+    )
+    if pixels.skipped:
+        first, reason = pixels.skipped[0]
+        log(
+            f"warning: skipped {len(pixels.skipped)} unreadable image(s) in {source.name} {split} "
+            f"(first: {first}: {reason}); --strict makes this an error"
+        )
+    if len(pixels.labels) == 0:
+        raise DeepstepError(f"{source.name} {split}: no readable images")
+    return pixels
+
+
+def carve_validation(pixels: Pixels, fraction: float, seed: int) -> tuple[Pixels, Pixels | None, dict[str, Any]]:
+    """Hold out `fraction` of each class of the train part for validation (seeded)."""
+    if fraction <= 0:
+        return pixels, None, {"origin": "none (--val-split 0)", "count": 0}
+    keep, held = stratified_split(pixels.labels.numpy(), fraction, seed)
+    keep_t, held_t = torch.from_numpy(keep), torch.from_numpy(held)
+    train = Pixels(pixels.images[keep_t], pixels.labels[keep_t], pixels.skipped)
+    val = Pixels(pixels.images[held_t], pixels.labels[held_t], [])
+    import hashlib
+
+    info = {
+        "origin": f"{fraction:.0%} of each class of the train part (stratified, seed {seed})",
+        "fraction": fraction,
+        "seed": seed,
+        "count": len(held),
+        "index_sha256": hashlib.sha256(held.astype(np.int64).tobytes()).hexdigest(),
+    }
+    return train, val, info
+
+
+def prepare_training_data(config: TrainConfig, channels: int, size: tuple[int, int], log: Log, progress: bool) -> TrainingData:
+    data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
+    source = open_image_source(config.data, data_dir, config.test_split)
+    pixels = load_split(source, "train", channels, size, data_dir, config.strict, log, progress)
+    if "val" in source.splits:
+        train = pixels
+        val = load_split(source, "val", channels, size, data_dir, config.strict, log, progress)
+        val_info = {"origin": f"the folder's val/ ({len(val.labels)} images); --val-split not used", "count": len(val.labels)}
+    else:
+        train, val, val_info = carve_validation(pixels, config.val_split, config.seed)
+    if config.mean is not None and config.std is not None:
+        mean, std, norm_origin = _per_channel(config.mean, channels), _per_channel(config.std, channels), "given"
+    else:
+        mean, std = channel_stats(train.images)
+        norm_origin = "computed on the train part"
+        if config.mean is not None or config.std is not None:
+            raise DeepstepError("give both --mean and --std, or neither (then both are computed on the train part)")
+    report = {
+        "spec": config.data,
+        "name": source.name,
+        "root": str(source.root) if source.root else None,
+        "fingerprint": source.fingerprint,
+        "classes": source.classes,
+        "train": {"count": len(train.labels)},
+        "val": val_info,
+        "test": {"origin": source.test_origin, "count": len(source.splits["test"])},
+        "skipped": [list(s) for s in pixels.skipped],
+        "normalization": {"mean": mean, "std": std, "origin": norm_origin},
+    }
+    return TrainingData(source, train, val, mean, std, report)
+
+
+def _per_channel(values: list[float], channels: int) -> list[float]:
+    if len(values) == channels:
+        return list(values)
+    if len(values) == 1:
+        return list(values) * channels
+    raise DeepstepError(f"--mean/--std need 1 or {channels} values for this model's {channels}-channel input, got {len(values)}")
+
+
+# ---- train -------------------------------------------------------------------------------------
+
+
+def _default_out(config: TrainConfig, source_name: str) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{source_name}")
+    path = Path("runs") / stem
+    n = 2
+    while path.exists():
+        path = Path("runs") / f"{stem}-{n}"
+        n += 1
+    return path
+
+
+def _open_run_for_resume(config: TrainConfig) -> tuple[RunDir, list[str]]:
+    if not config.out:
+        raise DeepstepError("--resume needs --out RUN, the run folder to continue")
+    run = RunDir.open(config.out)
+    before = run.read_config()
+    now = config.to_dict()
+    blocking = [k for k in RESUME_MUST_MATCH if before.get(k.replace("_", "-")) != now.get(k.replace("_", "-"))]
+    if blocking:
+        diffs = "; ".join(f"{k.replace('_', '-')}: {before.get(k.replace('_', '-'))!r} -> {now.get(k.replace('_', '-'))!r}" for k in blocking)
+        raise DeepstepError(f"cannot resume {run.path} with a different {', '.join(b.replace('_', '-') for b in blocking)} ({diffs}); start a new run instead")
+    changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if k != "resume" and before.get(k) != v]
+    return run, changed
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
+    """Train and validate; returns the run folder. The test part is not touched."""
+    config.validate()
+    channels, size = model_input(config.model, config.image_size)
+    spec = get_model_spec(config.model)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    threads = set_cpu_threads() if device.type == "cpu" else None
+    seed_everything(config.seed)
+
+    run, changes = _open_run_for_resume(config) if config.resume else (None, [])
+    data = prepare_training_data(config, channels, size, log, progress)
+    model_args = {"num_classes": len(data.source.classes), **config.model_args}
+    n_params = check_model_fits(config.model, model_args, channels, size)
+    if run is None:
+        run = RunDir.create(config.out or _default_out(config, data.source.name))
+
+    seed_everything(config.seed)  # the same initial weights whatever the data loading drew
+    model = create_model(config.model, **model_args).to(device)
+    train_batches = ImageBatches(
+        data.train, batch_size=config.batch_size, mean=data.mean, std=data.std, shuffle=True,
+        augment=config.augment, seed=config.seed, device=device,
+    )
+    val_batches = None
+    if data.val is not None:
+        val_batches = ImageBatches(data.val, batch_size=max(config.batch_size, 256), mean=data.mean, std=data.std, device=device)
+    optimizer = build_optimizer(
+        config.optimizer, model, lr=config.lr, momentum=config.momentum,
+        nesterov=config.nesterov, weight_decay=config.weight_decay,
+    )
+    total_steps = config.epochs * len(train_batches)
+    scheduler = build_schedule(config.schedule, optimizer, total_steps=total_steps, warmup_steps=int(config.warmup * total_steps))
+    train_step, eval_step = classification_step(config.label_smoothing), classification_step()
+
+    kernels = _choose_kernels(model, train_step, precision, config.batch_size, channels, size, device, log)
+    for batches in (train_batches, val_batches):
+        if batches is not None:
+            batches.channels_last = kernels.get("channels_last", False)
+
+    meta = {
+        "task": TASK,
+        "model": {"name": config.model, "args": model_args},
+        "classes": data.source.classes,
+        "input_size": [channels, *size],
+        "normalization": {"mean": data.mean, "std": data.std},
+    }
+    training = Training(model, train_step, eval_step, train_batches, val_batches, optimizer, scheduler, precision)
+    state = None
+    if config.resume:
+        state = resume(training, run)
+        info = run.read_json("run.json")
+        info.setdefault("resumes", []).append({"time": _now(), "from_epoch": state.epoch, "changed": changes})
+        log(f"resuming {run.path} after epoch {state.epoch}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
+    else:
+        info = {
+            "task": TASK,
+            "created": _now(),
+            "versions": _versions(),
+            "data": data.report,
+            "model": {**meta["model"], "input_size": meta["input_size"], "parameters": n_params, "description": spec.description},
+            "device": {"type": device.type, "threads": threads, "precision": precision.name, "precision_reason": precision.reason, **kernels},
+        }
+        _log_start(log, config, data, n_params, channels, size, device, threads, precision, kernels, run)
+    run.write_config(config.to_dict())
+    run.write_json("run.json", info)
+
+    state = fit(
+        training, epochs=config.epochs, run=run, meta=meta, state=state,
+        patience=config.patience, monitor=Monitor("val_acc", True), progress=progress, log=log,
+    )
+    _finish(run, info, state, log)
+    return run.path
+
+
+def _choose_kernels(model, step, precision: Precision, batch_size, channels, size, device, log: Log) -> dict[str, Any]:
+    if device.type != "cpu":
+        return {"kernels": "default", "channels_last": device.type == "cuda" and precision.name != "32"}
+    x = torch.randn(batch_size, channels, *size)
+    y = torch.zeros(batch_size, dtype=torch.long)
+    choice, timings = tune_cpu_kernels(model, step, (x, y), precision)
+    return {"kernels": choice.describe(), "channels_last": choice.channels_last, "kernel_timings_ms": timings}
+
+
+def _log_start(log, config, data: TrainingData, n_params, channels, size, device, threads, precision, kernels, run) -> None:
+    r = data.report
+    log(
+        f"data: {r['name']}: {r['train']['count']} train / {r['val']['count']} val ({r['val']['origin']}) / "
+        f"{r['test']['count']} test ({r['test']['origin']}; not used in training)"
+    )
+    log(f"model: {config.model}, {n_params:,} parameters, input {channels}x{size[0]}x{size[1]}")
+    norm = r["normalization"]
+    log(f"normalisation: mean {norm['mean']} std {norm['std']} ({norm['origin']})")
+    log(
+        f"device: {device.type}" + (f", {threads} threads" if threads else "")
+        + f"; precision {precision.name} ({precision.reason}); {kernels['kernels']}"
+    )
+    log(f"run folder: {run.path}")
+
+
+def _finish(run: RunDir, info: dict[str, Any], state: FitState, log: Log) -> None:
+    from deepstep.plots import plot_curves
+
+    curves = plot_curves(state.history, run.file("curves.png"), title=str(run.path.name))
+    train_seconds = sum(r["seconds"] for r in state.history)
+    info["result"] = {
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best_val_acc": state.best,
+        "train_seconds": round(train_seconds, 3),
+    }
+    run.write_json("run.json", info)
+    best = f"best val acc {state.best:.2%} at epoch {state.best_epoch}" if state.best is not None else "no validation split: best = last epoch"
+    log(f"done: {state.epoch} epochs, {train_seconds:.1f} s of training; {best}")
+    log(f"curves: {curves}; checkpoints: {run.checkpoints}; next: deepstep evaluate {run.path}")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    from deepstep import __version__
+
+    return {"deepstep": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+# ---- a trained run -----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedModel:
+    """A model rebuilt from a checkpoint, with what it needs to prepare its inputs."""
+
+    model: nn.Module
+    record: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.record["classes"]
+
+    @property
+    def channels(self) -> int:
+        return self.record["input_size"][0]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.record["input_size"][1:])
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        norm = self.record["normalization"]
+        return normalize(images, torch.tensor(norm["mean"]), torch.tensor(norm["std"]))
+
+
+def load_trained(run: RunDir, checkpoint: str = "best") -> TrainedModel:
+    from deepstep.engine.checkpoint import read_checkpoint
+
+    record = read_checkpoint(run.checkpoints, checkpoint)
+    model = create_model(record["model"]["name"], **record["model"]["args"])
+    load_weights(run.checkpoints, checkpoint, model)
+    return TrainedModel(model.eval(), record)
+
+
+# ---- evaluate ----------------------------------------------------------------------------------
+
+
+def evaluate_run(
+    run_path: str | Path,
+    split: str = "test",
+    *,
+    force: bool = False,
+    checkpoint: str = "best",
+    data_dir: str | None = None,
+    log: Log = print,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Loss, accuracy, per-class accuracy and confusion matrix on `split` (test or val).
+
+    The test split is measured once per run; a second measurement needs `force` and is recorded.
+    """
+    run = RunDir.open(run_path)
+    if split not in ("test", "val"):
+        raise DeepstepError(f"--split {split!r}: evaluate measures 'test' or 'val' (the train part is reported by training)")
+    history = run.read_json("evaluations.json", [])
+    earlier = [e for e in history if e["split"] == "test"]
+    if split == "test" and earlier and not force:
+        first = earlier[0]
+        raise DeepstepError(
+            f"{run.path}'s test split was already evaluated on {first['time']} (accuracy {first['accuracy']:.2%}); "
+            "the test part is measured once per run. Use --force to measure it again (it is recorded), or --split val"
+        )
+    info = run.read_json("run.json")
+    config = TrainConfig(**_config_fields(run.read_config()))
+    trained = load_trained(run, checkpoint)
+    pixels = _evaluation_pixels(info, config, trained, split, data_dir, log, progress)
+    device = resolve_device(config.device)
+    precision = resolve_precision("32", device)
+    batches = ImageBatches(
+        pixels, batch_size=256, mean=trained.record["normalization"]["mean"], std=trained.record["normalization"]["std"], device=device,
+    )
+    model = trained.model.to(device)
+    means, logits = evaluate(model, classification_step(), batches, precision, keep_outputs=True)
+    result = _classification_report(logits, pixels.labels, trained.classes)
+    result = {
+        "split": split,
+        "checkpoint": checkpoint,
+        "epoch": trained.record["epoch"],
+        "images": len(pixels.labels),
+        "accuracy": result["accuracy"],
+        "loss": means["loss"],
+        **{k: v for k, v in result.items() if k != "accuracy"},
+        "time": _now(),
+    }
+    from deepstep.plots import plot_confusion
+
+    matrix = np.asarray(result["confusion_matrix"])
+    png = plot_confusion(matrix, trained.classes, run.file(f"confusion_{split}.png"),
+                         title=f"{split}: accuracy {result['accuracy']:.2%} ({len(pixels.labels)} images)")
+    _write_confusion_csv(run.file(f"confusion_{split}.csv"), matrix, trained.classes)
+    result["files"] = {"json": str(run.file(f"{split}.json")), "confusion_png": str(png), "confusion_csv": str(run.file(f"confusion_{split}.csv"))}
+    run.write_json(f"{split}.json", result)
+    if split == "test":
+        history.append({"split": "test", "time": result["time"], "checkpoint": checkpoint, "epoch": result["epoch"],
+                        "accuracy": result["accuracy"], "loss": result["loss"], "forced": bool(earlier)})
+        run.write_json("evaluations.json", history)
+    return result
+
+
+def _config_fields(values: dict[str, Any]) -> dict[str, Any]:
+    from deepstep.config import check_values
+
+    return check_values(values, source="config.yaml")
+
+
+def _evaluation_pixels(info, config: TrainConfig, trained: TrainedModel, split, data_dir, log, progress) -> Pixels:
+    data_dir = Path(data_dir or config.data_dir or default_data_dir())
+    source = open_image_source(config.data, data_dir, config.test_split)
+    if source.fingerprint != info["data"]["fingerprint"]:
+        log(f"warning: the data at {config.data} changed since this run was trained (fingerprint {info['data']['fingerprint']} -> {source.fingerprint})")
+    if split == "test":
+        return load_split(source, "test", trained.channels, trained.size, data_dir, False, log, progress)
+    if "val" in source.splits:
+        return load_split(source, "val", trained.channels, trained.size, data_dir, False, log, progress)
+    pixels = load_split(source, "train", trained.channels, trained.size, data_dir, False, log, progress)
+    _, val, val_info = carve_validation(pixels, config.val_split, config.seed)
+    if val is None:
+        raise DeepstepError("this run was trained with --val-split 0: it has no validation part to evaluate")
+    if val_info["index_sha256"] != info["data"]["val"].get("index_sha256"):
+        raise DeepstepError("the validation part cannot be rebuilt as it was in training (the data changed); evaluate --split test instead")
+    return val
+
+
+def _classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
+    preds = logits.argmax(dim=1)
+    n = len(classes)
+    matrix = torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
+    per_class_total = matrix.sum(dim=1)
+    per_class = {c: (float(matrix[i, i] / per_class_total[i]) if per_class_total[i] else None) for i, c in enumerate(classes)}
+    return {
+        "accuracy": float((preds == labels).float().mean()),
+        "per_class_accuracy": per_class,
+        "classes": list(classes),
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def _write_confusion_csv(path: Path, matrix: np.ndarray, classes: Sequence[str]) -> None:
+    from deepstep.engine.files import write_text
+
+    lines = ["true\\predicted," + ",".join(classes)]
+    lines += [f"{c}," + ",".join(str(int(v)) for v in row) for c, row in zip(classes, matrix, strict=True)]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+# ---- predict -----------------------------------------------------------------------------------
+
+
+def image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given, and the images inside given folders (sorted)."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = find_images(path)
+            if not found:
+                raise DeepstepError(f"{path} holds no images to predict")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DeepstepError(f"{path} does not exist")
+    if not files:
+        raise DeepstepError("give at least one image file or folder to predict")
+    return files
+
+
+def read_for_model(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+    from deepstep.data.decode import describe_error, read_image
+
+    try:
+        return read_image(path, size, channels)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DeepstepError(f"{path}: {describe_error(err)}; give a JPEG, PNG, BMP, GIF, WebP or TIFF image") from None
+
+
+def predict_run(
+    run_path: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    top_k: int = 5,
+    checkpoint: str = "best",
+    plot: str | Path | None = None,
+    batch_size: int = 64,
+) -> list[dict[str, Any]]:
+    """Class and softmax probabilities for each image, with the run's own pre-processing."""
+    if top_k < 1:
+        raise DeepstepError(f"--top-k must be at least 1, got {top_k}")
+    run = RunDir.open(run_path)
+    trained = load_trained(run, checkpoint)
+    files = image_files(inputs)
+    top_k = min(top_k, len(trained.classes))
+    images = np.stack([read_for_model(f, trained.channels, trained.size) for f in files])
+    results = []
+    with torch.inference_mode():
+        for start in range(0, len(files), batch_size):
+            x = trained.normalize(torch.from_numpy(images[start : start + batch_size]))
+            probs = torch.softmax(trained.model(x).float(), dim=1)
+            values, indices = probs.topk(top_k, dim=1)
+            for file, p, idx in zip(files[start : start + batch_size], values.tolist(), indices.tolist(), strict=True):
+                ranked = [{"label": trained.classes[i], "probability": q} for i, q in zip(idx, p, strict=True)]
+                results.append({"file": str(file), "label": ranked[0]["label"], "top_k": ranked})
+    if plot is not None:
+        from deepstep.plots import plot_predictions
+
+        shown = min(len(results), 12)
+        plot_predictions([(images[i], results[i]["file"], results[i]["top_k"]) for i in range(shown)], Path(plot))
+    return results
+
+
+# ---- show --------------------------------------------------------------------------------------
+
+
+def show_images(
+    data: str, *, split: str = "train", n: int = 16, out: str | Path = "grid.png",
+    data_dir: str | None = None, test_split: float = 0.2, seed: int = 0,
+) -> Path:
+    """A labelled grid of `n` images drawn at random (seeded) from a split."""
+    if n < 1:
+        raise DeepstepError(f"--n must be at least 1, got {n}")
+    source = open_image_source(data, Path(data_dir) if data_dir else default_data_dir(), test_split)
+    if split not in source.splits:
+        raise DeepstepError(f"{source.name} has no {split!r} split; it has {', '.join(source.splits)}")
+    part = source.splits[split]
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(part), size=min(n, len(part)), replace=False)
+    images, labels = [], []
+    from deepstep.data.decode import to_model_mode
+
+    for i in picks:
+        try:
+            with part.open(int(i)) as image:
+                images.append(np.asarray(to_model_mode(image, 3)))
+        except (OSError, ValueError, SyntaxError):
+            continue
+        labels.append(source.classes[int(part.labels[i])])
+    from deepstep.plots import plot_image_grid
+
+    return plot_image_grid(images, labels, Path(out), title=f"{source.name}: {split} ({len(images)} of {len(part)})")
