@@ -33,7 +33,7 @@ def main(source: str) -> None:
                 members[(parts[-3], parts[-2])].append(m)
         rng = np.random.default_rng(SEED)
         chosen = []
-        for (split, cls) in sorted(members):
+        for split, cls in sorted(members):
             files = sorted(members[(split, cls)], key=lambda m: m.name)
             count = TRAIN_PER_CLASS if split == "train" else TEST_PER_CLASS
             for i in sorted(rng.choice(len(files), size=count, replace=False)):

@@ -1,8 +1,8 @@
 """The Python API: the same names as the command line's flags.
 
-    run = deepstep.train(data="cifar10-sample", model="lenet", epochs=5, batch_size=32)
-    run.evaluate()              # the test part, once
-    run.predict(["photo.jpg"])
+run = deepstep.train(data="cifar10-sample", model="lenet", epochs=5, batch_size=32)
+run.evaluate()              # the test part, once
+run.predict(["photo.jpg"])
 """
 
 from __future__ import annotations
@@ -38,13 +38,22 @@ class Run:
         """One dict per epoch, as in metrics.csv."""
         return self._dir.read_metrics()
 
-    def evaluate(self, split: str = "test", *, force: bool = False, checkpoint: str = "best", verbose: bool = True) -> dict[str, Any]:
+    def evaluate(
+        self, split: str = "test", *, force: bool = False, checkpoint: str = "best", verbose: bool = True
+    ) -> dict[str, Any]:
         """Accuracy, loss, per-class accuracy and confusion matrix; the test split once per run."""
         from deepstep.tasks.image_classification import evaluate_run
 
         return evaluate_run(self.path, split, force=force, checkpoint=checkpoint, log=_log(verbose), progress=verbose)
 
-    def predict(self, images: str | Path | list[str | Path], *, top_k: int = 5, plot: str | Path | None = None, checkpoint: str = "best") -> list[dict[str, Any]]:
+    def predict(
+        self,
+        images: str | Path | list[str | Path],
+        *,
+        top_k: int = 5,
+        plot: str | Path | None = None,
+        checkpoint: str = "best",
+    ) -> list[dict[str, Any]]:
         """Top-k classes with softmax probabilities for each image file (or folder of images)."""
         from deepstep.tasks.image_classification import predict_run
 
@@ -59,7 +68,14 @@ def _log(verbose: bool):
     return print if verbose else (lambda message: None)
 
 
-def train(data: str | None = None, model: str | None = None, *, config: str | Path | None = None, verbose: bool = True, **options: Any) -> Run:
+def train(
+    data: str | None = None,
+    model: str | None = None,
+    *,
+    config: str | Path | None = None,
+    verbose: bool = True,
+    **options: Any,
+) -> Run:
     """Train and validate a model; options are the `deepstep train` flags with underscores.
 
     Values resolve as on the command line: defaults < recipe < `config` file < arguments.
@@ -77,7 +93,9 @@ def load_run(path: str | Path) -> Run:
     return Run(path)
 
 
-def show(data: str, *, split: str = "train", n: int = 16, out: str | Path = "grid.png", data_dir: str | None = None) -> Path:
+def show(
+    data: str, *, split: str = "train", n: int = 16, out: str | Path = "grid.png", data_dir: str | None = None
+) -> Path:
     """Save a labelled grid of `n` images of a dataset split; returns the PNG's path."""
     from deepstep.tasks.image_classification import show_images
 
@@ -94,13 +112,21 @@ def list_models(pattern: str = "*") -> list[dict[str, Any]]:
     """Every registered model with its parameter count (at its default classes) and declared input."""
     import torch
 
-    from deepstep.models import create_model, get_model_spec, list_models as names
+    from deepstep.models import create_model, get_model_spec
+    from deepstep.models import list_models as names
 
     rows = []
     for name in names(pattern):
         spec = get_model_spec(name)
         with torch.device("meta"):
             params = sum(p.numel() for p in create_model(name).parameters())
-        rows.append({"name": name, "parameters": params, "input_size": list(spec.input_size), "description": spec.description,
-                     "defaults": spec.defaults()})
+        rows.append(
+            {
+                "name": name,
+                "parameters": params,
+                "input_size": list(spec.input_size),
+                "description": spec.description,
+                "defaults": spec.defaults(),
+            }
+        )
     return rows

@@ -71,8 +71,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in choices:
                 raise DeepstepError(
-                    f"--{_flag(name)} {value!r} is not one of {', '.join(choices)}"
-                    + did_you_mean(str(value), choices)
+                    f"--{_flag(name)} {value!r} is not one of {', '.join(choices)}" + did_you_mean(str(value), choices)
                 )
         for name in ("val_split", "test_split"):
             value = getattr(self, name)
@@ -149,9 +148,7 @@ def coerce(name: str, value: Any, source: str) -> Any:
     expected = _field_types()[name]
     ok, converted = _coerce(expected, value)
     if not ok:
-        raise DeepstepError(
-            f"{source}: {_flag(name)} must be {_describe(expected)}, got {value!r}"
-        )
+        raise DeepstepError(f"{source}: {_flag(name)} must be {_describe(expected)}, got {value!r}")
     return converted
 
 
@@ -235,9 +232,7 @@ def check_values(raw: dict[str, Any], source: str) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in fields:
             known = [_flag(f) for f in fields]
-            raise DeepstepError(
-                f"{source}: unknown option {key!r}{did_you_mean(_flag(name), known)}"
-            )
+            raise DeepstepError(f"{source}: unknown option {key!r}{did_you_mean(_flag(name), known)}")
         values[name] = coerce(name, value, source)
     return values
 
@@ -251,8 +246,7 @@ def resolve_config(file_values: dict[str, Any] | None = None, flags: dict[str, A
     if recipe_name is not None:
         if recipe_name not in RECIPES:
             raise DeepstepError(
-                f"unknown recipe {recipe_name!r}{did_you_mean(recipe_name, RECIPES)}; "
-                f"recipes: {', '.join(RECIPES)}"
+                f"unknown recipe {recipe_name!r}{did_you_mean(recipe_name, RECIPES)}; recipes: {', '.join(RECIPES)}"
             )
         values.update(RECIPES[recipe_name])
     values.update(file_values)

@@ -15,6 +15,9 @@ class CheckpointError(DeepstepError):
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """' (did you mean a or b?)' for the choices close to `name`, else ''."""
-    close = difflib.get_close_matches(name.lower(), list(choices), n=3, cutoff=0.5)
+    """' (did you mean a or b?)' for the choices closest to `name`, else ''."""
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, name.lower(), c.lower()).ratio(), c) for c in choices), reverse=True
+    )
+    close = [c for score, c in scored[:3] if score >= 0.6 and score >= scored[0][0] - 0.1]
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""

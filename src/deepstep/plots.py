@@ -66,8 +66,15 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], out: Path, title:
         threshold = matrix.max() / 2 if matrix.size else 0
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8,
-                        color="white" if matrix[i, j] > threshold else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(matrix[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if matrix[i, j] > threshold else "black",
+                )
     return _save(fig, out)
 
 

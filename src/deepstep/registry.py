@@ -39,9 +39,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             hint = did_you_mean(name, self._entries)
-            raise DeepstepError(
-                f"unknown {self.kind} {name!r}{hint}; `{self.list_command}` lists them"
-            ) from None
+            raise DeepstepError(f"unknown {self.kind} {name!r}{hint}; `{self.list_command}` lists them") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -44,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeepstepError as err:
         print(f"deepstep {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `deepstep ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
-        print(f"deepstep {args.command}: interrupted; finished checkpoints are kept (train --resume continues)", file=sys.stderr)
+        print(
+            f"deepstep {args.command}: interrupted; finished checkpoints are kept (train --resume continues)",
+            file=sys.stderr,
+        )
         return 130

@@ -8,7 +8,9 @@ from deepstep.cli.common import formatter, print_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("datasets", help="list the built-in datasets", description=__doc__, formatter_class=formatter)
+    parser = subparsers.add_parser(
+        "datasets", help="list the built-in datasets", description=__doc__, formatter_class=formatter
+    )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(run=run)
 
@@ -24,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         print(f"{r['name']:<{width}}  {r['description']}")
-    print(f"\nAlso: --data FOLDER (train/<class>/*, test/<class>/*, or <class>/* with a carved test part),"
-          f" or a .tar.gz/.zip of such a folder. Cache: {default_data_dir()} (--data-dir, $DEEPSTEP_DATA)")
+    print(
+        f"\nAlso: --data FOLDER (train/<class>/*, test/<class>/*, or <class>/* with a carved test part),"
+        f" or a .tar.gz/.zip of such a folder. Cache: {default_data_dir()} (--data-dir, $DEEPSTEP_DATA)"
+    )
     return 0

@@ -18,8 +18,11 @@ Every test evaluation is recorded in RUN/evaluations.json; a second one needs --
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="loss, accuracy, per-class accuracy, confusion matrix on test (once) or val",
-        description=__doc__, epilog=EXAMPLES, formatter_class=formatter,
+        "evaluate",
+        help="loss, accuracy, per-class accuracy, confusion matrix on test (once) or val",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=formatter,
     )
     parser.add_argument("run_dir", metavar="RUN", help="a run folder written by `deepstep train`")
     parser.add_argument("--split", default="test", choices=("test", "val"), help="default test")
@@ -35,13 +38,20 @@ def run(args: argparse.Namespace) -> int:
 
     quiet = args.json
     result = evaluate_run(
-        args.run_dir, args.split, force=args.force, checkpoint=args.checkpoint, data_dir=args.data_dir,
-        log=(lambda m: None) if quiet else print, progress=progress_enabled(args) and not quiet,
+        args.run_dir,
+        args.split,
+        force=args.force,
+        checkpoint=args.checkpoint,
+        data_dir=args.data_dir,
+        log=(lambda m: None) if quiet else print,
+        progress=progress_enabled(args) and not quiet,
     )
     if args.json:
         print_json(result)
         return 0
-    print(f"{args.split}: accuracy {result['accuracy']:.2%}  loss {result['loss']:.4f}  ({result['images']} images, {result['checkpoint']} checkpoint, epoch {result['epoch']})")
+    print(
+        f"{args.split}: accuracy {result['accuracy']:.2%}  loss {result['loss']:.4f}  ({result['images']} images, {result['checkpoint']} checkpoint, epoch {result['epoch']})"
+    )
     width = max(len(c) for c in result["classes"])
     for name, acc in result["per_class_accuracy"].items():
         print(f"  {name:<{width}}  {acc:.2%}" if acc is not None else f"  {name:<{width}}  (no images)")

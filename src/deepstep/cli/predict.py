@@ -18,15 +18,24 @@ Grayscale, RGBA and palette images are converted to what the model takes.
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "predict", help="classify images with a trained run",
-        description=__doc__, epilog=EXAMPLES, formatter_class=formatter,
+        "predict",
+        help="classify images with a trained run",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=formatter,
     )
     parser.add_argument("run_dir", metavar="RUN", help="a run folder written by `deepstep train`")
     parser.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="how many classes to list per image (default 5)")
+    parser.add_argument(
+        "--top-k", type=int, default=5, metavar="K", help="how many classes to list per image (default 5)"
+    )
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    parser.add_argument("--json", action="store_true", help="print a JSON list: file, label, top_k [{label, probability}]")
-    parser.add_argument("--plot", metavar="OUT.png", help="draw each image beside a bar chart of its top-k probabilities")
+    parser.add_argument(
+        "--json", action="store_true", help="print a JSON list: file, label, top_k [{label, probability}]"
+    )
+    parser.add_argument(
+        "--plot", metavar="OUT.png", help="draw each image beside a bar chart of its top-k probabilities"
+    )
     parser.set_defaults(run=run)
 
 

@@ -24,8 +24,10 @@ RECIPE = {
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "quickstart", help="the whole workflow offline on the shipped CIFAR-10 sample (about a minute)",
-        description=__doc__, formatter_class=formatter,
+        "quickstart",
+        help="the whole workflow offline on the shipped CIFAR-10 sample (about a minute)",
+        description=__doc__,
+        formatter_class=formatter,
     )
     parser.add_argument("--epochs", type=int, default=20, help="default 20")
     parser.add_argument("--out", metavar="DIR", help="run folder (default runs/lenet-cifar10-sample[-N])")

@@ -15,8 +15,11 @@ examples:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "show", help="save a labelled grid of images from a dataset",
-        description=__doc__, epilog=EXAMPLES, formatter_class=formatter,
+        "show",
+        help="save a labelled grid of images from a dataset",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=formatter,
     )
     parser.add_argument("data", metavar="DATA", help="built-in dataset, image folder or archive")
     parser.add_argument("--split", default="train", help="train, test (or val when the folder has one); default train")

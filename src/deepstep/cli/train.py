@@ -50,41 +50,140 @@ def _int(text: str) -> int:
 
 # (flag, argparse keywords); the flag names are TrainConfig's fields with dashes.
 OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("data", {"metavar": "D", "help": "built-in dataset (see `deepstep datasets`), image folder, or .tar.gz/.zip of one (default cifar10-sample)"}),
+    (
+        "data",
+        {
+            "metavar": "D",
+            "help": "built-in dataset (see `deepstep datasets`), image folder, or .tar.gz/.zip of one (default cifar10-sample)",
+        },
+    ),
     ("model", {"metavar": "M", "help": "model name (see `deepstep models`; default lenet)"}),
-    ("model-arg", {"dest": "model_args", "metavar": "KEY=VALUE", "type": _key_value, "action": "append", "help": "a model argument, e.g. width=32 (repeatable)"}),
-    ("data-dir", {"metavar": "DIR", "help": "cache for downloads, unpacked archives and decoded images (env DEEPSTEP_DATA, default ~/.cache/deepstep)"}),
+    (
+        "model-arg",
+        {
+            "dest": "model_args",
+            "metavar": "KEY=VALUE",
+            "type": _key_value,
+            "action": "append",
+            "help": "a model argument, e.g. width=32 (repeatable)",
+        },
+    ),
+    (
+        "data-dir",
+        {
+            "metavar": "DIR",
+            "help": "cache for downloads, unpacked archives and decoded images (env DEEPSTEP_DATA, default ~/.cache/deepstep)",
+        },
+    ),
     ("image-size", {"metavar": "N|HxW", "help": "resize images to this instead of the model's declared input size"}),
-    ("val-split", {"type": float, "metavar": "F", "help": "fraction of each class of the train part held out for validation (default 0.1)"}),
-    ("test-split", {"type": float, "metavar": "F", "help": "fraction carved as the test part when a folder has no test/ (default 0.2)"}),
-    ("mean", {"type": _floats, "metavar": "M[,M,M]", "help": "normalisation mean per channel, in [0, 1] (default: computed on the train part)"}),
-    ("std", {"type": _floats, "metavar": "S[,S,S]", "help": "normalisation std per channel (default: computed on the train part)"}),
-    ("strict", {"action": argparse.BooleanOptionalAction, "help": "stop at the first unreadable image instead of skipping it with a warning"}),
+    (
+        "val-split",
+        {
+            "type": float,
+            "metavar": "F",
+            "help": "fraction of each class of the train part held out for validation (default 0.1)",
+        },
+    ),
+    (
+        "test-split",
+        {
+            "type": float,
+            "metavar": "F",
+            "help": "fraction carved as the test part when a folder has no test/ (default 0.2)",
+        },
+    ),
+    (
+        "mean",
+        {
+            "type": _floats,
+            "metavar": "M[,M,M]",
+            "help": "normalisation mean per channel, in [0, 1] (default: computed on the train part)",
+        },
+    ),
+    (
+        "std",
+        {
+            "type": _floats,
+            "metavar": "S[,S,S]",
+            "help": "normalisation std per channel (default: computed on the train part)",
+        },
+    ),
+    (
+        "strict",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "stop at the first unreadable image instead of skipping it with a warning",
+        },
+    ),
     ("epochs", {"type": _int, "metavar": "N", "help": "passes over the train part (default 10)"}),
-    ("batch-size", {"type": _int, "metavar": "N", "help": "images per mini-batch, one optimizer step each (default 64)"}),
+    (
+        "batch-size",
+        {"type": _int, "metavar": "N", "help": "images per mini-batch, one optimizer step each (default 64)"},
+    ),
     ("lr", {"type": float, "metavar": "LR", "help": "learning rate (default 0.01)"}),
     ("optimizer", {"choices": OPTIMIZERS, "help": "default sgd"}),
     ("momentum", {"type": float, "metavar": "M", "help": "SGD momentum (default 0.9)"}),
     ("nesterov", {"action": argparse.BooleanOptionalAction, "help": "Nesterov momentum (SGD)"}),
-    ("weight-decay", {"type": float, "metavar": "WD", "help": "L2 penalty on weights, not on biases or norms (default 0)"}),
+    (
+        "weight-decay",
+        {"type": float, "metavar": "WD", "help": "L2 penalty on weights, not on biases or norms (default 0)"},
+    ),
     ("schedule", {"choices": SCHEDULES, "help": "learning-rate schedule, stepped every batch (default none)"}),
-    ("warmup", {"type": float, "metavar": "F", "help": "fraction of training with a linear warm-up of the learning rate (default 0)"}),
+    (
+        "warmup",
+        {
+            "type": float,
+            "metavar": "F",
+            "help": "fraction of training with a linear warm-up of the learning rate (default 0)",
+        },
+    ),
     ("label-smoothing", {"type": float, "metavar": "F", "help": "cross-entropy label smoothing (default 0)"}),
-    ("augment", {"action": argparse.BooleanOptionalAction, "help": "random crop (4-pixel reflect padding) and horizontal flip, on whole batches"}),
-    ("precision", {"choices": PRECISIONS, "help": "auto: bf16 on CPUs with AMX/AVX-512-BF16 and GPUs that have it, fp16 on other GPUs, else 32"}),
+    (
+        "augment",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "random crop (4-pixel reflect padding) and horizontal flip, on whole batches",
+        },
+    ),
+    (
+        "precision",
+        {
+            "choices": PRECISIONS,
+            "help": "auto: bf16 on CPUs with AMX/AVX-512-BF16 and GPUs that have it, fp16 on other GPUs, else 32",
+        },
+    ),
     ("device", {"choices": DEVICES, "help": "default auto: cuda, then mps, then cpu"}),
-    ("seed", {"type": int, "metavar": "N", "help": "seed for weights, data order, augmentation and validation split (default 0)"}),
-    ("patience", {"type": int, "metavar": "N", "help": "stop after N epochs without a better val accuracy (default 0: never)"}),
+    (
+        "seed",
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "seed for weights, data order, augmentation and validation split (default 0)",
+        },
+    ),
+    (
+        "patience",
+        {"type": int, "metavar": "N", "help": "stop after N epochs without a better val accuracy (default 0: never)"},
+    ),
     ("out", {"metavar": "DIR", "help": "run folder (default runs/MODEL-DATA[-N])"}),
-    ("resume", {"action": argparse.BooleanOptionalAction, "help": "continue the run in --out from its last checkpoint"}),
-    ("recipe", {"choices": sorted(RECIPES), "help": "a named preset of these options, applied before --config and flags"}),
+    (
+        "resume",
+        {"action": argparse.BooleanOptionalAction, "help": "continue the run in --out from its last checkpoint"},
+    ),
+    (
+        "recipe",
+        {"choices": sorted(RECIPES), "help": "a named preset of these options, applied before --config and flags"},
+    ),
 ]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train + validate a model, writing a run folder",
-        description=__doc__, epilog=EXAMPLES, formatter_class=formatter,
+        "train",
+        help="train + validate a model, writing a run folder",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=formatter,
     )
     parser.add_argument("--config", metavar="FILE", help="TOML or YAML file whose keys are these flags' names")
     for flag, kwargs in OPTIONS:

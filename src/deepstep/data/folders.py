@@ -103,7 +103,9 @@ def _descend_single_folder(root: Path) -> Path:
 def scan_image_folder(path: Path) -> ImageFolderLayout:
     """Read an ImageFolder layout: `train/` (+ `val/`, `test/`) or one folder of class folders."""
     if not path.exists():
-        raise DeepstepError(f"{path} does not exist: give an image folder, a .tar.gz/.zip of one, or a built-in dataset name")
+        raise DeepstepError(
+            f"{path} does not exist: give an image folder, a .tar.gz/.zip of one, or a built-in dataset name"
+        )
     if not path.is_dir():
         raise DeepstepError(f"{path} is not a folder or a .tar.gz/.zip archive of one")
     if not any(path.iterdir()):
@@ -126,7 +128,7 @@ def file_fingerprint(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def _archive_stem(path: Path) -> str:
+def archive_stem(path: Path) -> str:
     name = path.name
     for suffix in ARCHIVE_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -138,7 +140,7 @@ def unpack_archive(archive: Path, cache_dir: Path, name: str | None = None) -> P
     """Unpack `archive` once into `cache_dir/unpacked/` and return the folder; reused while unchanged."""
     if not archive.is_file():
         raise DeepstepError(f"{archive} does not exist")
-    target = cache_dir / "unpacked" / f"{name or _archive_stem(archive)}-{file_fingerprint(archive)}"
+    target = cache_dir / "unpacked" / f"{name or archive_stem(archive)}-{file_fingerprint(archive)}"
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

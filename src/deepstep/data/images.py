@@ -231,6 +231,9 @@ class ImageBatches:
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
         self.channels_last = channels_last
+        # Crop padding: an eighth of the side (4 pixels at 32x32, as in the CIFAR recipes).
+        side = min(self.images.shape[2:]) if self.images.ndim == 4 else 1
+        self.padding = max(1, min(round(side / 8), side - 1))
         image_bytes = 4 * self.images[0].numel() if len(self.images) else 1
         self.chunk = max(1, chunk_bytes // (image_bytes * batch_size)) * batch_size
 
@@ -262,7 +265,7 @@ class ImageBatches:
                 index = order[start:stop]
                 x, y = self.images[index], self.labels[index]
             if self.augment:
-                x = random_crop_flip(x, padding=4, generator=self.generator)
+                x = random_crop_flip(x, padding=self.padding, generator=self.generator)
             x = normalize(x, self.mean, self.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

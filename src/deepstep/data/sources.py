@@ -18,7 +18,7 @@ from PIL import Image
 
 from deepstep.data.folders import (
     ImageFolderLayout,
-    file_fingerprint,
+    archive_stem,
     is_archive,
     scan_image_folder,
     unpack_archive,
@@ -105,7 +105,7 @@ def open_image_source(spec: str, data_dir: Path | None = None, test_split: float
         )
     if is_archive(path):
         folder = unpack_archive(path, data_dir)
-        return _folder_source(folder, name=folder.name, test_split=test_split)
+        return _folder_source(folder, name=archive_stem(path), test_split=test_split)
     return _folder_source(path, name=path.resolve().name, test_split=test_split)
 
 
@@ -125,9 +125,7 @@ def _folder_source(path: Path, name: str, test_split: float) -> ImageSource:
         keep, held = stratified_split(splits["train"].labels, test_split, seed=TEST_CARVE_SEED)
         splits["test"] = splits["train"].subset(held)
         splits["train"] = splits["train"].subset(keep)
-        origin = (
-            f"carved from the folder: {test_split:.0%} of each class (stratified, seed {TEST_CARVE_SEED})"
-        )
+        origin = f"carved from the folder: {test_split:.0%} of each class (stratified, seed {TEST_CARVE_SEED})"
     return ImageSource(
         name=name,
         classes=layout.classes,
@@ -147,15 +145,16 @@ def _layout_fingerprint(layout: ImageFolderLayout, test_split: float) -> str:
     return digest.hexdigest()[:16]
 
 
-@builtin("cifar10-sample", "CIFAR-10, a stratified sample shipped with deepstep (offline): 4,500 train + 1,000 test, 32x32 JPEG")
+@builtin(
+    "cifar10-sample",
+    "CIFAR-10, a stratified sample shipped with deepstep (offline): 4,500 train + 1,000 test, 32x32 JPEG",
+)
 def _cifar10_sample(data_dir: Path, test_split: float) -> ImageSource:
     folder = unpack_archive(SAMPLE_ARCHIVE, data_dir, name="cifar10-sample")
     return _folder_source(folder, name="cifar10-sample", test_split=test_split)
 
 
-def _torchvision_source(
-    name: str, dataset_class: str, archive_hint: str
-) -> Callable[[Path, float], ImageSource]:
+def _torchvision_source(name: str, dataset_class: str, archive_hint: str) -> Callable[[Path, float], ImageSource]:
     def open_dataset(data_dir: Path, test_split: float) -> ImageSource:
         import torchvision.datasets
 
@@ -178,9 +177,7 @@ def _torchvision_source(
             pixels = np.asarray(ds.data, dtype=np.uint8)
             parts[split] = ImageSplit(labels=np.asarray(ds.targets, dtype=np.int64), pixels=pixels)
             classes = list(ds.classes)
-        fingerprint = hashlib.sha256(
-            f"{name}|{len(parts['train'])}|{len(parts['test'])}".encode()
-        ).hexdigest()[:16]
+        fingerprint = hashlib.sha256(f"{name}|{len(parts['train'])}|{len(parts['test'])}".encode()).hexdigest()[:16]
         return ImageSource(
             name=name,
             classes=classes,
@@ -193,9 +190,29 @@ def _torchvision_source(
 
 
 for _name, _cls, _hint, _desc in (
-    ("cifar10", "CIFAR10", "cifar-10-python.tar.gz", "CIFAR-10: 50,000 + 10,000 32x32 colour images, 10 classes (torchvision download)"),
-    ("cifar100", "CIFAR100", "cifar-100-python.tar.gz", "CIFAR-100: 50,000 + 10,000 32x32 colour images, 100 classes (torchvision download)"),
-    ("mnist", "MNIST", "the four MNIST .gz files under MNIST/raw/", "MNIST: 60,000 + 10,000 28x28 grey digits (torchvision download)"),
-    ("fashion-mnist", "FashionMNIST", "the four Fashion-MNIST .gz files under FashionMNIST/raw/", "Fashion-MNIST: 60,000 + 10,000 28x28 grey clothes images (torchvision download)"),
+    (
+        "cifar10",
+        "CIFAR10",
+        "cifar-10-python.tar.gz",
+        "CIFAR-10: 50,000 + 10,000 32x32 colour images, 10 classes (torchvision download)",
+    ),
+    (
+        "cifar100",
+        "CIFAR100",
+        "cifar-100-python.tar.gz",
+        "CIFAR-100: 50,000 + 10,000 32x32 colour images, 100 classes (torchvision download)",
+    ),
+    (
+        "mnist",
+        "MNIST",
+        "the four MNIST .gz files under MNIST/raw/",
+        "MNIST: 60,000 + 10,000 28x28 grey digits (torchvision download)",
+    ),
+    (
+        "fashion-mnist",
+        "FashionMNIST",
+        "the four Fashion-MNIST .gz files under FashionMNIST/raw/",
+        "Fashion-MNIST: 60,000 + 10,000 28x28 grey clothes images (torchvision download)",
+    ),
 ):
     DATASETS.add(_name, BuiltinDataset(_name, _desc, _torchvision_source(_name, _cls, _hint)))

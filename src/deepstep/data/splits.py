@@ -22,16 +22,12 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         members = np.flatnonzero(labels == cls)
         members = members[rng.permutation(len(members))]
         n_out = int(round(len(members) * fraction))
-        if len(members) >= 2:
-            n_out = min(max(n_out, 1), len(members) - 1)
-        else:
-            n_out = 0
+        n_out = min(max(n_out, 1), len(members) - 1) if len(members) >= 2 else 0
         held_out.append(members[:n_out])
         keep.append(members[n_out:])
     keep_idx, out_idx = np.sort(np.concatenate(keep)), np.sort(np.concatenate(held_out))
     if len(out_idx) == 0:
         raise DeepstepError(
-            f"a split of {fraction} leaves nothing to hold out from {len(labels)} images; "
-            "add images or raise the split"
+            f"a split of {fraction} leaves nothing to hold out from {len(labels)} images; add images or raise the split"
         )
     return keep_idx, out_idx

@@ -104,7 +104,10 @@ def save_checkpoint(
     if old is not None:
         for key in ("weights", "state_tensors"):
             stale = old.get(key, {}).get("file")
-            if stale and stale not in {record.get("weights", {}).get("file"), record.get("state_tensors", {}).get("file")}:
+            if stale and stale not in {
+                record.get("weights", {}).get("file"),
+                record.get("state_tensors", {}).get("file"),
+            }:
                 (folder / stale).unlink(missing_ok=True)
     return pointer
 

@@ -137,8 +137,14 @@ def fit(
         start = time.perf_counter()
         try:
             train_means, n_train = train_one_epoch(
-                model, training.train_step, training.train_batches, training.optimizer,
-                training.scheduler, training.precision, training.scaler, bar,
+                model,
+                training.train_step,
+                training.train_batches,
+                training.optimizer,
+                training.scheduler,
+                training.precision,
+                training.scaler,
+                bar,
             )
         finally:
             bar.close()
@@ -170,21 +176,30 @@ def fit(
         if improved:
             save_checkpoint(run.checkpoints, "best", tag, model, checkpoint_meta)
         save_checkpoint(
-            run.checkpoints, "last", tag, model, checkpoint_meta,
+            run.checkpoints,
+            "last",
+            tag,
+            model,
+            checkpoint_meta,
             state={
                 "optimizer": training.optimizer.state_dict(),
                 "scheduler": training.scheduler.state_dict(),
                 "scaler": training.scaler.state_dict(),
                 "rng": capture_rng(training.train_batches),
                 "fit": {
-                    "epoch": state.epoch, "history": state.history, "best": state.best,
-                    "best_epoch": state.best_epoch, "stale_epochs": state.stale_epochs,
+                    "epoch": state.epoch,
+                    "history": state.history,
+                    "best": state.best,
+                    "best_epoch": state.best_epoch,
+                    "stale_epochs": state.stale_epochs,
                 },
             },
         )
         run.write_metrics(state.history)
         log(_format_row(row, epochs) + ("  *" if improved and value is not None else ""))
         if patience and value is not None and state.stale_epochs >= patience:
-            log(f"early stop: {monitor.name} has not improved for {patience} epochs (best {state.best:.4f} at epoch {state.best_epoch})")
+            log(
+                f"early stop: {monitor.name} has not improved for {patience} epochs (best {state.best:.4f} at epoch {state.best_epoch})"
+            )
             break
     return state

@@ -50,7 +50,9 @@ class Progress:
     def __init__(self, total: int, description: str, enabled: bool, interval: float = 0.5):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, desc=description, unit="batch", leave=False, disable=not enabled, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, desc=description, unit="batch", leave=False, disable=not enabled, dynamic_ncols=True
+        )
         self.enabled = not self.bar.disable
         self.interval = interval
         self.next_time = time.monotonic() + interval

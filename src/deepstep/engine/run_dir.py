@@ -1,10 +1,10 @@
 """The run folder: everything a run was made with and everything it measured.
 
-    RUN/config.yaml       the resolved config (usable again with --config)
-    RUN/run.json          data, model, split sizes, normalisation, precision, what was picked
-    RUN/metrics.csv       one row per epoch
-    RUN/checkpoints/      best.json, last.json and their safetensors files
-    RUN/evaluations.json  every evaluation of the test split, in order
+RUN/config.yaml       the resolved config (usable again with --config)
+RUN/run.json          data, model, split sizes, normalisation, precision, what was picked
+RUN/metrics.csv       one row per epoch
+RUN/checkpoints/      best.json, last.json and their safetensors files
+RUN/evaluations.json  every evaluation of the test split, in order
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ class RunDir:
         if not run.path.exists():
             raise DeepstepError(f"run folder {run.path} does not exist")
         if not run.exists():
-            raise DeepstepError(f"{run.path} is not a deepstep run folder (no run.json); give the folder `deepstep train` wrote")
+            raise DeepstepError(
+                f"{run.path} is not a deepstep run folder (no run.json); give the folder `deepstep train` wrote"
+            )
         return run
 
     @classmethod
@@ -51,9 +53,7 @@ class RunDir:
         """A new run folder; refuses one that already holds a run, whose checkpoints would be lost."""
         run = cls(path)
         if run.exists() or run.checkpoints.exists():
-            raise DeepstepError(
-                f"{run.path} already holds a run: use --resume to continue it, or choose another --out"
-            )
+            raise DeepstepError(f"{run.path} already holds a run: use --resume to continue it, or choose another --out")
         run.path.mkdir(parents=True, exist_ok=True)
         return run
 

@@ -75,16 +75,26 @@ class MiniAlexNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("lenet", input_size=(3, 32, 32), description="LeNet-style CIFAR-10 tutorial net: conv 3->6 k5, pool, conv 6->16 k5, pool, fc 400->120->84->classes")
+@register_model(
+    "lenet",
+    input_size=(3, 32, 32),
+    description="LeNet-style CIFAR-10 tutorial net: conv 3->6 k5, pool, conv 6->16 k5, pool, fc 400->120->84->classes",
+)
 def lenet(num_classes: int = 10) -> nn.Module:
     return LeNet(num_classes)
 
 
-@register_model("simple-cnn", input_size=(1, 20, 20), description="small CNN: conv 1->3 k5, conv 3->10 k5, fc 1440->50->classes")
+@register_model(
+    "simple-cnn", input_size=(1, 20, 20), description="small CNN: conv 1->3 k5, conv 3->10 k5, fc 1440->50->classes"
+)
 def simple_cnn(num_classes: int = 10) -> nn.Module:
     return SimpleCNN(num_classes)
 
 
-@register_model("mini-alexnet", input_size=(384, 13, 13), description="AlexNet's tail on its 384x13x13 feature maps: conv 384->384, conv 384->256, max-pool 3/2, fc 9216->4096->4096->classes")
+@register_model(
+    "mini-alexnet",
+    input_size=(384, 13, 13),
+    description="AlexNet's tail on its 384x13x13 feature maps: conv 384->384, conv 384->256, max-pool 3/2, fc 9216->4096->4096->classes",
+)
 def mini_alexnet(num_classes: int = 1000, dropout: float = 0.5) -> nn.Module:
     return MiniAlexNet(num_classes, dropout)

@@ -56,6 +56,10 @@ class ResNetCifar(nn.Module):
         return self.fc(self.flatten(self.pool(x))) * self.scale
 
 
-@register_model("resnet-cifar", input_size=(3, 32, 32), description="ResNet-9-style net for 32x32 images (conv-BN-ReLU, residual blocks); width option")
+@register_model(
+    "resnet-cifar",
+    input_size=(3, 32, 32),
+    description="ResNet-9-style net for 32x32 images (conv-BN-ReLU, residual blocks); width option",
+)
 def resnet_cifar(num_classes: int = 10, width: int = 16) -> nn.Module:
     return ResNetCifar(num_classes, width)

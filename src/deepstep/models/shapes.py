@@ -23,7 +23,14 @@ class LayerShape:
 class InputMismatch(Exception):
     """Raised by trace_shapes: the layer where the input stopped fitting, and why."""
 
-    def __init__(self, layer: str, module: nn.Module | None, input_shape: tuple[int, ...] | None, reason: str, done: list[LayerShape]):
+    def __init__(
+        self,
+        layer: str,
+        module: nn.Module | None,
+        input_shape: tuple[int, ...] | None,
+        reason: str,
+        done: list[LayerShape],
+    ):
         super().__init__(reason)
         self.layer = layer
         self.module = module
@@ -73,7 +80,9 @@ def trace_shapes(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) 
             name, module, shape = current[-1]
             raise InputMismatch(name, module, shape, reason, done) from None
         after_name = done[-1].name if done else "the input"
-        raise InputMismatch(f"(between layers, after {after_name})", None, done[-1].output_shape if done else None, reason, done) from None
+        raise InputMismatch(
+            f"(between layers, after {after_name})", None, done[-1].output_shape if done else None, reason, done
+        ) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -85,7 +94,9 @@ def format_size(size: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in size)
 
 
-def check_input(model: nn.Module, model_name: str, input_size: tuple[int, ...], declared: tuple[int, ...]) -> list[LayerShape]:
+def check_input(
+    model: nn.Module, model_name: str, input_size: tuple[int, ...], declared: tuple[int, ...]
+) -> list[LayerShape]:
     """trace_shapes, turning a mismatch into a one-line DeepstepError that names the layer."""
     try:
         return trace_shapes(model, input_size)

@@ -21,7 +21,7 @@ from deepstep.data.folders import find_images
 from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize
 from deepstep.data.sources import ImageSource, default_data_dir, open_image_source
 from deepstep.data.splits import stratified_split
-from deepstep.engine.backends import set_cpu_threads, tune_cpu_kernels
+from deepstep.engine.backends import KernelChoice, apply_kernels, choose_cpu_kernels, set_cpu_threads
 from deepstep.engine.checkpoint import load_weights
 from deepstep.engine.fit import FitState, Monitor, Training, fit, resume
 from deepstep.engine.loop import Step, evaluate
@@ -36,7 +36,19 @@ TASK = "image-classification"
 Log = Callable[[str], None]
 
 # Changing these between a run and its resume would make the result meaningless.
-RESUME_MUST_MATCH = ("data", "model", "model_args", "image_size", "batch_size", "val_split", "test_split", "seed", "mean", "std", "augment")
+RESUME_MUST_MATCH = (
+    "data",
+    "model",
+    "model_args",
+    "image_size",
+    "batch_size",
+    "val_split",
+    "test_split",
+    "seed",
+    "mean",
+    "std",
+    "augment",
+)
 
 
 def classification_step(label_smoothing: float = 0.0) -> Step:
@@ -101,13 +113,25 @@ def _cache_name(source: ImageSource, split: str) -> str:
 
 
 def load_split(
-    source: ImageSource, split: str, channels: int, size: tuple[int, int], config_dir: Path, strict: bool, log: Log, progress: bool
+    source: ImageSource,
+    split: str,
+    channels: int,
+    size: tuple[int, int],
+    config_dir: Path,
+    strict: bool,
+    log: Log,
+    progress: bool,
 ) -> Pixels:
     if split not in source.splits:
         raise DeepstepError(f"{source.name} has no {split!r} split; it has {', '.join(source.splits)}")
     pixels = load_pixels(
-        source.splits[split], size=size, channels=channels, cache_dir=config_dir,
-        cache_name=_cache_name(source, split), strict=strict, progress=progress,
+        source.splits[split],
+        size=size,
+        channels=channels,
+        cache_dir=config_dir,
+        cache_name=_cache_name(source, split),
+        strict=strict,
+        progress=progress,
     )
     if pixels.skipped:
         first, reason = pixels.skipped[0]
@@ -140,14 +164,19 @@ def carve_validation(pixels: Pixels, fraction: float, seed: int) -> tuple[Pixels
     return train, val, info
 
 
-def prepare_training_data(config: TrainConfig, channels: int, size: tuple[int, int], log: Log, progress: bool) -> TrainingData:
+def prepare_training_data(
+    config: TrainConfig, channels: int, size: tuple[int, int], log: Log, progress: bool
+) -> TrainingData:
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
     source = open_image_source(config.data, data_dir, config.test_split)
     pixels = load_split(source, "train", channels, size, data_dir, config.strict, log, progress)
     if "val" in source.splits:
         train = pixels
         val = load_split(source, "val", channels, size, data_dir, config.strict, log, progress)
-        val_info = {"origin": f"the folder's val/ ({len(val.labels)} images); --val-split not used", "count": len(val.labels)}
+        val_info = {
+            "origin": f"the folder's val/ ({len(val.labels)} images); --val-split not used",
+            "count": len(val.labels),
+        }
     else:
         train, val, val_info = carve_validation(pixels, config.val_split, config.seed)
     if config.mean is not None and config.std is not None:
@@ -177,7 +206,9 @@ def _per_channel(values: list[float], channels: int) -> list[float]:
         return list(values)
     if len(values) == 1:
         return list(values) * channels
-    raise DeepstepError(f"--mean/--std need 1 or {channels} values for this model's {channels}-channel input, got {len(values)}")
+    raise DeepstepError(
+        f"--mean/--std need 1 or {channels} values for this model's {channels}-channel input, got {len(values)}"
+    )
 
 
 # ---- train -------------------------------------------------------------------------------------
@@ -201,8 +232,13 @@ def _open_run_for_resume(config: TrainConfig) -> tuple[RunDir, list[str]]:
     now = config.to_dict()
     blocking = [k for k in RESUME_MUST_MATCH if before.get(k.replace("_", "-")) != now.get(k.replace("_", "-"))]
     if blocking:
-        diffs = "; ".join(f"{k.replace('_', '-')}: {before.get(k.replace('_', '-'))!r} -> {now.get(k.replace('_', '-'))!r}" for k in blocking)
-        raise DeepstepError(f"cannot resume {run.path} with a different {', '.join(b.replace('_', '-') for b in blocking)} ({diffs}); start a new run instead")
+        diffs = "; ".join(
+            f"{k.replace('_', '-')}: {before.get(k.replace('_', '-'))!r} -> {now.get(k.replace('_', '-'))!r}"
+            for k in blocking
+        )
+        raise DeepstepError(
+            f"cannot resume {run.path} with a different {', '.join(b.replace('_', '-') for b in blocking)} ({diffs}); start a new run instead"
+        )
     changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if k != "resume" and before.get(k) != v]
     return run, changed
 
@@ -233,21 +269,35 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
     model = create_model(config.model, **model_args).to(device)
     train_batches = ImageBatches(
-        data.train, batch_size=config.batch_size, mean=data.mean, std=data.std, shuffle=True,
-        augment=config.augment, seed=config.seed, device=device,
+        data.train,
+        batch_size=config.batch_size,
+        mean=data.mean,
+        std=data.std,
+        shuffle=True,
+        augment=config.augment,
+        seed=config.seed,
+        device=device,
     )
     val_batches = None
     if data.val is not None:
-        val_batches = ImageBatches(data.val, batch_size=max(config.batch_size, 256), mean=data.mean, std=data.std, device=device)
+        val_batches = ImageBatches(
+            data.val, batch_size=max(config.batch_size, 256), mean=data.mean, std=data.std, device=device
+        )
     optimizer = build_optimizer(
-        config.optimizer, model, lr=config.lr, momentum=config.momentum,
-        nesterov=config.nesterov, weight_decay=config.weight_decay,
+        config.optimizer,
+        model,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
     )
     total_steps = config.epochs * len(train_batches)
-    scheduler = build_schedule(config.schedule, optimizer, total_steps=total_steps, warmup_steps=int(config.warmup * total_steps))
+    scheduler = build_schedule(
+        config.schedule, optimizer, total_steps=total_steps, warmup_steps=int(config.warmup * total_steps)
+    )
     train_step, eval_step = classification_step(config.label_smoothing), classification_step()
 
-    kernels = _choose_kernels(model, train_step, precision, config.batch_size, channels, size, device, log)
+    kernels = _choose_kernels(model, precision, config.batch_size, device)
     for batches in (train_batches, val_batches):
         if batches is not None:
             batches.channels_last = kernels.get("channels_last", False)
@@ -272,31 +322,53 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
             "created": _now(),
             "versions": _versions(),
             "data": data.report,
-            "model": {**meta["model"], "input_size": meta["input_size"], "parameters": n_params, "description": spec.description},
-            "device": {"type": device.type, "threads": threads, "precision": precision.name, "precision_reason": precision.reason, **kernels},
+            "model": {
+                **meta["model"],
+                "input_size": meta["input_size"],
+                "parameters": n_params,
+                "description": spec.description,
+            },
+            "device": {
+                "type": device.type,
+                "threads": threads,
+                "precision": precision.name,
+                "precision_reason": precision.reason,
+                **kernels,
+            },
         }
         _log_start(log, config, data, n_params, channels, size, device, threads, precision, kernels, run)
     run.write_config(config.to_dict())
     run.write_json("run.json", info)
 
     state = fit(
-        training, epochs=config.epochs, run=run, meta=meta, state=state,
-        patience=config.patience, monitor=Monitor("val_acc", True), progress=progress, log=log,
+        training,
+        epochs=config.epochs,
+        run=run,
+        meta=meta,
+        state=state,
+        patience=config.patience,
+        monitor=Monitor("val_acc", True),
+        progress=progress,
+        log=log,
     )
     _finish(run, info, state, log)
     return run.path
 
 
-def _choose_kernels(model, step, precision: Precision, batch_size, channels, size, device, log: Log) -> dict[str, Any]:
-    if device.type != "cpu":
-        return {"kernels": "default", "channels_last": device.type == "cuda" and precision.name != "32"}
-    x = torch.randn(batch_size, channels, *size)
-    y = torch.zeros(batch_size, dtype=torch.long)
-    choice, timings = tune_cpu_kernels(model, step, (x, y), precision)
-    return {"kernels": choice.describe(), "channels_last": choice.channels_last, "kernel_timings_ms": timings}
+def _choose_kernels(model: nn.Module, precision: Precision, batch_size: int, device: torch.device) -> dict[str, Any]:
+    if device.type == "cpu":
+        choice = choose_cpu_kernels(model, batch_size, precision)
+    else:  # cuDNN's own heuristics pick kernels; channels_last feeds its tensor cores in bf16/fp16
+        choice = KernelChoice(
+            onednn=torch.backends.mkldnn.enabled, channels_last=device.type == "cuda" and precision.name != "32"
+        )
+    apply_kernels(model, choice)
+    return {"kernels": choice.describe(), "channels_last": choice.channels_last}
 
 
-def _log_start(log, config, data: TrainingData, n_params, channels, size, device, threads, precision, kernels, run) -> None:
+def _log_start(
+    log, config, data: TrainingData, n_params, channels, size, device, threads, precision, kernels, run
+) -> None:
     r = data.report
     log(
         f"data: {r['name']}: {r['train']['count']} train / {r['val']['count']} val ({r['val']['origin']}) / "
@@ -306,7 +378,8 @@ def _log_start(log, config, data: TrainingData, n_params, channels, size, device
     norm = r["normalization"]
     log(f"normalisation: mean {norm['mean']} std {norm['std']} ({norm['origin']})")
     log(
-        f"device: {device.type}" + (f", {threads} threads" if threads else "")
+        f"device: {device.type}"
+        + (f", {threads} threads" if threads else "")
         + f"; precision {precision.name} ({precision.reason}); {kernels['kernels']}"
     )
     log(f"run folder: {run.path}")
@@ -324,7 +397,11 @@ def _finish(run: RunDir, info: dict[str, Any], state: FitState, log: Log) -> Non
         "train_seconds": round(train_seconds, 3),
     }
     run.write_json("run.json", info)
-    best = f"best val acc {state.best:.2%} at epoch {state.best_epoch}" if state.best is not None else "no validation split: best = last epoch"
+    best = (
+        f"best val acc {state.best:.2%} at epoch {state.best_epoch}"
+        if state.best is not None
+        else "no validation split: best = last epoch"
+    )
     log(f"done: {state.epoch} epochs, {train_seconds:.1f} s of training; {best}")
     log(f"curves: {curves}; checkpoints: {run.checkpoints}; next: deepstep evaluate {run.path}")
 
@@ -396,7 +473,9 @@ def evaluate_run(
     """
     run = RunDir.open(run_path)
     if split not in ("test", "val"):
-        raise DeepstepError(f"--split {split!r}: evaluate measures 'test' or 'val' (the train part is reported by training)")
+        raise DeepstepError(
+            f"--split {split!r}: evaluate measures 'test' or 'val' (the train part is reported by training)"
+        )
     history = run.read_json("evaluations.json", [])
     earlier = [e for e in history if e["split"] == "test"]
     if split == "test" and earlier and not force:
@@ -412,7 +491,11 @@ def evaluate_run(
     device = resolve_device(config.device)
     precision = resolve_precision("32", device)
     batches = ImageBatches(
-        pixels, batch_size=256, mean=trained.record["normalization"]["mean"], std=trained.record["normalization"]["std"], device=device,
+        pixels,
+        batch_size=256,
+        mean=trained.record["normalization"]["mean"],
+        std=trained.record["normalization"]["std"],
+        device=device,
     )
     model = trained.model.to(device)
     means, logits = evaluate(model, classification_step(), batches, precision, keep_outputs=True)
@@ -430,14 +513,31 @@ def evaluate_run(
     from deepstep.plots import plot_confusion
 
     matrix = np.asarray(result["confusion_matrix"])
-    png = plot_confusion(matrix, trained.classes, run.file(f"confusion_{split}.png"),
-                         title=f"{split}: accuracy {result['accuracy']:.2%} ({len(pixels.labels)} images)")
+    png = plot_confusion(
+        matrix,
+        trained.classes,
+        run.file(f"confusion_{split}.png"),
+        title=f"{split}: accuracy {result['accuracy']:.2%} ({len(pixels.labels)} images)",
+    )
     _write_confusion_csv(run.file(f"confusion_{split}.csv"), matrix, trained.classes)
-    result["files"] = {"json": str(run.file(f"{split}.json")), "confusion_png": str(png), "confusion_csv": str(run.file(f"confusion_{split}.csv"))}
+    result["files"] = {
+        "json": str(run.file(f"{split}.json")),
+        "confusion_png": str(png),
+        "confusion_csv": str(run.file(f"confusion_{split}.csv")),
+    }
     run.write_json(f"{split}.json", result)
     if split == "test":
-        history.append({"split": "test", "time": result["time"], "checkpoint": checkpoint, "epoch": result["epoch"],
-                        "accuracy": result["accuracy"], "loss": result["loss"], "forced": bool(earlier)})
+        history.append(
+            {
+                "split": "test",
+                "time": result["time"],
+                "checkpoint": checkpoint,
+                "epoch": result["epoch"],
+                "accuracy": result["accuracy"],
+                "loss": result["loss"],
+                "forced": bool(earlier),
+            }
+        )
         run.write_json("evaluations.json", history)
     return result
 
@@ -452,7 +552,9 @@ def _evaluation_pixels(info, config: TrainConfig, trained: TrainedModel, split, 
     data_dir = Path(data_dir or config.data_dir or default_data_dir())
     source = open_image_source(config.data, data_dir, config.test_split)
     if source.fingerprint != info["data"]["fingerprint"]:
-        log(f"warning: the data at {config.data} changed since this run was trained (fingerprint {info['data']['fingerprint']} -> {source.fingerprint})")
+        log(
+            f"warning: the data at {config.data} changed since this run was trained (fingerprint {info['data']['fingerprint']} -> {source.fingerprint})"
+        )
     if split == "test":
         return load_split(source, "test", trained.channels, trained.size, data_dir, False, log, progress)
     if "val" in source.splits:
@@ -462,7 +564,9 @@ def _evaluation_pixels(info, config: TrainConfig, trained: TrainedModel, split, 
     if val is None:
         raise DeepstepError("this run was trained with --val-split 0: it has no validation part to evaluate")
     if val_info["index_sha256"] != info["data"]["val"].get("index_sha256"):
-        raise DeepstepError("the validation part cannot be rebuilt as it was in training (the data changed); evaluate --split test instead")
+        raise DeepstepError(
+            "the validation part cannot be rebuilt as it was in training (the data changed); evaluate --split test instead"
+        )
     return val
 
 
@@ -471,7 +575,9 @@ def _classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: 
     n = len(classes)
     matrix = torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
     per_class_total = matrix.sum(dim=1)
-    per_class = {c: (float(matrix[i, i] / per_class_total[i]) if per_class_total[i] else None) for i, c in enumerate(classes)}
+    per_class = {
+        c: (float(matrix[i, i] / per_class_total[i]) if per_class_total[i] else None) for i, c in enumerate(classes)
+    }
     return {
         "accuracy": float((preds == labels).float().mean()),
         "per_class_accuracy": per_class,
@@ -557,8 +663,14 @@ def predict_run(
 
 
 def show_images(
-    data: str, *, split: str = "train", n: int = 16, out: str | Path = "grid.png",
-    data_dir: str | None = None, test_split: float = 0.2, seed: int = 0,
+    data: str,
+    *,
+    split: str = "train",
+    n: int = 16,
+    out: str | Path = "grid.png",
+    data_dir: str | None = None,
+    test_split: float = 0.2,
+    seed: int = 0,
 ) -> Path:
     """A labelled grid of `n` images drawn at random (seeded) from a split."""
     if n < 1:

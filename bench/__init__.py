@@ -1,0 +1,1 @@
+"""deepstep's benchmarks: `python -m bench.run [--quick]` (see README)."""

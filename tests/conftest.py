@@ -1,0 +1,95 @@
+"""Fixtures that make small, real data: image folders, archives, a CIFAR-format file."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ("circle", "square", "stripes")
+
+
+def class_image(cls: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """A (size, size, 3) uint8 image whose class is visible: a dominant colour plus noise."""
+    base = np.zeros((size, size, 3), dtype=np.float64)
+    base[..., cls % 3] = 180
+    noise = rng.normal(0, 25, size=(size, size, 3))
+    return np.clip(base + noise + 30, 0, 255).astype(np.uint8)
+
+
+def write_images(
+    folder: Path, per_class: int, rng: np.random.Generator, size: int = 32, classes=CLASSES, ext: str = "png"
+) -> None:
+    for cls, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(class_image(cls, rng, size)).save(folder / name / f"{i:03d}.{ext}")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own data cache and working folder (runs/ lands there)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DEEPSTEP_DATA", str(cache))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return cache
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """train/ and test/ with three classes of 32x32 images (20 and 6 per class)."""
+    root = tmp_path / "shapes"
+    rng = np.random.default_rng(0)
+    write_images(root / "train", 20, rng)
+    write_images(root / "test", 6, rng)
+    return root
+
+
+@pytest.fixture
+def flat_folder(tmp_path: Path) -> Path:
+    """One folder of class folders (no train/test): the test part must be carved."""
+    root = tmp_path / "flat"
+    write_images(root, 10, np.random.default_rng(1))
+    return root
+
+
+@pytest.fixture
+def image_archive(image_folder: Path, tmp_path: Path) -> Path:
+    archive = tmp_path / "shapes.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(image_folder, arcname="shapes")
+    return archive
+
+
+@pytest.fixture
+def trained_run(image_folder: Path) -> Path:
+    """A tiny lenet run on the generated folder (fp32, 2 epochs)."""
+    from deepstep.cli import main
+
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(image_folder),
+                "--model",
+                "lenet",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--precision",
+                "32",
+                "--out",
+                "runs/tiny",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    return Path("runs/tiny")

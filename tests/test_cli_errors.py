@@ -1,0 +1,84 @@
+"""Every input error a user can make gets one line on stderr, exit code 2 and no traceback."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import write_images
+
+
+def deepstep(*args):
+    return subprocess.run([sys.executable, "-m", "deepstep", *args], capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def train(*args):
+    return deepstep("train", "--epochs", "1", "--quiet", "--precision", "32", *args)
+
+
+def test_a_missing_path(tmp_path):
+    assert_one_line_error(train("--data", str(tmp_path / "missing" / "photos")), "missing/photos does not exist")
+
+
+def test_an_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(train("--data", str(tmp_path / "empty")), "is empty")
+
+
+def test_a_folder_with_no_class_subfolders(tmp_path):
+    write_images(tmp_path, 2, np.random.default_rng(0), classes=("loose",))
+    assert_one_line_error(train("--data", str(tmp_path / "loose")), "no class subfolders", "ImageFolder layout")
+
+
+def test_a_corrupt_jpeg_is_skipped_with_a_warning_and_named_with_strict(image_folder, tmp_path):
+    bad = image_folder / "train" / "square" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0garbage")
+    skipped = train("--data", str(image_folder), "--out", str(tmp_path / "run"))
+    assert skipped.returncode == 0
+    assert "warning: skipped 1 unreadable image(s)" in skipped.stdout and str(bad) in skipped.stdout
+    assert_one_line_error(train("--data", str(image_folder), "--strict", "--out", str(tmp_path / "strict")), str(bad))
+
+
+def test_a_text_file_passed_to_predict(trained_run, tmp_path):
+    text = tmp_path / "readme.txt"
+    text.write_text("hello")
+    assert_one_line_error(deepstep("predict", str(trained_run), str(text)), "readme.txt: not an image")
+
+
+def test_an_unknown_model_name_suggests_close_names():
+    assert_one_line_error(train("--model", "resnet-cifr"), "unknown model 'resnet-cifr'", "did you mean 'resnet-cifar'")
+
+
+def test_an_unknown_dataset_name_suggests_close_names():
+    assert_one_line_error(train("--data", "mnsit"), "did you mean 'mnist'")
+
+
+@pytest.mark.parametrize("size", ["0", "-4"])
+def test_a_batch_size_that_is_not_positive(size):
+    assert_one_line_error(train("--batch-size", size), f"--batch-size must be a positive integer, got {size}")
+
+
+def test_an_input_size_the_model_cannot_take(image_folder):
+    assert_one_line_error(
+        train("--data", str(image_folder), "--image-size", "64"), "lenet cannot take input 3x64x64", "layer fc1"
+    )
+
+
+def test_a_model_whose_input_is_not_an_image(image_folder):
+    assert_one_line_error(train("--data", str(image_folder), "--model", "mini-alexnet"), "takes 384x13x13 inputs")
+
+
+def test_a_config_file_with_an_unknown_key(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("epohcs = 3\n")
+    assert_one_line_error(train("--config", str(config)), "unknown option 'epohcs'", "did you mean 'epochs'")

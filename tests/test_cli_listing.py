@@ -1,0 +1,24 @@
+import json
+
+from deepstep.cli import main
+
+
+def test_datasets_lists_the_built_in_ones(capsys):
+    assert main(["datasets", "--json"]) == 0
+    names = [d["name"] for d in json.loads(capsys.readouterr().out)]
+    assert names == ["cifar10-sample", "cifar10", "cifar100", "mnist", "fashion-mnist"]
+
+
+def test_models_lists_parameters_and_declared_inputs(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["lenet"]["parameters"] == 62_006 and rows["lenet"]["input_size"] == [3, 32, 32]
+    assert rows["mini-alexnet"]["input_size"] == [384, 13, 13]
+    assert rows["vgg16"]["parameters"] == 138_357_544
+    assert {"alexnet", "vgg11", "resnet18", "resnet-cifar", "simple-cnn"} <= set(rows)
+
+
+def test_models_takes_a_pattern(capsys):
+    assert main(["models", "vgg*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:3]] == ["vgg11", "vgg16"]

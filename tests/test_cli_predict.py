@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+from PIL import Image
+
+from deepstep.cli import main
+
+
+def test_predict_gives_the_label_and_sorted_probabilities(trained_run, image_folder, capsys):
+    image = image_folder / "test" / "square" / "000.png"
+    assert main(["predict", str(trained_run), str(image), "--top-k", "3", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    probs = [t["probability"] for t in result["top_k"]]
+    assert result["file"] == str(image) and result["label"] == result["top_k"][0]["label"]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5  # 3 of 3 classes
+    assert {t["label"] for t in result["top_k"]} == {"circle", "square", "stripes"}
+
+
+def test_predict_matches_evaluate_on_the_test_images(trained_run, image_folder, capsys):
+    assert main(["predict", str(trained_run), str(image_folder / "test"), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    correct = sum(r["label"] in r["file"].split("/")[-2] for r in results)
+    assert main(["evaluate", str(trained_run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == correct / len(results) and len(results) == 18
+
+
+def test_grey_rgba_and_palette_images_are_converted_not_refused(trained_run, tmp_path, capsys):
+    rgb = np.zeros((40, 50, 3), dtype=np.uint8)
+    rgb[..., 1] = 200
+    Image.fromarray(rgb).convert("L").save(tmp_path / "grey.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "palette.gif")
+    assert (
+        main(
+            [
+                "predict",
+                str(trained_run),
+                str(tmp_path / "grey.png"),
+                str(tmp_path / "rgba.png"),
+                str(tmp_path / "palette.gif"),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert len(json.loads(capsys.readouterr().out)) == 3
+
+
+def test_a_text_file_passed_to_predict_is_a_one_line_error(trained_run, tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    assert main(["predict", str(trained_run), str(text)]) == 2
+    err = capsys.readouterr().err
+    assert f"{text}: not an image Pillow can read" in err and err.count("\n") == 1
+
+
+def test_the_plot_draws_each_image_beside_its_probabilities(trained_run, image_folder, tmp_path, capsys):
+    out = tmp_path / "prediction.png"
+    assert (
+        main(["predict", str(trained_run), str(image_folder / "test" / "circle" / "000.png"), "--plot", str(out)]) == 0
+    )
+    assert out.stat().st_size > 10_000 and Image.open(out).size[0] > 600
+    assert "circle/000.png" in capsys.readouterr().out

@@ -1,0 +1,14 @@
+from PIL import Image
+
+from deepstep.cli import main
+
+
+def test_show_saves_a_labelled_grid(image_folder, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["show", str(image_folder), "--split", "test", "--n", "9", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 300 and f"grid: {out}" in capsys.readouterr().out
+
+
+def test_show_of_a_missing_split_names_the_ones_there(image_folder, capsys):
+    assert main(["show", str(image_folder), "--split", "val"]) == 2
+    assert "has no 'val' split; it has train, test" in capsys.readouterr().err

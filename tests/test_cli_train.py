@@ -1,0 +1,177 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from deepstep.cli import main
+
+
+def _train(folder, *extra, out="runs/t"):
+    return main(
+        [
+            "train",
+            "--data",
+            str(folder),
+            "--model",
+            "lenet",
+            "--batch-size",
+            "8",
+            "--precision",
+            "32",
+            "--out",
+            out,
+            "--quiet",
+            *extra,
+        ]
+    )
+
+
+def _weights(run, kind="last"):
+    record = json.loads((Path(run) / "checkpoints" / f"{kind}.json").read_text())
+    return load_file(str(Path(run) / "checkpoints" / record["weights"]["file"]))
+
+
+def test_a_run_folder_holds_config_metrics_curves_and_both_checkpoints(image_folder):
+    assert _train(image_folder, "--epochs", "3") == 0
+    run = Path("runs/t")
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s"} <= set(rows[0])
+    assert all(float(r["seconds"]) > 0 and float(r["images_per_s"]) > 0 for r in rows)
+    assert (run / "curves.png").stat().st_size > 10_000
+    record = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert record["model"] == {"name": "lenet", "args": {"num_classes": 3}}
+    assert record["classes"] == ["circle", "square", "stripes"] and record["input_size"] == [3, 32, 32]
+    assert len(record["normalization"]["mean"]) == 3
+    best_epoch = max(rows, key=lambda r: (float(r["val_acc"]), -int(r["epoch"])))["epoch"]
+    assert str(record["epoch"]) == best_epoch
+    assert yaml.safe_load((run / "config.yaml").read_text())["batch-size"] == 8
+
+
+def test_training_learns_the_generated_classes(image_folder):
+    assert _train(image_folder, "--epochs", "8", "--lr", "0.05") == 0
+    with open("runs/t/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["val_acc"]) == 1.0
+
+
+def test_the_validation_part_is_carved_per_class_and_recorded(image_folder):
+    assert _train(image_folder, "--epochs", "1", "--val-split", "0.25") == 0
+    info = json.loads(Path("runs/t/run.json").read_text())
+    assert info["data"]["train"]["count"] == 45 and info["data"]["val"]["count"] == 15
+    assert info["data"]["test"]["count"] == 18 and "not" not in info["data"]["test"]["origin"]
+
+
+def test_the_normalisation_is_computed_on_the_train_part_or_taken_as_given(image_folder):
+    assert _train(image_folder, "--epochs", "1", "--mean", "0.5", "--std", "0.25", out="runs/given") == 0
+    given = json.loads(Path("runs/given/run.json").read_text())["data"]["normalization"]
+    assert given == {"mean": [0.5] * 3, "std": [0.25] * 3, "origin": "given"}
+    assert _train(image_folder, "--epochs", "1", out="runs/computed") == 0
+    computed = json.loads(Path("runs/computed/run.json").read_text())["data"]["normalization"]
+    assert computed["origin"] == "computed on the train part" and computed["mean"][0] > computed["mean"][2]
+
+
+def test_flags_override_the_config_file(image_folder, tmp_path):
+    config = tmp_path / "exp.toml"
+    config.write_text(f'data = "{image_folder}"\nmodel = "lenet"\nepochs = 1\nlr = 0.5\nbatch-size = 4\n')
+    assert (
+        main(["train", "--config", str(config), "--lr", "0.02", "--precision", "32", "--out", "runs/c", "--quiet"]) == 0
+    )
+    saved = yaml.safe_load(Path("runs/c/config.yaml").read_text())
+    assert saved["lr"] == 0.02 and saved["batch-size"] == 4 and saved["epochs"] == 1
+
+
+def test_the_same_seed_trains_the_same_weights(image_folder):
+    assert _train(image_folder, "--epochs", "2", "--augment", out="runs/a") == 0
+    assert _train(image_folder, "--epochs", "2", "--augment", out="runs/b") == 0
+    a, b = _weights("runs/a"), _weights("runs/b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_two_epochs_ends_where_four_straight_epochs_end(image_folder):
+    # A constant schedule: extending a cosine one from 2 to 4 epochs would change its shape.
+    assert _train(image_folder, "--epochs", "4", "--augment", "--momentum", "0.9", out="runs/straight") == 0
+    assert _train(image_folder, "--epochs", "2", "--augment", "--momentum", "0.9", out="runs/resumed") == 0
+    assert main(["train", "--out", "runs/resumed", "--resume", "--epochs", "4", "--quiet"]) == 0
+    straight, resumed = _weights("runs/straight"), _weights("runs/resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    info = json.loads(Path("runs/resumed/run.json").read_text())
+    assert info["resumes"][0]["from_epoch"] == 2 and "epochs: 2 -> 4" in info["resumes"][0]["changed"]
+
+
+def test_resume_with_a_different_batch_size_is_refused_with_the_difference(image_folder, capsys):
+    assert _train(image_folder, "--epochs", "1") == 0
+    assert main(["train", "--out", "runs/t", "--resume", "--batch-size", "16", "--epochs", "2", "--quiet"]) == 2
+    assert "cannot resume runs/t with a different batch-size (batch-size: 8 -> 16)" in capsys.readouterr().err
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_the_first_is_kept(image_folder, capsys):
+    assert _train(image_folder, "--epochs", "1") == 0
+    before = _weights("runs/t")
+    assert _train(image_folder, "--epochs", "1", "--lr", "0.5") == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert all(torch.equal(before[k], v) for k, v in _weights("runs/t").items())
+
+
+def test_bf16_training_runs_and_records_what_precision_it_used(image_folder):
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(image_folder),
+                "--model",
+                "resnet-cifar",
+                "--model-arg",
+                "width=4",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--precision",
+                "bf16",
+                "--out",
+                "runs/bf16",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    device = json.loads(Path("runs/bf16/run.json").read_text())["device"]
+    assert device["precision"] == "bf16" and device["channels_last"] is True
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_other_optimizers_train(image_folder, optimizer):
+    assert (
+        _train(image_folder, "--epochs", "1", "--optimizer", optimizer, "--lr", "0.001", "--schedule", "onecycle") == 0
+    )
+
+
+def test_grey_models_get_grey_resized_images(image_folder):
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(image_folder),
+                "--model",
+                "simple-cnn",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                "runs/grey",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    record = json.loads(Path("runs/grey/checkpoints/best.json").read_text())
+    assert record["input_size"] == [1, 20, 20] and len(record["normalization"]["mean"]) == 1

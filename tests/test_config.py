@@ -1,0 +1,63 @@
+import pytest
+
+from deepstep.config import RECIPES, TrainConfig, read_config_file, resolve_config
+from deepstep.errors import DeepstepError
+
+
+def test_flags_override_the_config_file_which_overrides_the_recipe(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('recipe = "tutorial"\nbatch-size = 16\nlr = 0.05\n')
+    config = resolve_config(read_config_file(path), {"lr": 0.1})
+    assert config.model == RECIPES["tutorial"]["model"]  # from the recipe
+    assert config.batch_size == 16  # the file beats the recipe's 4
+    assert config.lr == 0.1  # the flag beats the file
+
+
+def test_yaml_and_toml_files_give_the_same_config(tmp_path):
+    (tmp_path / "a.toml").write_text(
+        'model = "resnet-cifar"\nepochs = 3\nmean = [0.5, 0.5, 0.5]\n[model-args]\nwidth = 8\n'
+    )
+    (tmp_path / "a.yaml").write_text("model: resnet-cifar\nepochs: 3\nmean: [0.5, 0.5, 0.5]\nmodel-args: {width: 8}\n")
+    assert resolve_config(read_config_file(tmp_path / "a.toml")) == resolve_config(
+        read_config_file(tmp_path / "a.yaml")
+    )
+
+
+def test_an_unknown_key_in_a_config_file_is_named_with_a_suggestion(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("batch_sise: 4\n")
+    with pytest.raises(DeepstepError, match=r"unknown option 'batch_sise' \(did you mean 'batch-size'"):
+        read_config_file(path)
+
+
+def test_a_wrong_type_in_a_config_file_is_named(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('epochs = "ten"\n')
+    with pytest.raises(DeepstepError, match="epochs must be an integer, got 'ten'"):
+        read_config_file(path)
+
+
+def test_integers_are_accepted_where_numbers_are_expected(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text("lr = 1\n")
+    assert resolve_config(read_config_file(path)).lr == 1.0
+
+
+@pytest.mark.parametrize("size", [0, -3])
+def test_a_batch_size_that_is_not_positive_is_refused(size):
+    with pytest.raises(DeepstepError, match=f"--batch-size must be a positive integer, got {size}"):
+        TrainConfig(batch_size=size).validate()
+
+
+def test_an_unknown_recipe_suggests_the_known_ones():
+    with pytest.raises(DeepstepError, match="did you mean 'tutorial'"):
+        resolve_config({}, {"recipe": "tutorail"})
+
+
+def test_the_config_round_trips_through_its_own_dict(tmp_path):
+    import yaml
+
+    config = resolve_config({}, {"model": "lenet", "mean": [0.5], "std": [0.25], "model_args": {"num_classes": 3}})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    assert resolve_config(read_config_file(path)) == config

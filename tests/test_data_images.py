@@ -1,0 +1,165 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from deepstep.data import images as images_module
+from deepstep.data.decode import read_image
+from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize, random_crop_flip
+from deepstep.data.sources import open_image_source
+from deepstep.errors import DeepstepError
+
+
+def _load(source, split, cache, **kw):
+    return load_pixels(
+        source.splits[split],
+        size=(32, 32),
+        channels=3,
+        cache_dir=cache,
+        cache_name=f"{source.name}-{split}-{source.fingerprint}",
+        progress=False,
+        **kw,
+    )
+
+
+def test_decoded_images_equal_the_files_pixels(image_folder, isolated):
+    source = open_image_source(str(image_folder), isolated)
+    pixels = _load(source, "train", isolated)
+    assert pixels.images.shape == (60, 3, 32, 32) and pixels.images.dtype == torch.uint8
+    first = np.array(Image.open(source.splits["train"].files[0]))
+    assert torch.equal(pixels.images[0], torch.from_numpy(first).permute(2, 0, 1))
+    assert pixels.labels.tolist() == source.splits["train"].labels.tolist()
+
+
+def test_the_second_load_comes_from_the_cache_without_decoding(image_folder, isolated, monkeypatch):
+    source = open_image_source(str(image_folder), isolated)
+    first = _load(source, "train", isolated)
+    monkeypatch.setattr(images_module, "_decode", lambda *a, **k: pytest.fail("decoded again"))
+    again = _load(source, "train", isolated)
+    assert torch.equal(first.images, again.images)
+
+
+def test_a_changed_file_invalidates_the_cache(image_folder, isolated):
+    source = open_image_source(str(image_folder), isolated)
+    before = _load(source, "train", isolated)
+    path = source.splits["train"].files[0]
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(path)
+    changed = open_image_source(str(image_folder), isolated)
+    after = _load(changed, "train", isolated)
+    assert changed.fingerprint != source.fingerprint
+    assert after.images[0, :, 0, 0].tolist() == [1, 2, 3] and not torch.equal(before.images[0], after.images[0])
+
+
+def test_a_corrupt_jpeg_is_skipped_and_counted(image_folder, isolated):
+    bad = image_folder / "train" / "circle" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
+    source = open_image_source(str(image_folder), isolated)
+    pixels = _load(source, "train", isolated)
+    assert len(pixels.labels) == 60
+    assert [file for file, _ in pixels.skipped] == [str(bad)]
+
+
+def test_a_corrupt_jpeg_with_strict_is_an_error_naming_the_file(image_folder, isolated):
+    bad = image_folder / "train" / "circle" / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    source = open_image_source(str(image_folder), isolated)
+    with pytest.raises(DeepstepError, match=r"broken.jpg: not an image Pillow can read; 1 bad image"):
+        _load(source, "train", isolated, strict=True)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Image.new("L", (40, 30), 128),
+        lambda: Image.new("RGBA", (32, 32), (255, 0, 0, 0)),
+        lambda: Image.new("P", (32, 32), 3),
+        lambda: Image.fromarray(np.full((32, 32), 60000, dtype=np.uint16)),
+        lambda: Image.new("CMYK", (32, 32), (0, 255, 255, 0)),
+    ],
+    ids=["grey", "rgba", "palette", "16-bit", "cmyk"],
+)
+def test_odd_image_modes_become_rgb_at_the_model_size(make, tmp_path):
+    path = tmp_path / "odd.png"
+    image = make()
+    image.save(path if image.mode != "CMYK" else tmp_path / "odd.jpg")
+    array = read_image(path if image.mode != "CMYK" else tmp_path / "odd.jpg", (32, 32), 3)
+    assert array.shape == (3, 32, 32) and array.dtype == np.uint8
+
+
+def test_a_fully_transparent_image_is_white_not_its_hidden_colour(tmp_path):
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    assert read_image(tmp_path / "clear.png", (8, 8), 3)[:, 0, 0].tolist() == [255, 255, 255]
+
+
+def test_an_exif_rotated_photo_is_turned_upright(tmp_path):
+    image = Image.new("RGB", (20, 10), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 10, 10))  # white left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: rotate 90 degrees clockwise to view
+    image.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    upright = read_image(tmp_path / "turned.jpg", (20, 10), 1)  # (1, 20, 10) after rotation
+    assert upright[0, :10].mean() > 200 and upright[0, 10:].mean() < 50  # white moved to the top
+
+
+def test_channel_stats_are_the_mean_and_std_in_unit_range():
+    images = torch.zeros((2, 3, 4, 4), dtype=torch.uint8)
+    images[0] = 255
+    mean, std = channel_stats(images)
+    assert mean == pytest.approx([0.5] * 3) and std == pytest.approx([0.5] * 3)
+
+
+def test_normalize_maps_the_mean_to_zero_and_one_std_to_one():
+    images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 1, 1)
+    out = normalize(images, torch.tensor([0.5] * 3), torch.tensor([0.5] * 3))
+    assert out[:, 0, 0, 0].tolist() == pytest.approx([-1.0, 1.0])
+
+
+def test_random_crop_flip_returns_shifted_or_flipped_crops_of_the_padded_image():
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(images, padding=2, generator=torch.Generator().manual_seed(0))
+    padded = F.pad(images, (2, 2, 2, 2), mode="reflect")
+    for i in range(64):
+        crops = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(2)) for c in crops)
+    assert not torch.equal(out, images)
+
+
+def _pixels(n):
+    return Pixels(
+        torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous(), torch.arange(n), []
+    )
+
+
+def test_shuffled_batches_visit_every_image_once_per_epoch_in_a_new_order():
+    batches = ImageBatches(_pixels(50), batch_size=8, mean=[0.0] * 3, std=[1 / 255] * 3, shuffle=True)
+    orders = [torch.cat([y for _, y in batches]).tolist() for _ in range(2)]
+    assert sorted(orders[0]) == list(range(50)) == sorted(orders[1])
+    assert orders[0] != orders[1]
+    assert len(batches) == 7
+
+
+def test_images_and_labels_stay_together_through_shuffling_and_normalising():
+    batches = ImageBatches(_pixels(20), batch_size=6, mean=[0.0] * 3, std=[1 / 255] * 3, shuffle=True, chunk_bytes=100)
+    for x, y in batches:
+        assert torch.equal(x[:, 0, 0, 0].round().long(), y)
+
+
+def test_a_trailing_batch_of_one_image_is_dropped_when_shuffling():
+    batches = ImageBatches(_pixels(17), batch_size=8, mean=[0.0] * 3, std=[1.0] * 3, shuffle=True)
+    assert [len(y) for _, y in batches] == [8, 8] and len(batches) == 2
+    ordered = ImageBatches(_pixels(17), batch_size=8, mean=[0.0] * 3, std=[1.0] * 3)
+    assert [len(y) for _, y in ordered] == [8, 8, 1]
+
+
+def test_the_same_seed_gives_the_same_batches():
+    def epoch(seed):
+        pixels = Pixels(
+            torch.randint(0, 256, (30, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8),
+            torch.arange(30),
+            [],
+        )
+        b = ImageBatches(pixels, batch_size=4, mean=[0.0] * 3, std=[1.0] * 3, shuffle=True, augment=True, seed=seed)
+        return torch.cat([x for x, _ in b])
+
+    assert torch.equal(epoch(3), epoch(3)) and not torch.equal(epoch(3), epoch(4))

@@ -1,0 +1,143 @@
+import io
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import CLASSES, write_images
+from deepstep.data.sources import open_image_source
+from deepstep.errors import DeepstepError
+
+
+def test_a_folder_with_train_and_test_keeps_its_own_test_part(image_folder, isolated):
+    source = open_image_source(str(image_folder), isolated)
+    assert source.classes == list(CLASSES)
+    assert len(source.splits["train"]) == 60 and len(source.splits["test"]) == 18
+    assert source.test_origin == "the folder's test/"
+
+
+def test_a_flat_folder_gets_a_stratified_test_part_carved_the_same_way_every_time(flat_folder, isolated):
+    first = open_image_source(str(flat_folder), isolated, test_split=0.2)
+    again = open_image_source(str(flat_folder), isolated, test_split=0.2)
+    assert np.bincount(first.splits["test"].labels).tolist() == [2, 2, 2]
+    assert first.splits["test"].files == again.splits["test"].files
+    assert not set(first.splits["test"].files) & set(first.splits["train"].files)
+    assert "carved" in first.test_origin
+
+
+def test_a_tar_gz_archive_is_unpacked_once_and_reused(image_archive, isolated):
+    first = open_image_source(str(image_archive), isolated)
+    unpacked = first.splits["train"].files[0]
+    unpacked.with_name("marker").write_text("still here")
+    second = open_image_source(str(image_archive), isolated)
+    assert second.splits["train"].files[0] == unpacked
+    assert unpacked.with_name("marker").exists()  # not unpacked again over it
+    assert first.name == "shapes" and len(second.splits["test"]) == 18
+
+
+def test_a_zip_archive_works_like_a_folder(image_folder, tmp_path, isolated):
+    archive = tmp_path / "shapes.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(image_folder.rglob("*.png")):
+            zf.write(path, path.relative_to(image_folder))
+    source = open_image_source(str(archive), isolated)
+    assert len(source.splits["train"]) == 60
+
+
+def test_a_zip_that_writes_outside_its_folder_is_refused(tmp_path, isolated):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("../../escaped.txt", "x")
+    with pytest.raises(DeepstepError, match="outside the archive"):
+        open_image_source(str(archive), isolated)
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_tar_with_a_link_out_of_its_folder_is_refused(tmp_path, isolated):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("data/link")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+        data = b"x"
+        member = tarfile.TarInfo("../outside.txt")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(DeepstepError):
+        open_image_source(str(archive), isolated)
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_a_missing_path_is_named(isolated):
+    with pytest.raises(DeepstepError, match="nowhere/images does not exist"):
+        open_image_source("nowhere/images", isolated)
+
+
+def test_an_unknown_dataset_name_suggests_the_close_one(isolated):
+    with pytest.raises(DeepstepError, match=r"neither a built-in dataset \(did you mean 'cifar10'"):
+        open_image_source("cifar1O", isolated)
+
+
+def test_an_empty_folder_says_what_it_should_hold(tmp_path, isolated):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DeepstepError, match="empty is empty: expected"):
+        open_image_source(str(tmp_path / "empty"), isolated)
+
+
+def test_a_folder_of_loose_images_asks_for_class_folders(tmp_path, isolated):
+    write_images(tmp_path, 3, np.random.default_rng(0), classes=("loose",))
+    with pytest.raises(DeepstepError, match="holds images but no class subfolders"):
+        open_image_source(str(tmp_path / "loose"), isolated)
+
+
+def test_a_test_folder_with_a_class_unknown_to_train_is_refused(image_folder, isolated):
+    write_images(image_folder / "test", 1, np.random.default_rng(0), classes=("triangle",))
+    with pytest.raises(DeepstepError, match="classes that train/ does not have: triangle"):
+        open_image_source(str(image_folder), isolated)
+
+
+def test_the_shipped_sample_is_a_stratified_cifar10_sample(isolated):
+    source = open_image_source("cifar10-sample", isolated)
+    assert source.classes[:3] == ["airplane", "automobile", "bird"]
+    assert np.bincount(source.splits["train"].labels).tolist() == [450] * 10
+    assert np.bincount(source.splits["test"].labels).tolist() == [100] * 10
+
+
+def test_cifar10_loads_through_torchvision_from_a_cifar_format_folder(isolated, monkeypatch):
+    """The torchvision path, fed a CIFAR-10 python-format folder written here (integrity check patched)."""
+    import pickle
+
+    import torchvision
+
+    folder = isolated / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for name, n in [*[(f"data_batch_{i}", 4) for i in range(1, 6)], ("test_batch", 6)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    source = open_image_source("cifar10", isolated)
+    assert source.classes == names
+    assert len(source.splits["train"]) == 20 and len(source.splits["test"]) == 6
+    assert source.splits["train"].pixels.shape == (20, 32, 32, 3)
+
+
+def test_cifar10_offline_names_the_folder_to_fill_and_the_other_ways_in(isolated, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def offline(self):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    with pytest.raises(DeepstepError) as err:
+        open_image_source("cifar10", isolated)
+    message = str(err.value)
+    assert f"cifar10 is not in {isolated / 'cifar10'}" in message
+    assert "cifar-10-python.tar.gz" in message and "--data" in message and "cifar10-sample" in message
+    assert "\n" not in message

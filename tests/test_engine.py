@@ -1,0 +1,153 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepstep.engine.checkpoint import flatten, load_state, load_weights, save_checkpoint, unflatten
+from deepstep.engine.loop import evaluate, train_one_epoch
+from deepstep.engine.optim import build_optimizer, build_schedule
+from deepstep.engine.precision import Precision, resolve_precision
+from deepstep.errors import CheckpointError, DeepstepError
+
+FP32 = Precision("32", "cpu", "test")
+
+
+def step(model, batch):
+    x, y = batch
+    out = model(x)
+    return {"loss": F.cross_entropy(out, y), "output": out, "acc": (out.argmax(1) == y).float().mean()}
+
+
+def _problem(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return [(x[i : i + 32], y[i : i + 32]) for i in range(0, n, 32)]
+
+
+def _fit(epochs=5):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = build_optimizer("sgd", model, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0)
+    sched = build_schedule("none", opt, total_steps=epochs * 8, warmup_steps=0)
+    history = [train_one_epoch(model, step, _problem(), opt, sched, FP32, FP32.grad_scaler())[0] for _ in range(epochs)]
+    return model, opt, history
+
+
+def test_training_lowers_the_loss_and_learns_the_rule():
+    model, _, history = _fit()
+    assert history[-1]["loss"] < history[0]["loss"] / 2
+    means, outputs = evaluate(model, step, _problem(seed=1), FP32, keep_outputs=True)
+    assert means["acc"] > 0.9 and outputs.shape == (256, 2)
+
+
+def test_the_epoch_means_weight_every_example_equally():
+    model = nn.Linear(4, 2)
+    batches = [
+        (torch.zeros(3, 4), torch.zeros(3, dtype=torch.long)),
+        (torch.zeros(1, 4), torch.ones(1, dtype=torch.long)),
+    ]
+    nn.init.zeros_(model.weight)
+    with torch.no_grad():
+        model.bias.copy_(torch.tensor([1.0, 0.0]))
+    means, _ = evaluate(model, step, batches, FP32)
+    assert means["acc"] == pytest.approx(0.75)  # 3 of 4 examples, not the mean of 1.0 and 0.0
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_a_one_line_error():
+    model = nn.Linear(4, 2)
+    opt = build_optimizer("sgd", model, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0)
+    sched = build_schedule("none", opt, total_steps=1, warmup_steps=0)
+    batches = [(torch.full((2, 4), float("nan")), torch.zeros(2, dtype=torch.long))]
+    with pytest.raises(DeepstepError, match="training loss became nan"):
+        train_one_epoch(model, step, batches, opt, sched, FP32, FP32.grad_scaler())
+
+
+def test_weights_round_trip_through_a_checkpoint_exactly(tmp_path):
+    model, _, _ = _fit(2)
+    save_checkpoint(tmp_path, "best", "e0002", model, {"model": {"name": "mlp"}})
+    fresh = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    record = load_weights(tmp_path, "best", fresh)
+    assert record["model"] == {"name": "mlp"}
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_optimizer_state_round_trips_through_a_checkpoint(tmp_path):
+    model, opt, _ = _fit(2)
+    rng = np.random.get_state()
+    save_checkpoint(tmp_path, "last", "e0002", model, {}, state={"optimizer": opt.state_dict(), "rng": rng})
+    state = load_state(tmp_path, "last")
+    again = build_optimizer("sgd", model, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0)
+    again.load_state_dict(state["optimizer"])
+    for key, value in opt.state_dict()["state"].items():
+        assert torch.equal(value["momentum_buffer"], again.state_dict()["state"][key]["momentum_buffer"])
+    assert state["rng"][0] == rng[0] and np.array_equal(state["rng"][1], rng[1]) and state["rng"][2:] == list(rng[2:])
+
+
+def test_a_new_checkpoint_replaces_the_old_files_only_after_it_is_complete(tmp_path):
+    model, _, _ = _fit(1)
+    folder = tmp_path / "checkpoints"
+    save_checkpoint(folder, "last", "e0001", model, {})
+    save_checkpoint(folder, "last", "e0002", model, {})
+    assert sorted(p.name for p in folder.iterdir()) == ["last-e0002.safetensors", "last.json"]
+
+
+def test_a_damaged_checkpoint_is_refused_with_its_name(tmp_path):
+    model, _, _ = _fit(1)
+    save_checkpoint(tmp_path, "best", "e0001", model, {})
+    weights = tmp_path / "best-e0001.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match="best-e0001.safetensors is damaged"):
+        load_weights(tmp_path, "best", nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)))
+
+
+def test_nested_state_with_int_keys_and_tuples_survives_flattening():
+    state = {"a": {0: torch.ones(2), 1: [torch.zeros(1), 3.5, None]}, "b": (1, "x")}
+    tensors = {}
+    restored = unflatten(flatten(state, "", tensors), tensors)
+    assert torch.equal(restored["a"][0], torch.ones(2)) and restored["a"][1][1:] == [3.5, None]
+    assert restored["b"] == [1, "x"] and set(tensors) == {"a.0", "a.1.0"}
+
+
+@pytest.mark.parametrize("name", ["none", "step", "cosine", "onecycle"])
+def test_every_schedule_starts_low_or_at_the_base_rate_and_ends_no_higher(name):
+    model = nn.Linear(2, 2)
+    opt = build_optimizer("sgd", model, lr=1.0, momentum=0.9, nesterov=False, weight_decay=0.0)
+    sched = build_schedule(name, opt, total_steps=100, warmup_steps=10)
+    rates = []
+    for _ in range(100):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] <= 1.0 and rates[-1] <= rates[len(rates) // 2] + 1e-12
+    assert max(rates) == pytest.approx(1.0)
+
+
+def test_weight_decay_skips_biases_and_norm_scales():
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    opt = build_optimizer("adamw", model, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.5)
+    decayed = [g for g in opt.param_groups if g["weight_decay"] > 0]
+    assert [p.shape for p in decayed[0]["params"]] == [torch.Size([3, 3])]
+
+
+def test_nesterov_without_sgd_momentum_is_a_one_line_error():
+    with pytest.raises(DeepstepError, match="--nesterov needs --optimizer sgd and a --momentum above 0"):
+        build_optimizer("sgd", nn.Linear(2, 2), lr=0.1, momentum=0.0, nesterov=True, weight_decay=0.0)
+
+
+def test_fp32_precision_autocast_changes_nothing():
+    precision = resolve_precision("32", torch.device("cpu"))
+    with precision.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    assert not precision.grad_scaler().is_enabled()
+
+
+def test_bf16_precision_runs_matrix_work_in_bf16_on_the_cpu():
+    precision = resolve_precision("bf16", torch.device("cpu"))
+    with precision.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert math.isclose(float((torch.ones(2, 2) @ torch.ones(2, 2))[0, 0]), 2.0)

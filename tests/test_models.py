@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from deepstep.errors import DeepstepError
+from deepstep.models import check_input, create_model, get_model_spec, list_models, trace_shapes
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_runs_forward_and_backward_at_its_declared_input(name):
+    spec = get_model_spec(name)
+    model = create_model(name, num_classes=7)
+    x = torch.randn(2, *spec.input_size)
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def _shapes(name, size):
+    with torch.device("meta"):
+        model = create_model(name)
+    return {layer.name: layer.output_shape for layer in trace_shapes(model, size)}
+
+
+def test_lenet_shapes_match_the_hand_computation():
+    shapes = _shapes("lenet", (3, 32, 32))
+    assert shapes["conv1"] == (1, 6, 28, 28)  # (32 + 2*0 - 5)/1 + 1 = 28
+    assert shapes["conv2"] == (1, 16, 10, 10)  # (14 - 5)/1 + 1 = 10
+    assert shapes["fc1"] == (1, 120)
+    layers = trace_shapes(create_model("lenet"), (3, 32, 32))
+    pools = [layer.output_shape for layer in layers if layer.name == "pool"]
+    assert pools == [(1, 6, 14, 14), (1, 16, 5, 5)]  # 16 * 5 * 5 = 400 features
+    assert sum(p.numel() for p in create_model("lenet", num_classes=10).parameters()) == 62_006
+
+
+def test_simple_cnn_shapes_match_the_hand_computation():
+    shapes = _shapes("simple-cnn", (1, 20, 20))
+    assert shapes["conv1"] == (1, 3, 16, 16)
+    assert shapes["conv2"] == (1, 10, 12, 12)  # 10 * 12 * 12 = 1440 features
+    assert shapes["fc1"] == (1, 50)
+
+
+def test_mini_alexnet_shapes_match_the_hand_computation():
+    shapes = _shapes("mini-alexnet", (384, 13, 13))
+    assert shapes["features.0"] == (1, 384, 13, 13)
+    assert shapes["features.2"] == (1, 256, 13, 13)
+    assert shapes["features.4"] == (1, 256, 6, 6)  # (13 - 3)/2 + 1 = 6
+    assert shapes["classifier.0"] == (1, 9216)
+
+
+def test_vgg16_has_the_published_parameter_count():
+    with torch.device("meta"):
+        model = create_model("vgg16")
+    assert sum(p.numel() for p in model.parameters()) == 138_357_544
+
+
+def test_an_input_the_model_cannot_take_names_the_layer():
+    model = create_model("lenet")
+    with pytest.raises(DeepstepError, match=r"lenet cannot take input 3x64x64: layer fc1 \(Linear.*\) got \(1, 2704\)"):
+        check_input(model, "lenet", (3, 64, 64), (3, 32, 32))
+
+
+def test_an_input_too_small_for_a_convolution_names_that_convolution():
+    with pytest.raises(DeepstepError, match="layer conv2"):
+        check_input(create_model("lenet"), "lenet", (3, 12, 12), (3, 32, 32))
+
+
+def test_an_unknown_model_suggests_close_names():
+    with pytest.raises(DeepstepError, match=r"unknown model 'lenett' \(did you mean 'lenet'\?\)"):
+        create_model("lenett")
+
+
+def test_an_unknown_model_argument_lists_the_known_ones():
+    with pytest.raises(DeepstepError, match="model 'resnet-cifar' has no argument depth; it takes num_classes, width"):
+        create_model("resnet-cifar", depth=3)
+
+
+def test_the_resnet_width_option_changes_the_channels():
+    narrow, wide = create_model("resnet-cifar", width=8), create_model("resnet-cifar", width=16)
+    assert narrow.fc.in_features == 64 and wide.fc.in_features == 128
