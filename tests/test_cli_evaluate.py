@@ -58,3 +58,18 @@ def test_the_human_readable_report_lists_every_class(trained_run, capsys):
     out = capsys.readouterr().out
     assert out.startswith("test: accuracy") and all(c in out for c in ("circle", "square", "stripes"))
     assert Path(trained_run / "test.json").is_file()
+
+
+def test_flip_tta_averages_each_image_with_its_mirror_and_is_recorded(trained_run, capsys):
+    import torch
+
+    from deepstep.tasks.image_classification import FlipAveraged
+
+    model = torch.nn.Conv2d(1, 1, (1, 3), bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[[[1.0, 0.0, 0.0]]]]))  # looks at the leftmost pixel only
+    x = torch.tensor([[[[1.0, 2.0, 3.0]]]])
+    assert FlipAveraged(model)(x).item() == 2.0  # (1 + 3) / 2
+    assert main(["evaluate", str(trained_run), "--tta", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta"] is True
+    assert json.loads((trained_run / "evaluations.json").read_text())[0]["tta"] is True

@@ -61,3 +61,9 @@ def test_the_plot_draws_each_image_beside_its_probabilities(trained_run, image_f
     )
     assert out.stat().st_size > 10_000 and Image.open(out).size[0] > 600
     assert "circle/000.png" in capsys.readouterr().out
+
+
+def test_predict_with_flip_tta_still_gives_a_distribution(trained_run, image_folder, capsys):
+    assert main(["predict", str(trained_run), str(image_folder / "test" / "circle"), "--tta", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 6 and all(abs(sum(t["probability"] for t in r["top_k"]) - 1) < 1e-5 for r in results)

@@ -40,8 +40,8 @@ def _fit(epochs=5):
 def test_training_lowers_the_loss_and_learns_the_rule():
     model, _, history = _fit()
     assert history[-1]["loss"] < history[0]["loss"] / 2
-    means, outputs = evaluate(model, step, _problem(seed=1), FP32, keep_outputs=True)
-    assert means["acc"] > 0.9 and outputs.shape == (256, 2)
+    means, kept = evaluate(model, step, _problem(seed=1), FP32, keep=("output",))
+    assert means["acc"] > 0.9 and kept["output"].shape == (256, 2)
 
 
 def test_the_epoch_means_weight_every_example_equally():

@@ -39,12 +39,20 @@ class Run:
         return self._dir.read_metrics()
 
     def evaluate(
-        self, split: str = "test", *, force: bool = False, checkpoint: str = "best", verbose: bool = True
+        self,
+        split: str = "test",
+        *,
+        force: bool = False,
+        checkpoint: str = "best",
+        tta: bool = False,
+        verbose: bool = True,
     ) -> dict[str, Any]:
         """Accuracy, loss, per-class accuracy and confusion matrix; the test split once per run."""
         from deepstep.tasks.image_classification import evaluate_run
 
-        return evaluate_run(self.path, split, force=force, checkpoint=checkpoint, log=_log(verbose), progress=verbose)
+        return evaluate_run(
+            self.path, split, force=force, checkpoint=checkpoint, tta=tta, log=_log(verbose), progress=verbose
+        )
 
     def predict(
         self,
@@ -53,12 +61,13 @@ class Run:
         top_k: int = 5,
         plot: str | Path | None = None,
         checkpoint: str = "best",
+        tta: bool = False,
     ) -> list[dict[str, Any]]:
         """Top-k classes with softmax probabilities for each image file (or folder of images)."""
         from deepstep.tasks.image_classification import predict_run
 
         inputs = [images] if isinstance(images, str | Path) else list(images)
-        return predict_run(self.path, inputs, top_k=top_k, plot=plot, checkpoint=checkpoint)
+        return predict_run(self.path, inputs, top_k=top_k, plot=plot, checkpoint=checkpoint, tta=tta)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"

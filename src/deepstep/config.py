@@ -21,6 +21,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 PRECISIONS = ("auto", "32", "bf16", "16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+IN_MEMORY = ("auto", "yes", "no")
 
 
 @dataclass
@@ -32,6 +33,9 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     image_size: str | None = None
+    resize: int | None = None
+    in_memory: str = "auto"
+    workers: int = 0
     val_split: float = 0.1
     test_split: float = 0.2
     mean: list[float] | None = None
@@ -67,6 +71,7 @@ class TrainConfig:
             ("schedule", SCHEDULES),
             ("precision", PRECISIONS),
             ("device", DEVICES),
+            ("in_memory", IN_MEMORY),
         ):
             value = getattr(self, name)
             if value not in choices:
@@ -92,6 +97,10 @@ class TrainConfig:
             raise DeepstepError(f"--std values must be positive, got {self.std}")
         if self.image_size is not None:
             parse_image_size(self.image_size)
+        if self.resize is not None and self.resize <= 0:
+            raise DeepstepError(f"--resize must be a positive number of pixels, got {self.resize}")
+        if self.workers < 0:
+            raise DeepstepError(f"--workers must be >= 0 (0: one per core), got {self.workers}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--top-k", type=int, default=5, metavar="K", help="how many classes to list per image (default 5)"
     )
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    parser.add_argument("--tta", action="store_true", help="average each image's logits with its mirror image's")
     parser.add_argument(
         "--json", action="store_true", help="print a JSON list: file, label, top_k [{label, probability}]"
     )
@@ -42,7 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from deepstep.tasks.image_classification import predict_run
 
-    results = predict_run(args.run_dir, args.images, top_k=args.top_k, checkpoint=args.checkpoint, plot=args.plot)
+    results = predict_run(
+        args.run_dir, args.images, top_k=args.top_k, checkpoint=args.checkpoint, plot=args.plot, tta=args.tta
+    )
     if args.json:
         print_json(results)
     else:

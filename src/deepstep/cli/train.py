@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from deepstep.cli.common import formatter, progress_enabled
-from deepstep.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, TrainConfig
+from deepstep.config import DEVICES, IN_MEMORY, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, TrainConfig
 
 EXAMPLES = """\
 examples:
@@ -76,6 +76,24 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("image-size", {"metavar": "N|HxW", "help": "resize images to this instead of the model's declared input size"}),
+    (
+        "resize",
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "scale the short side to N before the center crop (e.g. 256 with --image-size 224); "
+            "default: just enough to cover the crop",
+        },
+    ),
+    (
+        "in-memory",
+        {
+            "choices": IN_MEMORY,
+            "help": "hold the decoded images in memory (auto: if they need at most a quarter of RAM), "
+            "or stream files with per-image torchvision transforms",
+        },
+    ),
+    ("workers", {"type": int, "metavar": "N", "help": "processes decoding/streaming images (default 0: one per core)"}),
     (
         "val-split",
         {

@@ -32,37 +32,46 @@ def to_model_mode(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("RGB" if channels == 3 else "L")
 
 
-def fit_to_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize keeping the aspect ratio and center-crop to (height, width); no-op at that size."""
+def fit_to_size(image: Image.Image, size: tuple[int, int], resize: int | None = None) -> Image.Image:
+    """Scale the short side to `resize` (default: just enough to cover the size), keeping the
+    aspect ratio, then center-crop to (height, width). A no-op for an image already that size."""
     height, width = size
-    if image.size == (width, height):
-        return image
-    return ImageOps.fit(image, (width, height), method=Image.Resampling.BILINEAR)
+    if resize is None:
+        if image.size == (width, height):
+            return image
+        return ImageOps.fit(image, (width, height), method=Image.Resampling.BILINEAR)
+    w, h = image.size
+    scale = resize / min(w, h)
+    new_w, new_h = max(width, round(w * scale)), max(height, round(h * scale))
+    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return image.crop((left, top, left + width, top + height))
 
 
-def prepare_image(image: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
+def prepare_image(image: Image.Image, size: tuple[int, int], channels: int, resize: int | None = None) -> np.ndarray:
     """A Pillow image -> uint8 array (channels, height, width), as every model input is made."""
     image = to_model_mode(ImageOps.exif_transpose(image), channels)
-    array = np.asarray(fit_to_size(image, size), dtype=np.uint8)
+    array = np.asarray(fit_to_size(image, size, resize), dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def read_image(path: str | os.PathLike, size: tuple[int, int], channels: int) -> np.ndarray:
+def read_image(path: str | os.PathLike, size: tuple[int, int], channels: int, resize: int | None = None) -> np.ndarray:
     """Open, decode and prepare one image file; raises OSError/ValueError for bad files."""
     with Image.open(path) as image:
-        image.draft("RGB" if channels == 3 else "L", (size[1], size[0]))  # JPEG: decode at reduced scale
-        return prepare_image(image, size, channels)
+        short = resize or max(size)
+        image.draft("RGB" if channels == 3 else "L", (short, short))  # JPEG: decode at a reduced scale
+        return prepare_image(image, size, channels, resize)
 
 
 def decode_files(
-    paths: Sequence[str], size: tuple[int, int], channels: int
+    paths: Sequence[str], size: tuple[int, int], channels: int, resize: int | None = None
 ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode `paths` into one (N, C, H, W) uint8 array; bad files give (index, reason) and zeros."""
     out = np.zeros((len(paths), channels, *size), dtype=np.uint8)
     bad = []
     for i, path in enumerate(paths):
         try:
-            out[i] = read_image(path, size, channels)
+            out[i] = read_image(path, size, channels, resize)
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
             bad.append((i, describe_error(err)))
     return out, bad

@@ -43,6 +43,7 @@ def load_pixels(
     channels: int,
     cache_dir: Path,
     cache_name: str,
+    resize: int | None = None,
     strict: bool = False,
     workers: int | None = None,
     progress: bool = True,
@@ -52,10 +53,11 @@ def load_pixels(
     `cache_name` must identify the split's content (source name, split and fingerprint).
     """
     height, width = size
-    cache_file = cache_dir / "decoded" / f"{cache_name}-{height}x{width}x{channels}-v{CACHE_VERSION}.safetensors"
+    shape = f"{height}x{width}x{channels}" + (f"-r{resize}" if resize else "")
+    cache_file = cache_dir / "decoded" / f"{cache_name}-{shape}-v{CACHE_VERSION}.safetensors"
     pixels = _read_cache(cache_file)
     if pixels is None or len(pixels.labels) + len(pixels.skipped) != len(split):
-        pixels = _decode(split, size, channels, workers, progress, cache_name)
+        pixels = _decode(split, size, channels, resize, workers, progress, cache_name)
         _write_cache(cache_file, pixels)
     if strict and pixels.skipped:
         file, reason = pixels.skipped[0]
@@ -100,10 +102,16 @@ def _write_cache(path: Path, pixels: Pixels) -> None:
 
 
 def _decode(
-    split: ImageSplit, size: tuple[int, int], channels: int, workers: int | None, progress: bool, what: str
+    split: ImageSplit,
+    size: tuple[int, int],
+    channels: int,
+    resize: int | None,
+    workers: int | None,
+    progress: bool,
+    what: str,
 ) -> Pixels:
     if split.pixels is not None:
-        images = _from_array(split.pixels, size, channels)
+        images = _from_array(split.pixels, size, channels, resize)
         return Pixels(images, torch.from_numpy(split.labels.copy()), [])
     paths = [str(p) for p in split.files]
     chunks = [paths[i : i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
@@ -117,7 +125,7 @@ def _decode(
             context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
             with ProcessPoolExecutor(workers, mp_context=context) as pool:
                 results = []
-                for result in pool.map(decode_files, chunks, repeat(size), repeat(channels)):
+                for result in pool.map(decode_files, chunks, repeat(size), repeat(channels), repeat(resize)):
                     results.append(result)
                     bar.update(len(result[0]))
         except (BrokenProcessPool, OSError, RuntimeError):
@@ -126,7 +134,7 @@ def _decode(
     if results is None:
         results = []
         for chunk in chunks:
-            results.append(decode_files(chunk, size, channels))
+            results.append(decode_files(chunk, size, channels, resize))
             bar.update(len(chunk))
     bar.close()
     images = np.concatenate([r[0] for r in results]) if results else np.zeros((0, channels, *size), np.uint8)
@@ -140,17 +148,17 @@ def _decode(
     return Pixels(torch.from_numpy(images[keep]), torch.from_numpy(split.labels[keep].copy()), skipped)
 
 
-def _from_array(pixels: np.ndarray, size: tuple[int, int], channels: int) -> torch.Tensor:
+def _from_array(pixels: np.ndarray, size: tuple[int, int], channels: int, resize: int | None) -> torch.Tensor:
     """torchvision's arrays (N, H, W[, C]) -> (N, C, H, W) at the model's size and channels."""
     native_channels = 1 if pixels.ndim == 3 else pixels.shape[3]
-    if pixels.shape[1:3] == size and native_channels == channels:
+    if pixels.shape[1:3] == size and native_channels == channels and resize is None:
         array = pixels[:, None] if pixels.ndim == 3 else pixels.transpose(0, 3, 1, 2)
         return torch.from_numpy(np.ascontiguousarray(array))
     from PIL import Image
 
     out = np.empty((len(pixels), channels, *size), dtype=np.uint8)
     for i, image in enumerate(pixels):
-        out[i] = prepare_image(Image.fromarray(image), size, channels)
+        out[i] = prepare_image(Image.fromarray(image), size, channels, resize)
     return torch.from_numpy(out)
 
 

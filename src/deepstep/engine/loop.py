@@ -34,7 +34,7 @@ class Meter:
 
     def update(self, result: dict[str, torch.Tensor], n: int) -> None:
         for key, value in result.items():
-            if key != "output":
+            if value.ndim == 0:  # batch means; outputs and targets are not averaged
                 value = value.detach() * n
                 total = self.sums.get(key)
                 self.sums[key] = value if total is None else total.add_(value)
@@ -113,17 +113,19 @@ def evaluate(
     step: Step,
     batches: Iterable,
     precision: Precision,
-    keep_outputs: bool = False,
-) -> tuple[dict[str, float], torch.Tensor | None]:
-    """Means over `batches` without gradients; with keep_outputs, every output (float32, CPU)."""
+    keep: tuple[str, ...] = (),
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Means over `batches` without gradients, and the step's `keep` entries (e.g. "output",
+    "target") concatenated over all batches, on the CPU."""
     model.eval()
     meter = Meter()
-    outputs = []
+    kept: dict[str, list[torch.Tensor]] = {key: [] for key in keep}
     with torch.inference_mode():
         for batch in batches:
             with precision.autocast():
                 result = step(model, batch)
             meter.update(result, batch_size_of(batch))
-            if keep_outputs:
-                outputs.append(result["output"].float().cpu())
-    return meter.means(), (torch.cat(outputs) if keep_outputs and outputs else None)
+            for key in keep:
+                value = result[key]
+                kept[key].append((value.float() if value.is_floating_point() else value).cpu())
+    return meter.means(), {key: torch.cat(values) for key, values in kept.items() if values}

@@ -4,6 +4,8 @@ its one test evaluation, and predictions on new images."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -19,8 +21,9 @@ from torch import nn
 from deepstep.config import TrainConfig, parse_image_size
 from deepstep.data.folders import find_images
 from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize
-from deepstep.data.sources import ImageSource, default_data_dir, open_image_source
+from deepstep.data.sources import ImageSource, ImageSplit, default_data_dir, open_image_source
 from deepstep.data.splits import stratified_split
+from deepstep.data.streaming import FileBatches, eval_transform, sample_stats, train_transform
 from deepstep.engine.backends import KernelChoice, apply_kernels, choose_cpu_kernels, set_cpu_threads
 from deepstep.engine.checkpoint import load_weights
 from deepstep.engine.fit import FitState, Monitor, Training, fit, resume
@@ -29,6 +32,7 @@ from deepstep.engine.optim import build_optimizer, build_schedule
 from deepstep.engine.precision import Precision, resolve_device, resolve_precision
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
+from deepstep.hardware import available_cores
 from deepstep.models import check_input, create_model, get_model_spec
 from deepstep.models.shapes import format_size
 
@@ -48,6 +52,7 @@ RESUME_MUST_MATCH = (
     "mean",
     "std",
     "augment",
+    "resize",
 )
 
 
@@ -59,12 +64,51 @@ def classification_step(label_smoothing: float = 0.0) -> Step:
         logits = model(x)  # (B, classes)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         acc = (logits.argmax(dim=1) == y).float().mean()
-        return {"loss": loss, "output": logits, "acc": acc}
+        return {"loss": loss, "output": logits, "acc": acc, "target": y}
 
     return step
 
 
-# ---- model input -------------------------------------------------------------------------------
+class FlipAveraged(nn.Module):
+    """Test-time augmentation: the mean of the logits for each image and its mirror image."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        return (self.model(x) + self.model(x.flip(3))) / 2
+
+
+# ---- model input and pre-processing ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image file becomes a model input: converted to `channels`, the short side scaled to
+    `resize` (default: just enough to cover the crop), center-cropped to `size`, normalised."""
+
+    channels: int
+    size: tuple[int, int]
+    resize: int | None
+    mean: list[float]
+    std: list[float]
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "input_size": [self.channels, *self.size],
+            "resize": self.resize,
+            "normalization": {"mean": self.mean, "std": self.std},
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Preprocessing:
+        channels, height, width = meta["input_size"]
+        norm = meta["normalization"]
+        return cls(channels, (height, width), meta.get("resize"), norm["mean"], norm["std"])
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return normalize(images, torch.tensor(self.mean), torch.tensor(self.std))
 
 
 def model_input(model_name: str, image_size: str | None) -> tuple[int, tuple[int, int]]:
@@ -94,16 +138,18 @@ def check_model_fits(model_name: str, model_args: dict[str, Any], channels: int,
 
 # ---- data --------------------------------------------------------------------------------------
 
+Part = Pixels | ImageSplit  # decoded in memory, or files streamed from disk
+
 
 @dataclass
 class TrainingData:
-    """The decoded train part, the validation part carved from it, and the normalisation."""
+    """The train part, the validation part carved from it, and how images are prepared."""
 
     source: ImageSource
-    train: Pixels
-    val: Pixels | None
-    mean: list[float]
-    std: list[float]
+    train: Part
+    val: Part | None
+    prep: Preprocessing
+    in_memory: bool
     report: dict[str, Any]
 
 
@@ -112,25 +158,55 @@ def _cache_name(source: ImageSource, split: str) -> str:
     return f"{safe}-{split}-{source.fingerprint}"
 
 
+def _labels(part: Part) -> np.ndarray:
+    return part.labels.numpy() if isinstance(part, Pixels) else part.labels
+
+
+def _take(part: Part, indices: np.ndarray) -> Part:
+    if isinstance(part, Pixels):
+        index = torch.from_numpy(indices)
+        return Pixels(part.images[index], part.labels[index], [])
+    return part.subset(indices)
+
+
+def holds_in_memory(choice: str, count: int, channels: int, size: tuple[int, int]) -> bool:
+    """auto: decoded images in memory if they need at most a quarter of the machine's RAM."""
+    if choice != "auto":
+        return choice == "yes"
+    needed = count * channels * size[0] * size[1]
+    return needed <= total_memory() // 4
+
+
+def total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
 def load_split(
     source: ImageSource,
     split: str,
-    channels: int,
-    size: tuple[int, int],
-    config_dir: Path,
+    prep: Preprocessing,
+    data_dir: Path,
+    *,
     strict: bool,
     log: Log,
     progress: bool,
+    workers: int = 0,
 ) -> Pixels:
+    """Split `split` decoded to the model's input (from the cache after the first time)."""
     if split not in source.splits:
         raise DeepstepError(f"{source.name} has no {split!r} split; it has {', '.join(source.splits)}")
     pixels = load_pixels(
         source.splits[split],
-        size=size,
-        channels=channels,
-        cache_dir=config_dir,
+        size=prep.size,
+        channels=prep.channels,
+        resize=prep.resize,
+        cache_dir=data_dir,
         cache_name=_cache_name(source, split),
         strict=strict,
+        workers=workers or None,
         progress=progress,
     )
     if pixels.skipped:
@@ -144,16 +220,11 @@ def load_split(
     return pixels
 
 
-def carve_validation(pixels: Pixels, fraction: float, seed: int) -> tuple[Pixels, Pixels | None, dict[str, Any]]:
+def carve_validation(part: Part, fraction: float, seed: int) -> tuple[Part, Part | None, dict[str, Any]]:
     """Hold out `fraction` of each class of the train part for validation (seeded)."""
     if fraction <= 0:
-        return pixels, None, {"origin": "none (--val-split 0)", "count": 0}
-    keep, held = stratified_split(pixels.labels.numpy(), fraction, seed)
-    keep_t, held_t = torch.from_numpy(keep), torch.from_numpy(held)
-    train = Pixels(pixels.images[keep_t], pixels.labels[keep_t], pixels.skipped)
-    val = Pixels(pixels.images[held_t], pixels.labels[held_t], [])
-    import hashlib
-
+        return part, None, {"origin": "none (--val-split 0)", "count": 0}
+    keep, held = stratified_split(_labels(part), fraction, seed)
     info = {
         "origin": f"{fraction:.0%} of each class of the train part (stratified, seed {seed})",
         "fraction": fraction,
@@ -161,7 +232,7 @@ def carve_validation(pixels: Pixels, fraction: float, seed: int) -> tuple[Pixels
         "count": len(held),
         "index_sha256": hashlib.sha256(held.astype(np.int64).tobytes()).hexdigest(),
     }
-    return train, val, info
+    return _take(part, keep), _take(part, held), info
 
 
 def prepare_training_data(
@@ -169,36 +240,51 @@ def prepare_training_data(
 ) -> TrainingData:
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
     source = open_image_source(config.data, data_dir, config.test_split)
-    pixels = load_split(source, "train", channels, size, data_dir, config.strict, log, progress)
+    in_memory = holds_in_memory(config.in_memory, len(source.splits["train"]), channels, size)
+    if not in_memory and source.splits["train"].files is None:
+        in_memory = True  # a torchvision dataset is in memory already
+    shape = Preprocessing(channels, size, config.resize, [], [])
+    skipped: list = []
+    if in_memory:
+        whole = load_split(
+            source, "train", shape, data_dir, strict=config.strict, log=log, progress=progress, workers=config.workers
+        )
+        skipped = whole.skipped
+    else:
+        whole = source.splits["train"]
     if "val" in source.splits:
-        train = pixels
-        val = load_split(source, "val", channels, size, data_dir, config.strict, log, progress)
-        val_info = {
-            "origin": f"the folder's val/ ({len(val.labels)} images); --val-split not used",
-            "count": len(val.labels),
-        }
+        train = whole
+        val = (
+            load_split(source, "val", shape, data_dir, strict=config.strict, log=log, progress=progress)
+            if in_memory
+            else source.splits["val"]
+        )
+        val_info = {"origin": "the folder's val/; --val-split not used", "count": len(_labels(val))}
     else:
-        train, val, val_info = carve_validation(pixels, config.val_split, config.seed)
-    if config.mean is not None and config.std is not None:
-        mean, std, norm_origin = _per_channel(config.mean, channels), _per_channel(config.std, channels), "given"
+        train, val, val_info = carve_validation(whole, config.val_split, config.seed)
+    if (config.mean is None) != (config.std is None):
+        raise DeepstepError("give both --mean and --std, or neither (then both are computed on the train part)")
+    if config.mean is not None:
+        mean, std, origin = _per_channel(config.mean, channels), _per_channel(config.std, channels), "given"
+    elif in_memory:
+        (mean, std), origin = channel_stats(train.images), "computed on the train part"
     else:
-        mean, std = channel_stats(train.images)
-        norm_origin = "computed on the train part"
-        if config.mean is not None or config.std is not None:
-            raise DeepstepError("give both --mean and --std, or neither (then both are computed on the train part)")
+        (mean, std), origin = sample_stats(train, size, config.resize, channels), "computed on 1,000 train images"
+    prep = Preprocessing(channels, size, config.resize, mean, std)
     report = {
         "spec": config.data,
         "name": source.name,
         "root": str(source.root) if source.root else None,
         "fingerprint": source.fingerprint,
         "classes": source.classes,
-        "train": {"count": len(train.labels)},
+        "in_memory": in_memory,
+        "train": {"count": len(_labels(train))},
         "val": val_info,
         "test": {"origin": source.test_origin, "count": len(source.splits["test"])},
-        "skipped": [list(s) for s in pixels.skipped],
-        "normalization": {"mean": mean, "std": std, "origin": norm_origin},
+        "skipped": [list(s) for s in skipped],
+        "normalization": {"mean": mean, "std": std, "origin": origin},
     }
-    return TrainingData(source, train, val, mean, std, report)
+    return TrainingData(source, train, val, prep, in_memory, report)
 
 
 def _per_channel(values: list[float], channels: int) -> list[float]:
@@ -208,6 +294,48 @@ def _per_channel(values: list[float], channels: int) -> list[float]:
         return list(values) * channels
     raise DeepstepError(
         f"--mean/--std need 1 or {channels} values for this model's {channels}-channel input, got {len(values)}"
+    )
+
+
+def make_batches(
+    part: Part,
+    prep: Preprocessing,
+    *,
+    batch_size: int,
+    device: torch.device,
+    train: bool = False,
+    augment: bool = False,
+    seed: int = 0,
+    workers: int = 0,
+    strict: bool = False,
+) -> ImageBatches | FileBatches:
+    """Shuffled (and augmented) batches for training, ordered ones for evaluation."""
+    if isinstance(part, Pixels):
+        return ImageBatches(
+            part,
+            batch_size=batch_size,
+            mean=prep.mean,
+            std=prep.std,
+            shuffle=train,
+            augment=augment and train,
+            seed=seed,
+            device=device,
+        )
+    transform = (
+        train_transform(prep.size, prep.resize, prep.mean, prep.std, augment)
+        if train
+        else eval_transform(prep.size, prep.resize, prep.mean, prep.std)
+    )
+    return FileBatches(
+        part,
+        batch_size=batch_size,
+        transform=transform,
+        channels=prep.channels,
+        shuffle=train,
+        seed=seed,
+        device=device,
+        workers=workers or available_cores(),
+        strict=strict,
     )
 
 
@@ -228,19 +356,19 @@ def _open_run_for_resume(config: TrainConfig) -> tuple[RunDir, list[str]]:
     if not config.out:
         raise DeepstepError("--resume needs --out RUN, the run folder to continue")
     run = RunDir.open(config.out)
-    before = run.read_config()
-    now = config.to_dict()
-    blocking = [k for k in RESUME_MUST_MATCH if before.get(k.replace("_", "-")) != now.get(k.replace("_", "-"))]
+    before, now = run.read_config(), config.to_dict()
+    blocking = [_flag(k) for k in RESUME_MUST_MATCH if before.get(_flag(k)) != now.get(_flag(k))]
     if blocking:
-        diffs = "; ".join(
-            f"{k.replace('_', '-')}: {before.get(k.replace('_', '-'))!r} -> {now.get(k.replace('_', '-'))!r}"
-            for k in blocking
-        )
+        diffs = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in blocking)
         raise DeepstepError(
-            f"cannot resume {run.path} with a different {', '.join(b.replace('_', '-') for b in blocking)} ({diffs}); start a new run instead"
+            f"cannot resume {run.path} with a different {', '.join(blocking)} ({diffs}); start a new run instead"
         )
     changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if k != "resume" and before.get(k) != v]
     return run, changed
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
 
 
 def seed_everything(seed: int) -> None:
@@ -249,11 +377,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class Setup:
+    """What a run was started with, as reported at its start and in run.json."""
+
+    device: torch.device
+    threads: int | None
+    precision: Precision
+    kernels: dict[str, Any]
+    parameters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.device.type,
+            "threads": self.threads,
+            "precision": self.precision.name,
+            "precision_reason": self.precision.reason,
+            **self.kernels,
+        }
+
+
 def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     """Train and validate; returns the run folder. The test part is not touched."""
     config.validate()
     channels, size = model_input(config.model, config.image_size)
-    spec = get_model_spec(config.model)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     threads = set_cpu_threads() if device.type == "cpu" else None
@@ -262,27 +409,32 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     run, changes = _open_run_for_resume(config) if config.resume else (None, [])
     data = prepare_training_data(config, channels, size, log, progress)
     model_args = {"num_classes": len(data.source.classes), **config.model_args}
-    n_params = check_model_fits(config.model, model_args, channels, size)
+    parameters = check_model_fits(config.model, model_args, channels, size)
     if run is None:
         run = RunDir.create(config.out or _default_out(config, data.source.name))
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
     model = create_model(config.model, **model_args).to(device)
-    train_batches = ImageBatches(
+    kernels = _choose_kernels(model, precision, config.batch_size, device)
+    train_batches = make_batches(
         data.train,
+        data.prep,
         batch_size=config.batch_size,
-        mean=data.mean,
-        std=data.std,
-        shuffle=True,
+        device=device,
+        train=True,
         augment=config.augment,
         seed=config.seed,
-        device=device,
+        workers=config.workers,
+        strict=config.strict,
     )
     val_batches = None
     if data.val is not None:
-        val_batches = ImageBatches(
-            data.val, batch_size=max(config.batch_size, 256), mean=data.mean, std=data.std, device=device
+        val_batches = make_batches(
+            data.val, data.prep, batch_size=max(config.batch_size, 256), device=device, workers=config.workers
         )
+    for batches in (train_batches, val_batches):
+        if batches is not None:
+            batches.channels_last = kernels["channels_last"]
     optimizer = build_optimizer(
         config.optimizer,
         model,
@@ -295,21 +447,24 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     scheduler = build_schedule(
         config.schedule, optimizer, total_steps=total_steps, warmup_steps=int(config.warmup * total_steps)
     )
-    train_step, eval_step = classification_step(config.label_smoothing), classification_step()
-
-    kernels = _choose_kernels(model, precision, config.batch_size, device)
-    for batches in (train_batches, val_batches):
-        if batches is not None:
-            batches.channels_last = kernels.get("channels_last", False)
-
+    training = Training(
+        model,
+        classification_step(config.label_smoothing),
+        classification_step(),
+        train_batches,
+        val_batches,
+        optimizer,
+        scheduler,
+        precision,
+    )
     meta = {
         "task": TASK,
         "model": {"name": config.model, "args": model_args},
         "classes": data.source.classes,
-        "input_size": [channels, *size],
-        "normalization": {"mean": data.mean, "std": data.std},
+        **data.prep.to_meta(),
     }
-    training = Training(model, train_step, eval_step, train_batches, val_batches, optimizer, scheduler, precision)
+    setup = Setup(device, threads, precision, kernels, parameters)
+
     state = None
     if config.resume:
         state = resume(training, run)
@@ -325,18 +480,12 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
             "model": {
                 **meta["model"],
                 "input_size": meta["input_size"],
-                "parameters": n_params,
-                "description": spec.description,
+                "parameters": parameters,
+                "description": get_model_spec(config.model).description,
             },
-            "device": {
-                "type": device.type,
-                "threads": threads,
-                "precision": precision.name,
-                "precision_reason": precision.reason,
-                **kernels,
-            },
+            "device": setup.to_dict(),
         }
-        _log_start(log, config, data, n_params, channels, size, device, threads, precision, kernels, run)
+        _log_start(log, config.model, data, setup, run)
     run.write_config(config.to_dict())
     run.write_json("run.json", info)
 
@@ -351,6 +500,9 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         progress=progress,
         log=log,
     )
+    skipped = getattr(train_batches, "skipped", [])
+    if skipped:
+        log(f"warning: skipped {len(skipped)} unreadable image(s) while streaming (first: {skipped[0]})")
     _finish(run, info, state, log)
     return run.path
 
@@ -366,21 +518,20 @@ def _choose_kernels(model: nn.Module, precision: Precision, batch_size: int, dev
     return {"kernels": choice.describe(), "channels_last": choice.channels_last}
 
 
-def _log_start(
-    log, config, data: TrainingData, n_params, channels, size, device, threads, precision, kernels, run
-) -> None:
-    r = data.report
+def _log_start(log: Log, model_name: str, data: TrainingData, setup: Setup, run: RunDir) -> None:
+    r, prep = data.report, data.prep
     log(
         f"data: {r['name']}: {r['train']['count']} train / {r['val']['count']} val ({r['val']['origin']}) / "
         f"{r['test']['count']} test ({r['test']['origin']}; not used in training)"
+        + ("" if data.in_memory else "; streamed from disk")
     )
-    log(f"model: {config.model}, {n_params:,} parameters, input {channels}x{size[0]}x{size[1]}")
+    log(f"model: {model_name}, {setup.parameters:,} parameters, input {format_size((prep.channels, *prep.size))}")
     norm = r["normalization"]
     log(f"normalisation: mean {norm['mean']} std {norm['std']} ({norm['origin']})")
     log(
-        f"device: {device.type}"
-        + (f", {threads} threads" if threads else "")
-        + f"; precision {precision.name} ({precision.reason}); {kernels['kernels']}"
+        f"device: {setup.device.type}"
+        + (f", {setup.threads} threads" if setup.threads else "")
+        + f"; precision {setup.precision.name} ({setup.precision.reason}); {setup.kernels['kernels']}"
     )
     log(f"run folder: {run.path}")
 
@@ -423,7 +574,7 @@ def _versions() -> dict[str, str]:
 
 @dataclass
 class TrainedModel:
-    """A model rebuilt from a checkpoint, with what it needs to prepare its inputs."""
+    """A model rebuilt from a checkpoint, with the pre-processing its inputs need."""
 
     model: nn.Module
     record: dict[str, Any]
@@ -433,16 +584,8 @@ class TrainedModel:
         return self.record["classes"]
 
     @property
-    def channels(self) -> int:
-        return self.record["input_size"][0]
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return tuple(self.record["input_size"][1:])
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        norm = self.record["normalization"]
-        return normalize(images, torch.tensor(norm["mean"]), torch.tensor(norm["std"]))
+    def prep(self) -> Preprocessing:
+        return Preprocessing.from_meta(self.record)
 
 
 def load_trained(run: RunDir, checkpoint: str = "best") -> TrainedModel:
@@ -463,11 +606,13 @@ def evaluate_run(
     *,
     force: bool = False,
     checkpoint: str = "best",
+    tta: bool = False,
     data_dir: str | None = None,
     log: Log = print,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Loss, accuracy, per-class accuracy and confusion matrix on `split` (test or val).
+    """Loss, accuracy, per-class accuracy and confusion matrix on `split` (test or val);
+    with `tta`, each image's logits are averaged with its mirror image's.
 
     The test split is measured once per run; a second measurement needs `force` and is recorded.
     """
@@ -487,38 +632,34 @@ def evaluate_run(
     info = run.read_json("run.json")
     config = TrainConfig(**_config_fields(run.read_config()))
     trained = load_trained(run, checkpoint)
-    pixels = _evaluation_pixels(info, config, trained, split, data_dir, log, progress)
+    part = _evaluation_part(info, config, trained.prep, split, data_dir, log, progress)
     device = resolve_device(config.device)
-    precision = resolve_precision("32", device)
-    batches = ImageBatches(
-        pixels,
-        batch_size=256,
-        mean=trained.record["normalization"]["mean"],
-        std=trained.record["normalization"]["std"],
-        device=device,
-    )
+    batches = make_batches(part, trained.prep, batch_size=256, device=device, workers=config.workers)
     model = trained.model.to(device)
-    means, logits = evaluate(model, classification_step(), batches, precision, keep_outputs=True)
-    result = _classification_report(logits, pixels.labels, trained.classes)
+    if tta:
+        model = FlipAveraged(model)
+    means, kept = evaluate(
+        model, classification_step(), batches, resolve_precision("32", device), keep=("output", "target")
+    )
+    report = _classification_report(kept["output"], kept["target"], trained.classes)
     result = {
         "split": split,
         "checkpoint": checkpoint,
+        "tta": tta,
         "epoch": trained.record["epoch"],
-        "images": len(pixels.labels),
-        "accuracy": result["accuracy"],
+        "images": len(kept["target"]),
+        "accuracy": report.pop("accuracy"),
         "loss": means["loss"],
-        **{k: v for k, v in result.items() if k != "accuracy"},
+        **report,
         "time": _now(),
     }
     from deepstep.plots import plot_confusion
 
     matrix = np.asarray(result["confusion_matrix"])
-    png = plot_confusion(
-        matrix,
-        trained.classes,
-        run.file(f"confusion_{split}.png"),
-        title=f"{split}: accuracy {result['accuracy']:.2%} ({len(pixels.labels)} images)",
+    title = f"{split}: accuracy {result['accuracy']:.2%} ({result['images']} images)" + (
+        " with flip TTA" if tta else ""
     )
+    png = plot_confusion(matrix, trained.classes, run.file(f"confusion_{split}.png"), title=title)
     _write_confusion_csv(run.file(f"confusion_{split}.csv"), matrix, trained.classes)
     result["files"] = {
         "json": str(run.file(f"{split}.json")),
@@ -532,6 +673,7 @@ def evaluate_run(
                 "split": "test",
                 "time": result["time"],
                 "checkpoint": checkpoint,
+                "tta": tta,
                 "epoch": result["epoch"],
                 "accuracy": result["accuracy"],
                 "loss": result["loss"],
@@ -548,24 +690,31 @@ def _config_fields(values: dict[str, Any]) -> dict[str, Any]:
     return check_values(values, source="config.yaml")
 
 
-def _evaluation_pixels(info, config: TrainConfig, trained: TrainedModel, split, data_dir, log, progress) -> Pixels:
+def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data_dir, log, progress) -> Part:
+    """The test part, or the validation part rebuilt exactly as training carved it."""
     data_dir = Path(data_dir or config.data_dir or default_data_dir())
     source = open_image_source(config.data, data_dir, config.test_split)
     if source.fingerprint != info["data"]["fingerprint"]:
         log(
-            f"warning: the data at {config.data} changed since this run was trained (fingerprint {info['data']['fingerprint']} -> {source.fingerprint})"
+            f"warning: the data at {config.data} changed since this run was trained "
+            f"(fingerprint {info['data']['fingerprint']} -> {source.fingerprint})"
         )
-    if split == "test":
-        return load_split(source, "test", trained.channels, trained.size, data_dir, False, log, progress)
-    if "val" in source.splits:
-        return load_split(source, "val", trained.channels, trained.size, data_dir, False, log, progress)
-    pixels = load_split(source, "train", trained.channels, trained.size, data_dir, False, log, progress)
-    _, val, val_info = carve_validation(pixels, config.val_split, config.seed)
+    in_memory = info["data"].get("in_memory", True)
+
+    def part(name: str) -> Part:
+        if in_memory:
+            return load_split(source, name, prep, data_dir, strict=False, log=log, progress=progress)
+        return source.splits[name]
+
+    if split == "test" or "val" in source.splits:
+        return part(split)
+    _, val, val_info = carve_validation(part("train"), config.val_split, config.seed)
     if val is None:
         raise DeepstepError("this run was trained with --val-split 0: it has no validation part to evaluate")
     if val_info["index_sha256"] != info["data"]["val"].get("index_sha256"):
         raise DeepstepError(
-            "the validation part cannot be rebuilt as it was in training (the data changed); evaluate --split test instead"
+            "the validation part cannot be rebuilt as it was in training (the data changed); "
+            "evaluate --split test instead"
         )
     return val
 
@@ -616,11 +765,11 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def read_for_model(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
+def read_for_model(path: Path, prep: Preprocessing) -> np.ndarray:
     from deepstep.data.decode import describe_error, read_image
 
     try:
-        return read_image(path, size, channels)
+        return read_image(path, prep.size, prep.channels, prep.resize)
     except (OSError, ValueError, SyntaxError) as err:
         raise DeepstepError(f"{path}: {describe_error(err)}; give a JPEG, PNG, BMP, GIF, WebP or TIFF image") from None
 
@@ -633,6 +782,7 @@ def predict_run(
     checkpoint: str = "best",
     plot: str | Path | None = None,
     batch_size: int = 64,
+    tta: bool = False,
 ) -> list[dict[str, Any]]:
     """Class and softmax probabilities for each image, with the run's own pre-processing."""
     if top_k < 1:
@@ -641,12 +791,14 @@ def predict_run(
     trained = load_trained(run, checkpoint)
     files = image_files(inputs)
     top_k = min(top_k, len(trained.classes))
-    images = np.stack([read_for_model(f, trained.channels, trained.size) for f in files])
+    model = FlipAveraged(trained.model) if tta else trained.model
+    prep = trained.prep
+    images = np.stack([read_for_model(f, prep) for f in files])
     results = []
     with torch.inference_mode():
         for start in range(0, len(files), batch_size):
-            x = trained.normalize(torch.from_numpy(images[start : start + batch_size]))
-            probs = torch.softmax(trained.model(x).float(), dim=1)
+            x = prep.normalize(torch.from_numpy(images[start : start + batch_size]))
+            probs = torch.softmax(model(x).float(), dim=1)
             values, indices = probs.topk(top_k, dim=1)
             for file, p, idx in zip(files[start : start + batch_size], values.tolist(), indices.tolist(), strict=True):
                 ranked = [{"label": trained.classes[i], "probability": q} for i, q in zip(idx, p, strict=True)]
