@@ -1,0 +1,67 @@
+"""deepstep summary: how every layer changes the tensor, with the output-size formula
+(H + 2P - FH)/S + 1 filled in for each convolution and pooling, and the model's totals."""
+
+from __future__ import annotations
+
+import argparse
+
+from deepstep.cli.common import formatter, print_json
+
+EXAMPLES = """\
+examples:
+  deepstep summary lenet                       # its declared input, 3x32x32
+  deepstep summary simple-cnn --input 1x20x20
+  deepstep summary lenet --input 3x64x64       # names the first layer that does not fit
+  deepstep summary runs/lenet-cifar10-sample   # a trained run's model and input
+  deepstep summary vgg16 --json
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "summary",
+        help="layer-by-layer shapes, parameters and size formulas",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=formatter,
+    )
+    parser.add_argument("model", metavar="MODEL_OR_RUN", help="a registered model name or a run folder")
+    parser.add_argument(
+        "--input", metavar="SIZE", help="one example's size, e.g. 3x32x32 (default: the declared input)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deepstep.api import summary
+    from deepstep.models.shapes import format_size
+
+    result = summary(args.model, args.input)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    table = [("layer", "type", "output shape", "parameters", "output size")]
+    for r in result.rows:
+        table.append((r.name, r.kind, format_size(r.output_shape), f"{r.parameters:,}", r.formula))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    print(f"{result.model} on {format_size(result.input_size)} (one example; the batch dimension is left out)")
+    for i, row in enumerate(table):
+        print(
+            "  ".join(
+                [
+                    row[0].ljust(widths[0]),
+                    row[1].ljust(widths[1]),
+                    row[2].ljust(widths[2]),
+                    row[3].rjust(widths[3]),
+                    row[4],
+                ]
+            ).rstrip()
+        )
+        if i == 0:
+            print("-" * (sum(widths) + 6 + max(len(r[4]) for r in table)))
+    print(f"\nparameters:           {result.parameters:,}")
+    print(f"trainable parameters: {result.trainable_parameters:,}")
+    print(f"multiply-adds:        {result.mult_adds:,} ({result.mult_adds / 1e6:.2f} M)")
+    print(f"activation memory:    {result.activation_bytes / 2**20:.2f} MiB (fp32 layer outputs, one example)")
+    return 0

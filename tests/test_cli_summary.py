@@ -1,0 +1,91 @@
+import json
+
+import pytest
+
+from deepstep.cli import main
+
+
+def _summary(capsys, *argv):
+    assert main(["summary", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _spatial(summary, kind):
+    return [layer["output_shape"][-1] for layer in summary["layers"] if layer["type"] == kind]
+
+
+def test_lenet_summary_matches_the_hand_computation(capsys):
+    s = _summary(capsys, "lenet", "--input", "3x32x32")
+    assert [(layer["name"], layer["output_shape"]) for layer in s["layers"][:4]] == [
+        ("conv1", [6, 28, 28]),
+        ("pool", [6, 14, 14]),
+        ("conv2", [16, 10, 10]),
+        ("pool", [16, 5, 5]),
+    ]
+    assert s["layers"][0]["formula"] == "(32 + 2*0 - 5)/1 + 1 = 28"
+    assert s["layers"][3]["formula"] == "(10 + 2*0 - 2)/2 + 1 = 5"
+    assert s["layers"][4]["formula"] == "400 -> 120 features"
+    assert s["parameters"] == s["trainable_parameters"] == 62_006
+    # conv1: 6*28*28 outputs x 3*5*5 weights each; fc1: 120 x 400
+    assert s["layers"][0]["mult_adds"] == 6 * 28 * 28 * 75
+    assert s["layers"][4]["mult_adds"] == 120 * 400
+
+
+def test_simple_cnn_and_mini_alexnet_summaries(capsys):
+    s = _summary(capsys, "simple-cnn", "--input", "1x20x20")
+    assert _spatial(s, "Conv2d") == [16, 12]
+    assert "1440 -> 50 features" in [layer["formula"] for layer in s["layers"]]
+    s = _summary(capsys, "mini-alexnet")
+    assert s["input_size"] == [384, 13, 13]
+    assert _spatial(s, "Conv2d") + _spatial(s, "MaxPool2d") == [13, 13, 6]
+    assert "9216 -> 4096 features" in [layer["formula"] for layer in s["layers"]]
+
+
+def test_the_table_names_totals(capsys):
+    assert main(["summary", "lenet"]) == 0
+    out = capsys.readouterr().out
+    assert "(14 + 2*0 - 5)/1 + 1 = 10" in out
+    assert "parameters:           62,006" in out
+    assert "multiply-adds:" in out and "activation memory:" in out
+
+
+def test_a_shared_layer_counts_its_parameters_once(capsys):
+    s = _summary(capsys, "lenet")
+    assert sum(layer["parameters"] for layer in s["layers"]) == s["parameters"]
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        (
+            "3x64x64",
+            "layer fc1 (Linear) expects 400 input features but gets 2704 (the flattened 16x13x13 from pool); "
+            "input 3x32x32 makes them match",
+        ),
+        ("1x32x32", "layer conv1 (Conv2d) expects 3 input channels but gets 1"),
+        ("3x8x8", "layer conv2 (Conv2d) gets 6x2x2, too small for its window: (2 + 2*0 - 5)/1 + 1 = -2"),
+        ("3x32", "has 2 dimensions but lenet takes 3"),
+        ("3xAx3", "--input '3xAx3' is not a size"),
+    ],
+)
+def test_an_input_that_does_not_fit_names_the_layer_and_the_fix(capsys, size, expected):
+    assert main(["summary", "lenet", "--input", size]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_formula_shows_floor_and_non_square_sizes():
+    from torch import nn
+
+    from deepstep.models.shapes import size_formula
+
+    assert size_formula(nn.MaxPool2d(3, 2), (1, 8, 14, 14)) == "floor((14 + 2*0 - 3)/2) + 1 = 6"
+    assert size_formula(nn.Conv2d(1, 1, 3, padding=1), (1, 1, 20, 10)) == (
+        "(20 + 2*1 - 3)/1 + 1 = 20; (10 + 2*1 - 3)/1 + 1 = 10"
+    )
+
+
+def test_a_trained_run_is_summarised_with_its_own_input(trained_run, capsys):
+    s = _summary(capsys, str(trained_run))
+    assert s["model"] == "lenet" and s["input_size"] == [3, 32, 32]
+    assert s["layers"][-1]["output_shape"] == [3]  # the generated folder has three classes
