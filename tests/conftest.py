@@ -31,9 +31,10 @@ def write_images(
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own data cache and working folder (runs/ lands there)."""
+    """Every test gets its own data cache, torch hub cache and working folder (runs/ lands there)."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("DEEPSTEP_DATA", str(cache))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -66,6 +67,29 @@ def image_archive(image_folder: Path, tmp_path: Path) -> Path:
     return archive
 
 
+def train_lenet(folder: Path, *extra: str, out: str) -> int:
+    """`deepstep train` of lenet in fp32 at batch 8 on `folder`, quietly; returns the exit code."""
+    from deepstep.cli import main
+
+    return main(
+        [
+            "train",
+            "--data",
+            str(folder),
+            "--model",
+            "lenet",
+            "--batch-size",
+            "8",
+            "--precision",
+            "32",
+            "--out",
+            out,
+            "--quiet",
+            *extra,
+        ]
+    )
+
+
 @pytest.fixture
 def trained_run(image_folder: Path) -> Path:
     """A tiny lenet run on the generated folder (fp32, 2 epochs)."""
@@ -93,3 +117,23 @@ def trained_run(image_folder: Path) -> Path:
         == 0
     )
     return Path("runs/tiny")
+
+
+def write_pretrained_weights(name: str, edit=None) -> Path:
+    """Random weights for torchvision's `name`, saved where its ImageNet weights download to.
+
+    `edit(state_dict)` may change them first (e.g. bias one class). Returns the file's path.
+    """
+    import torch
+    import torchvision
+
+    from deepstep.models.pretrained import get_pretrained_spec
+
+    torch.manual_seed(0)
+    state = torchvision.models.get_model(name, weights=None).state_dict()
+    if edit is not None:
+        edit(state)
+    path = get_pretrained_spec(name).file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path

@@ -7,27 +7,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import train_lenet
 from deepstep.cli import main
 
 
 def _train(folder, *extra, out="runs/t"):
-    return main(
-        [
-            "train",
-            "--data",
-            str(folder),
-            "--model",
-            "lenet",
-            "--batch-size",
-            "8",
-            "--precision",
-            "32",
-            "--out",
-            out,
-            "--quiet",
-            *extra,
-        ]
-    )
+    return train_lenet(folder, *extra, out=out)
 
 
 def _weights(run, kind="last"):

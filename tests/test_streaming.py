@@ -6,30 +6,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import write_images
+from conftest import train_lenet, write_images
 from deepstep.cli import main
 
 
 def _train(folder, *extra, out="runs/s"):
-    return main(
-        [
-            "train",
-            "--data",
-            str(folder),
-            "--model",
-            "lenet",
-            "--batch-size",
-            "8",
-            "--precision",
-            "32",
-            "--workers",
-            "1",
-            "--out",
-            out,
-            "--quiet",
-            *extra,
-        ]
-    )
+    return train_lenet(folder, "--workers", "1", *extra, out=out)
 
 
 def test_a_streamed_run_trains_evaluates_and_predicts_like_an_in_memory_one(image_folder, capsys):

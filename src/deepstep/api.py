@@ -12,6 +12,7 @@ from typing import Any
 
 from deepstep.config import check_values, read_config_file, resolve_config
 from deepstep.engine.run_dir import RunDir
+from deepstep.errors import DeepstepError
 
 
 class Run:
@@ -69,6 +70,14 @@ class Run:
         inputs = [images] if isinstance(images, str | Path) else list(images)
         return predict_run(self.path, inputs, top_k=top_k, plot=plot, checkpoint=checkpoint, tta=tta)
 
+    def export(
+        self, format: str = "onnx", out: str | Path | None = None, *, checkpoint: str = "best"
+    ) -> dict[str, Any]:
+        """Write the model as ONNX or TorchScript, checked against PyTorch; returns the export record."""
+        from deepstep.export import export_run
+
+        return export_run(self.path, format, out, checkpoint)
+
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
 
@@ -109,6 +118,91 @@ def show(
     from deepstep.tasks.image_classification import show_images
 
     return show_images(data, split=split, n=n, out=out, data_dir=data_dir)
+
+
+def summary(model: str | Path, input_size: str | tuple[int, ...] | None = None, **model_args: Any):
+    """Layer-by-layer output shapes, parameters and size formulas of a registered model, or of a
+    trained run's model (give the run folder), on one example of `input_size` (e.g. "3x32x32")."""
+    import torch
+
+    from deepstep.models import create_model, get_model_spec
+    from deepstep.models.shapes import format_size, parse_input_size, summarize
+
+    if Path(model).is_dir():
+        from deepstep.engine.checkpoint import read_checkpoint
+
+        record = read_checkpoint(RunDir.open(model).checkpoints, "best")
+        name, args = record["model"]["name"], {**record["model"]["args"], **model_args}
+        declared = tuple(record["input_size"])
+    else:
+        name, args = str(model), model_args
+        declared = get_model_spec(name).input_size
+    size = parse_input_size(input_size) if isinstance(input_size, str) else tuple(input_size or declared)
+    if len(size) != len(declared):
+        raise DeepstepError(
+            f"--input {format_size(size)} has {len(size)} dimensions but {name} takes {len(declared)}, "
+            f"such as its declared {format_size(declared)}"
+        )
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        built = create_model(name, **args)
+    return summarize(built, name, size, declared)
+
+
+class Pretrained:
+    """A torchvision model with its ImageNet weights: `deepstep.pretrained("vgg16").predict(paths)`."""
+
+    def __init__(self, name: str):
+        from deepstep.models.pretrained import get_pretrained_spec
+
+        self.name = name
+        self.spec = get_pretrained_spec(name)
+
+    @property
+    def categories(self) -> list[str]:
+        return self.spec.categories
+
+    def predict(
+        self,
+        images: str | Path | list[str | Path],
+        *,
+        top_k: int = 5,
+        plot: str | Path | None = None,
+        tta: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Top-k ImageNet label names with softmax probabilities for each image (or folder)."""
+        from deepstep.tasks.image_classification import predict_pretrained
+
+        paths = [images] if isinstance(images, str | Path) else list(images)
+        return predict_pretrained(self.name, paths, top_k=top_k, plot=plot, tta=tta)
+
+
+def pretrained(name: str) -> Pretrained:
+    """A torchvision ImageNet model by name; its weights load (or download) on first predict."""
+    return Pretrained(name)
+
+
+def list_pretrained(pattern: str = "*") -> list[dict[str, Any]]:
+    """The torchvision models with ImageNet weights, their parameters, input and top-1 accuracy."""
+    import fnmatch
+
+    from deepstep.models.pretrained import get_pretrained_spec, pretrained_names
+
+    rows = []
+    for name in pretrained_names():
+        if not fnmatch.fnmatch(name, pattern):
+            continue
+        spec = get_pretrained_spec(name)
+        rows.append(
+            {
+                "name": name,
+                "parameters": spec.parameters,
+                "input_size": [3, *spec.preprocessing["crop"]],
+                "imagenet_acc1": spec.accuracy,
+                "weights": str(spec.weights),
+                "file": str(spec.file),
+            }
+        )
+    return rows
 
 
 def list_datasets() -> list[dict[str, str]]:

@@ -10,13 +10,16 @@ from deepstep.cli.common import formatter, print_json
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("models", help="list the models", description=__doc__, formatter_class=formatter)
     parser.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'vgg*'")
+    parser.add_argument("--pretrained", action="store_true", help="list the torchvision models with ImageNet weights")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepstep.api import list_models
+    from deepstep.api import list_models, list_pretrained
 
+    if args.pretrained:
+        return _print_pretrained(list_pretrained(args.pattern), args.json)
     rows = list_models(args.pattern)
     if args.json:
         print_json(rows)
@@ -27,4 +30,22 @@ def run(args: argparse.Namespace) -> int:
         size = "x".join(str(s) for s in r["input_size"])
         print(f"{r['name']:<{width}}  {r['parameters']:>12,}  {size:<10}  {r['description']}")
     print("\nparameters are counted at each model's default number of classes; training sizes the head to the data.")
+    return 0
+
+
+def _print_pretrained(rows: list[dict], as_json: bool) -> int:
+    if as_json:
+        print_json(rows)
+        return 0
+    width = max((len(r["name"]) for r in rows), default=4)
+    print(f"{'model':<{width}}  {'parameters':>12}  {'acc@1':>6}  {'input':<9}  weights")
+    for r in rows:
+        acc = f"{r['imagenet_acc1']:.1f}" if r["imagenet_acc1"] is not None else "-"
+        size = "x".join(str(s) for s in r["input_size"])
+        print(f"{r['name']:<{width}}  {r['parameters']:>12,}  {acc:>6}  {size:<9}  {r['weights']}")
+    print(
+        "\nacc@1: ImageNet-1K top-1 accuracy from the weights' metadata. Classify photos with "
+        "`deepstep predict --model NAME --pretrained PHOTO`; fine-tune with `deepstep train --model NAME --pretrained`"
+        " (the models also listed by `deepstep models`)."
+    )
     return 0

@@ -11,6 +11,7 @@ examples:
   deepstep predict runs/lenet-cifar10-sample cat.jpg
   deepstep predict runs/lenet-cifar10-sample photos/ --top-k 3 --json
   deepstep predict runs/lenet-cifar10-sample cat.jpg --plot cat-prediction.png
+  deepstep predict --model vgg16 --pretrained photo.jpg     # ImageNet's 1000 classes
 
 Grayscale, RGBA and palette images are converted to what the model takes.
 """
@@ -24,8 +25,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=formatter,
     )
-    parser.add_argument("run_dir", metavar="RUN", help="a run folder written by `deepstep train`")
-    parser.add_argument("images", metavar="IMAGE_OR_FOLDER", nargs="+", help="image files and/or folders of images")
+    parser.add_argument(
+        "inputs",
+        metavar="[RUN] IMAGE_OR_FOLDER",
+        nargs="+",
+        help="a run folder written by `deepstep train` (not with --model), then image files and/or folders",
+    )
+    parser.add_argument("--model", metavar="M", help="with --pretrained: a torchvision model with ImageNet weights")
+    parser.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="use --model's ImageNet weights and their pre-processing (`deepstep models --pretrained`)",
+    )
     parser.add_argument(
         "--top-k", type=int, default=5, metavar="K", help="how many classes to list per image (default 5)"
     )
@@ -41,11 +52,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepstep.tasks.image_classification import predict_run
+    from deepstep.errors import DeepstepError
+    from deepstep.tasks.image_classification import predict_pretrained, predict_run
 
-    results = predict_run(
-        args.run_dir, args.images, top_k=args.top_k, checkpoint=args.checkpoint, plot=args.plot, tta=args.tta
-    )
+    if args.pretrained != (args.model is not None):
+        raise DeepstepError("--model and --pretrained go together: `deepstep predict --model vgg16 --pretrained PHOTO`")
+    if args.pretrained:
+        results = predict_pretrained(args.model, args.inputs, top_k=args.top_k, plot=args.plot, tta=args.tta)
+    elif len(args.inputs) < 2:
+        raise DeepstepError(
+            f"give a run folder and at least one image: `deepstep predict RUN IMAGE` (got {args.inputs[0]!r})"
+        )
+    else:
+        results = predict_run(
+            args.inputs[0], args.inputs[1:], top_k=args.top_k, checkpoint=args.checkpoint, plot=args.plot, tta=args.tta
+        )
     if args.json:
         print_json(results)
     else:

@@ -69,6 +69,33 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "pretrained",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "start from the model's ImageNet weights (torchvision models) with a new head, "
+            "and use the weights' own pre-processing",
+        },
+    ),
+    (
+        "freeze-backbone",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "with --pretrained: train the head only (backbone weights and batch-norm statistics fixed)",
+        },
+    ),
+    (
+        "unfreeze-after",
+        {"type": int, "metavar": "N", "help": "with --freeze-backbone: train everything from epoch N+1 on"},
+    ),
+    (
+        "backbone-lr-scale",
+        {
+            "type": float,
+            "metavar": "F",
+            "help": "discriminative learning rates: the backbone learns at F x --lr, the head at --lr (default 1)",
+        },
+    ),
+    (
         "data-dir",
         {
             "metavar": "DIR",

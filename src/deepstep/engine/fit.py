@@ -31,6 +31,8 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     precision: Precision
     scaler: torch.amp.GradScaler = field(init=False)
+    # Called with the (1-based) epoch before it trains, e.g. to freeze or unfreeze layers.
+    before_epoch: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         self.scaler = self.precision.grad_scaler()
@@ -132,6 +134,8 @@ def fit(
     monitor = monitor or Monitor()
     model = training.model
     for epoch in range(state.epoch + 1, epochs + 1):
+        if training.before_epoch is not None:
+            training.before_epoch(epoch)
         bar = Progress(len(training.train_batches), f"epoch {epoch}/{epochs}", progress)
         lr = training.optimizer.param_groups[0]["lr"]
         start = time.perf_counter()

@@ -11,15 +11,21 @@ from torch import nn
 from deepstep.errors import DeepstepError
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weights only: biases and norm scales (1-d tensors) are not decayed."""
-    decay, no_decay = [], []
+def parameter_groups(
+    model: nn.Module, weight_decay: float, lr: float, scaled: list[nn.Parameter] = (), lr_scale: float = 1.0
+) -> list[dict]:
+    """Weight decay on weights only: biases and norm scales (1-d tensors) are not decayed.
+
+    The `scaled` parameters (a pretrained backbone) learn at `lr_scale` x `lr`. Frozen parameters
+    are included: they have no gradient, so the optimizer skips them until they are unfrozen.
+    """
+    scaled_ids = set(map(id, scaled))
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
+        groups.setdefault((p.ndim > 1, id(p) in scaled_ids), []).append(p)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * (lr_scale if is_scaled else 1.0)}
+        for (decay, is_scaled), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))
     ]
 
 
@@ -31,12 +37,20 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 
 
 def build_optimizer(
-    name: str, model: nn.Module, *, lr: float, momentum: float, nesterov: bool, weight_decay: float
+    name: str,
+    model: nn.Module,
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    scaled: list[nn.Parameter] = (),
+    lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """SGD uses momentum/nesterov; Adam and AdamW use their default betas."""
     if nesterov and (name != "sgd" or momentum <= 0):
         raise DeepstepError("--nesterov needs --optimizer sgd and a --momentum above 0")
-    return OPTIMIZERS[name](parameter_groups(model, weight_decay), lr, momentum, nesterov)
+    return OPTIMIZERS[name](parameter_groups(model, weight_decay, lr, scaled, lr_scale), lr, momentum, nesterov)
 
 
 def _warmup(step: int, warmup_steps: int) -> float:

@@ -31,3 +31,12 @@ def vgg16(num_classes: int = 1000) -> nn.Module:
 @register_model("resnet18", input_size=(3, 224, 224), description="torchvision ResNet-18 (residual, batch norm)")
 def resnet18(num_classes: int = 1000) -> nn.Module:
     return _torchvision("resnet18", num_classes)
+
+
+@register_model(
+    "mobilenet_v3_small",
+    input_size=(3, 224, 224),
+    description="torchvision MobileNetV3-Small (fast on CPU; fine-tuning)",
+)
+def mobilenet_v3_small(num_classes: int = 1000) -> nn.Module:
+    return _torchvision("mobilenet_v3_small", num_classes)

@@ -3,6 +3,7 @@ its one test evaluation, and predictions on new images."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -53,6 +54,7 @@ RESUME_MUST_MATCH = (
     "std",
     "augment",
     "resize",
+    "pretrained",
 )
 
 
@@ -397,9 +399,52 @@ class Setup:
         }
 
 
+def with_pretrained_preprocessing(config: TrainConfig) -> TrainConfig:
+    """--pretrained: the weights' own input size, resize and ImageNet normalisation, where not given."""
+    from deepstep.models.pretrained import get_pretrained_spec
+
+    prep = get_pretrained_spec(config.model).preprocessing
+    return dataclasses.replace(
+        config,
+        image_size=config.image_size or "x".join(map(str, prep["crop"])),
+        resize=config.resize or prep["resize"],
+        mean=config.mean or prep["mean"],
+        std=config.std or prep["std"],
+    )
+
+
+def build_model(config: TrainConfig, model_args: dict[str, Any], log: Log):
+    """The model to train and, with --freeze-backbone, what freezes it.
+
+    --pretrained: torchvision's ImageNet weights with the classifier replaced by a new one sized to
+    the data's classes; otherwise fresh weights from the registry.
+    """
+    if not config.pretrained:
+        return create_model(config.model, **model_args), None, []
+    from deepstep.models.pretrained import BackboneFreeze, load_pretrained, replace_head
+
+    model, spec = load_pretrained(config.model)
+    head = replace_head(model, model_args["num_classes"])
+    freeze = BackboneFreeze(model, head, config.unfreeze_after) if config.freeze_backbone else None
+    head_ids = set(map(id, model.get_submodule(head).parameters()))
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    log(
+        f"pretrained: {spec.weights} (ImageNet acc@1 {spec.accuracy}), new head {head!r} with "
+        f"{model_args['num_classes']} outputs"
+        + (
+            f"; backbone frozen{f' for {config.unfreeze_after} epochs' if config.unfreeze_after is not None else ''}"
+            if freeze
+            else ""
+        )
+    )
+    return model, freeze, backbone
+
+
 def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     """Train and validate; returns the run folder. The test part is not touched."""
     config.validate()
+    if config.pretrained:
+        config = with_pretrained_preprocessing(config)
     channels, size = model_input(config.model, config.image_size)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -414,7 +459,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         run = RunDir.create(config.out or _default_out(config, data.source.name))
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
-    model = create_model(config.model, **model_args).to(device)
+    model, freeze, backbone = build_model(config, model_args, log)
+    model = model.to(device)
     kernels = _choose_kernels(model, precision, config.batch_size, device)
     train_batches = make_batches(
         data.train,
@@ -442,6 +488,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
+        scaled=backbone,
+        lr_scale=config.backbone_lr_scale,
     )
     total_steps = config.epochs * len(train_batches)
     scheduler = build_schedule(
@@ -456,6 +504,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         optimizer,
         scheduler,
         precision,
+        before_epoch=freeze.set_epoch if freeze is not None else None,
     )
     meta = {
         "task": TASK,
@@ -789,10 +838,47 @@ def predict_run(
         raise DeepstepError(f"--top-k must be at least 1, got {top_k}")
     run = RunDir.open(run_path)
     trained = load_trained(run, checkpoint)
+    return classify_files(
+        trained.model, trained.classes, trained.prep, inputs, top_k=top_k, plot=plot, batch_size=batch_size, tta=tta
+    )
+
+
+def predict_pretrained(
+    model_name: str,
+    inputs: Sequence[str | Path],
+    *,
+    top_k: int = 5,
+    plot: str | Path | None = None,
+    batch_size: int = 16,
+    tta: bool = False,
+) -> list[dict[str, Any]]:
+    """ImageNet top-k label names and probabilities from torchvision's pretrained `model_name`,
+    with the weights' own pre-processing (resize the short side, center-crop, normalise)."""
+    from deepstep.models.pretrained import load_pretrained
+
+    if top_k < 1:
+        raise DeepstepError(f"--top-k must be at least 1, got {top_k}")
+    model, spec = load_pretrained(model_name)
+    p = spec.preprocessing
+    prep = Preprocessing(3, p["crop"], p["resize"], p["mean"], p["std"])
+    return classify_files(model, spec.categories, prep, inputs, top_k=top_k, plot=plot, batch_size=batch_size, tta=tta)
+
+
+def classify_files(
+    model: nn.Module,
+    classes: Sequence[str],
+    prep: Preprocessing,
+    inputs: Sequence[str | Path],
+    *,
+    top_k: int,
+    plot: str | Path | None,
+    batch_size: int,
+    tta: bool,
+) -> list[dict[str, Any]]:
+    """Softmax over the model's outputs for each image file: the top-k classes, best first."""
     files = image_files(inputs)
-    top_k = min(top_k, len(trained.classes))
-    model = FlipAveraged(trained.model) if tta else trained.model
-    prep = trained.prep
+    top_k = min(top_k, len(classes))
+    model = FlipAveraged(model) if tta else model
     images = np.stack([read_for_model(f, prep) for f in files])
     results = []
     with torch.inference_mode():
@@ -801,7 +887,7 @@ def predict_run(
             probs = torch.softmax(model(x).float(), dim=1)
             values, indices = probs.topk(top_k, dim=1)
             for file, p, idx in zip(files[start : start + batch_size], values.tolist(), indices.tolist(), strict=True):
-                ranked = [{"label": trained.classes[i], "probability": q} for i, q in zip(idx, p, strict=True)]
+                ranked = [{"label": classes[i], "probability": q} for i, q in zip(idx, p, strict=True)]
                 results.append({"file": str(file), "label": ranked[0]["label"], "top_k": ranked})
     if plot is not None:
         from deepstep.plots import plot_predictions

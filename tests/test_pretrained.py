@@ -1,0 +1,106 @@
+import json
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_pretrained_weights
+from deepstep.cli import main
+
+GOLDEN_RETRIEVER = 207  # an ImageNet class index
+
+
+def _photo(path: Path, size=(300, 200)) -> Path:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_the_pretrained_list_holds_the_classic_models_with_their_numbers(capsys):
+    assert main(["models", "--pretrained", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {"vgg16", "resnet18", "alexnet", "mobilenet_v3_small"} <= set(rows)
+    assert rows["vgg16"]["parameters"] == 138_357_544
+    assert rows["vgg16"]["input_size"] == [3, 224, 224]
+    assert rows["vgg16"]["file"].endswith("hub/checkpoints/vgg16-397923af.pth")
+
+
+def test_the_weights_own_preprocessing_is_used():
+    from deepstep.models.pretrained import get_pretrained_spec
+
+    prep = get_pretrained_spec("vgg16").preprocessing
+    assert prep["resize"] == 256 and prep["crop"] == (224, 224)
+    assert prep["mean"] == pytest.approx([0.485, 0.456, 0.406]) and prep["std"] == pytest.approx([0.229, 0.224, 0.225])
+
+
+def test_vgg16_predicts_imagenet_label_names_from_a_weights_file(tmp_path, capsys):
+    def favour_golden_retriever(state):
+        state["classifier.6.bias"][GOLDEN_RETRIEVER] = 1000.0
+
+    write_pretrained_weights("vgg16", favour_golden_retriever)
+    photo = _photo(tmp_path / "dog.jpg")
+    plot = tmp_path / "dog.png"
+    assert (
+        main(["predict", "--model", "vgg16", "--pretrained", str(photo), "--top-k", "3", "--json", "--plot", str(plot)])
+        == 0
+    )
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["label"] == "golden retriever"
+    assert [t["label"] for t in result["top_k"]][0] == "golden retriever" and len(result["top_k"]) == 3
+    assert plot.stat().st_size > 0
+
+
+def test_pretrained_probabilities_sum_to_one_over_the_1000_classes(tmp_path):
+    import deepstep
+
+    write_pretrained_weights("mobilenet_v3_small")
+    model = deepstep.pretrained("mobilenet_v3_small")
+    assert len(model.categories) == 1000 and model.categories[GOLDEN_RETRIEVER] == "golden retriever"
+    [result] = model.predict(_photo(tmp_path / "a.png", (64, 500)), top_k=1000)
+    assert sum(t["probability"] for t in result["top_k"]) == pytest.approx(1.0, abs=1e-4)
+    assert len({t["label"] for t in result["top_k"]}) == 1000
+
+
+def test_missing_weights_offline_name_the_file_and_folder(tmp_path, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    assert main(["predict", "--model", "vgg16", "--pretrained", str(_photo(tmp_path / "x.jpg"))]) == 2
+    err = capsys.readouterr().err.strip()
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    assert f"are not in {folder / 'vgg16-397923af.pth'}" in err
+    assert f"put vgg16-397923af.pth from https://download.pytorch.org/models/vgg16-397923af.pth into {folder}" in err
+    assert len(err.splitlines()) == 1
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {Path.cwd() / 'pwned'}",))
+
+
+def test_a_malicious_pickle_in_the_weights_cache_never_runs(tmp_path, capsys):
+    import deepstep.models.pretrained as pretrained
+
+    path = pretrained.get_pretrained_spec("mobilenet_v3_small").file
+    path.parent.mkdir(parents=True)
+    torch.save({"features.0.0.weight": _Exploit()}, path)
+    assert main(["predict", "--model", "mobilenet_v3_small", "--pretrained", str(_photo(tmp_path / "x.png"))]) == 2
+    assert "weights_only=True" in capsys.readouterr().err
+    assert not (Path.cwd() / "pwned").exists()
+
+
+def test_predict_needs_model_and_pretrained_together(tmp_path, capsys):
+    assert main(["predict", "--model", "vgg16", str(_photo(tmp_path / "x.png"))]) == 2
+    assert "--model and --pretrained go together" in capsys.readouterr().err
+
+
+def test_an_unknown_pretrained_model_suggests_close_names(tmp_path, capsys):
+    assert main(["predict", "--model", "vgg61", "--pretrained", str(_photo(tmp_path / "x.png"))]) == 2
+    err = capsys.readouterr().err
+    assert "no ImageNet weights for model 'vgg61' (did you mean" in err and "'vgg16'" in err
