@@ -137,3 +137,45 @@ def write_pretrained_weights(name: str, edit=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
+
+
+def write_seasonal_csv(path: Path, months: int = 96, seed: int = 0) -> Path:
+    """A monthly series with a trend, a yearly season and noise: columns Month, Sales."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(months)
+    values = 100 + 0.8 * t + 20 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 2, months)
+    lines = ["Month,Sales"] + [f"{2000 + i // 12}-{i % 12 + 1:02d},{v:.3f}" for i, v in enumerate(values)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_sequence_folder(root: Path, count: int = 60, seed: int = 0) -> Path:
+    """IndoorMovement's layout: dataset/seq_<id>.csv (rows = steps, 2 features, '#' header),
+    dataset/targets.csv ('#id, label' with labels -1 / 1) and groups/groups.csv (3 groups).
+    Class 1 rises, class -1 falls, so a recurrent net can learn it from the order of steps."""
+    rng = np.random.default_rng(seed)
+    (root / "dataset").mkdir(parents=True)
+    (root / "groups").mkdir()
+    targets, groups = ["#sequence_ID, class_label"], ["#sequence_ID, group"]
+    for i in range(1, count + 1):
+        label = 1 if i % 2 else -1
+        steps = int(rng.integers(5, 16))
+        ramp = np.linspace(0, label, steps)
+        rows = np.stack([ramp + rng.normal(0, 0.1, steps), rng.normal(0, 1, steps)], axis=1)
+        lines = ["#a, b"] + [f"{a:.4f},{b:.4f}" for a, b in rows]
+        (root / "dataset" / f"seq_{i}.csv").write_text("\n".join(lines) + "\n")
+        targets.append(f"{i},{label}")
+        groups.append(f"{i},{1 + (i - 1) * 3 // count}")
+    (root / "dataset" / "targets.csv").write_text("\n".join(targets) + "\n")
+    (root / "groups" / "groups.csv").write_text("\n".join(groups) + "\n")
+    return root
+
+
+@pytest.fixture
+def seasonal_csv(tmp_path: Path) -> Path:
+    return write_seasonal_csv(tmp_path / "sales.csv")
+
+
+@pytest.fixture
+def sequence_folder(tmp_path: Path) -> Path:
+    return write_sequence_folder(tmp_path / "moves")

@@ -56,7 +56,10 @@ def test_vgg16_has_the_published_parameter_count():
 
 def test_an_input_the_model_cannot_take_names_the_layer():
     model = create_model("lenet")
-    with pytest.raises(DeepstepError, match=r"lenet cannot take input 3x64x64: layer fc1 \(Linear\) expects 400 input features but gets 2704"):
+    with pytest.raises(
+        DeepstepError,
+        match=r"lenet cannot take input 3x64x64: layer fc1 \(Linear\) expects 400 input features but gets 2704",
+    ):
         check_input(model, "lenet", (3, 64, 64), (3, 32, 32))
 
 

@@ -22,6 +22,7 @@ _EXPORTS = {
     "load_run": "deepstep.api",
     "Run": "deepstep.api",
     "show": "deepstep.api",
+    "baseline": "deepstep.api",
     "list_datasets": "deepstep.api",
     "list_models": "deepstep.api",
     "list_pretrained": "deepstep.api",

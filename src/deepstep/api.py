@@ -3,6 +3,9 @@
 run = deepstep.train(data="cifar10-sample", model="lenet", epochs=5, batch_size=32)
 run.evaluate()              # the test part, once
 run.predict(["photo.jpg"])
+
+run = deepstep.train(data="airline-passengers.csv", target="Passengers", lookback=24, horizon=12, test_size=24)
+run.evaluate(baselines=True)["model"]["mape"]
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ class Run:
         """One dict per epoch, as in metrics.csv."""
         return self._dir.read_metrics()
 
+    @property
+    def task(self) -> str:
+        """image-classification, forecasting or sequence-classification."""
+        from deepstep.tasks import run_task
+
+        return run_task(self.path)
+
     def evaluate(
         self,
         split: str = "test",
@@ -46,9 +56,30 @@ class Run:
         force: bool = False,
         checkpoint: str = "best",
         tta: bool = False,
+        baselines: bool | list[str] = False,
+        backtest: bool = False,
         verbose: bool = True,
     ) -> dict[str, Any]:
-        """Accuracy, loss, per-class accuracy and confusion matrix; the test split once per run."""
+        """The run's metrics on `split`; the test split once per run. Images: accuracy, loss, per-class
+        accuracy, confusion matrix (`tta`: flip averaging). Forecasting: MAE, RMSE, MAPE, sMAPE, MASE
+        (`baselines`, `backtest`). Sequences: accuracy, precision, recall, F1, ROC AUC."""
+        task = self.task
+        if task == "forecasting":
+            from deepstep.tasks.forecasting import evaluate_run as evaluate_forecast
+
+            return evaluate_forecast(
+                self.path,
+                split,
+                force=force,
+                checkpoint=checkpoint,
+                baselines=baselines,
+                backtest=backtest,
+                log=_log(verbose),
+            )
+        if task == "sequence-classification":
+            from deepstep.tasks.sequence_classification import evaluate_run as evaluate_sequences
+
+            return evaluate_sequences(self.path, split, force=force, checkpoint=checkpoint, log=_log(verbose))
         from deepstep.tasks.image_classification import evaluate_run
 
         return evaluate_run(
@@ -57,17 +88,31 @@ class Run:
 
     def predict(
         self,
-        images: str | Path | list[str | Path],
+        images: str | Path | list[str | Path] | None = None,
         *,
         top_k: int = 5,
         plot: str | Path | None = None,
         checkpoint: str = "best",
         tta: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Top-k classes with softmax probabilities for each image file (or folder of images)."""
+    ) -> list[dict[str, Any]] | dict[str, Any]:
+        """Top-k classes with softmax probabilities for each image file (or folder of images); the
+        class of each sequence CSV; or, for a forecasting run (no inputs), the steps after its data."""
+        task = self.task
+        if task == "forecasting":
+            from deepstep.tasks.forecasting import predict_run as forecast
+
+            if images is not None:
+                raise DeepstepError("a forecasting run predicts the steps after its own data: call run.predict()")
+            return forecast(self.path, checkpoint=checkpoint, plot=plot)
+        if images is None:
+            raise DeepstepError("give the files to predict: run.predict(['a.jpg'])")
+        inputs = [images] if isinstance(images, str | Path) else list(images)
+        if task == "sequence-classification":
+            from deepstep.tasks.sequence_classification import predict_run as classify
+
+            return classify(self.path, inputs, checkpoint=checkpoint)
         from deepstep.tasks.image_classification import predict_run
 
-        inputs = [images] if isinstance(images, str | Path) else list(images)
         return predict_run(self.path, inputs, top_k=top_k, plot=plot, checkpoint=checkpoint, tta=tta)
 
     def export(
@@ -98,12 +143,25 @@ def train(
 
     Values resolve as on the command line: defaults < recipe < `config` file < arguments.
     """
-    from deepstep.tasks.image_classification import train as train_images
+    from deepstep.tasks import resolve_train_config
+    from deepstep.tasks import train as train_task
 
     given = {k: v for k, v in {"data": data, "model": model, **options}.items() if v is not None}
     flags = check_values(given, source="deepstep.train()")
-    resolved = resolve_config(read_config_file(config) if config else {}, flags)
-    return Run(train_images(resolved, log=_log(verbose), progress=verbose))
+    resolved = resolve_train_config(read_config_file(config) if config else {}, flags)
+    return Run(train_task(resolved, log=_log(verbose), progress=verbose))
+
+
+def baseline(data: str, **options: Any) -> dict[str, Any]:
+    """Naive, seasonal naive and (S)ARIMA forecasts on a series' test span, as `deepstep baseline`;
+    options are its flags with underscores (target, horizon, test_size, season, backtest, order, ...)."""
+    from deepstep.tasks.forecasting import baseline_report
+
+    report_options = {
+        k: options.pop(k) for k in ("split", "backtest", "baselines", "order", "seasonal_order") if k in options
+    }
+    flags = check_values({"data": data, **options}, source="deepstep.baseline()")
+    return baseline_report(resolve_config({}, flags, task="forecasting"), **report_options)
 
 
 def load_run(path: str | Path) -> Run:
@@ -138,6 +196,8 @@ def summary(model: str | Path, input_size: str | tuple[int, ...] | None = None, 
         name, args = str(model), model_args
         declared = get_model_spec(name).input_size
     size = parse_input_size(input_size) if isinstance(input_size, str) else tuple(input_size or declared)
+    if "input_features" in get_model_spec(name).arg_names() and "input_features" not in model_args:
+        args = {**args, "input_features": size[-1]}  # a recurrent net is built for the input's features
     if len(size) != len(declared):
         raise DeepstepError(
             f"--input {format_size(size)} has {len(size)} dimensions but {name} takes {len(declared)}, "

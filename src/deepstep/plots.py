@@ -123,3 +123,58 @@ def plot_image_grid(images: Sequence[np.ndarray], labels: Sequence[str], out: Pa
     if title:
         fig.suptitle(title)
     return _save(fig, out)
+
+
+def plot_forecast(
+    times: Sequence[Any],
+    values: np.ndarray,
+    test_start: int,
+    forecasts: dict[str, list[tuple[int, np.ndarray]]],
+    out: Path,
+    *,
+    title: str = "",
+    ylabel: str = "",
+    history: int | None = None,
+) -> Path:
+    """The series (history and truth), the test span shaded, and each model's forecasts drawn
+    from their origins: `forecasts[name]` is a list of (origin row, values (horizon,))."""
+    fig = _figure(11, 4.5)
+    ax = fig.add_subplot()
+    n = len(values)
+    start = max(0, test_start - (history if history is not None else 3 * (n - test_start)))
+    ax.plot(times[start:test_start], values[start:test_start], color="black", lw=1.2, label="history")
+    ax.plot(times[test_start - 1 :], values[test_start - 1 :], color="black", lw=1.2, ls="--", label="truth (test)")
+    ax.axvspan(times[test_start], times[n - 1], color="0.92", zorder=0)
+    for i, (name, paths) in enumerate(forecasts.items()):
+        color = f"C{i}"
+        for j, (origin, path) in enumerate(paths):
+            stop = origin + len(path)
+            ax.plot(times[origin:stop], path, color=color, lw=1.6, label=name if j == 0 else None)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9)
+    if title:
+        ax.set_title(title)
+    return _save(fig, out)
+
+
+def plot_future(
+    times: Sequence[Any],
+    values: np.ndarray,
+    future_times: Sequence[Any],
+    future: np.ndarray,
+    out: Path,
+    *,
+    title: str,
+    ylabel: str,
+) -> Path:
+    """The end of the series and the forecast of the steps after it."""
+    fig = _figure(11, 4)
+    ax = fig.add_subplot()
+    ax.plot(times, values, color="black", lw=1.2, label="history")
+    ax.plot([times[-1], *future_times], [values[-1], *future], color="C3", lw=1.8, marker="o", ms=3, label="forecast")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    ax.set_title(title)
+    return _save(fig, out)

@@ -9,7 +9,18 @@ from collections.abc import Sequence
 
 from deepstep import __version__
 
-COMMANDS = ("quickstart", "train", "evaluate", "predict", "show", "summary", "export", "datasets", "models")
+COMMANDS = (
+    "quickstart",
+    "train",
+    "evaluate",
+    "predict",
+    "baseline",
+    "show",
+    "summary",
+    "export",
+    "datasets",
+    "models",
+)
 
 DESCRIPTION = """\
 The deep-learning workflow from one command:

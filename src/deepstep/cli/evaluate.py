@@ -11,9 +11,52 @@ examples:
   deepstep evaluate runs/lenet-cifar10-sample            # test part, once per run
   deepstep evaluate runs/lenet-cifar10-sample --split val --json
 
-Writes RUN/test.json (or val.json), RUN/confusion_test.png and RUN/confusion_test.csv.
-Every test evaluation is recorded in RUN/evaluations.json; a second one needs --force.
+  deepstep evaluate runs/lstm-airline-passengers --baselines --json   # forecasting, beside naive / SARIMA
+  deepstep evaluate runs/lstm-airline-passengers --backtest             # a forecast from every test step
+
+Writes RUN/test.json (or val.json) and a plot: the confusion matrix (classification) or the
+forecasts over the test span (forecasting). Every test evaluation is recorded in
+RUN/evaluations.json; a second one needs --force.
 """
+
+
+def _order(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected three whole numbers p,d,q such as 1,1,1, got {text!r}")
+    return values
+
+
+def _baselines(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_forecast_options(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """The options of the classical baselines, shared with `deepstep baseline`."""
+    parser.add_argument(
+        "--baselines",
+        nargs="?",
+        type=_baselines,
+        const=True,
+        default=default,
+        metavar="NAME,NAME",
+        help="forecasting: naive, seasonal_naive and sarima on the same origins (default all of them when given)",
+    )
+    parser.add_argument(
+        "--backtest", action="store_true", help="forecasting: forecast from every step of the span (rolling origin)"
+    )
+    parser.add_argument(
+        "--order", type=_order, metavar="p,d,q", help="forecasting: the ARIMA order (default: lowest AIC over a grid)"
+    )
+    parser.add_argument(
+        "--seasonal-order",
+        type=_order,
+        metavar="P,D,Q",
+        help="forecasting: the SARIMA seasonal order (period: --season)",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,10 +74,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true", help="evaluate the test part again (recorded)")
     parser.add_argument("--data-dir", metavar="DIR", help="data cache, if not the one used in training")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="forecasting: also naive, seasonal naive and (S)ARIMA on the same origins",
+    )
+    add_forecast_options(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from deepstep.tasks import run_task
+
+    task = run_task(args.run_dir)
+    if task == "forecasting":
+        return _run_forecast(args)
+    if task == "sequence-classification":
+        return _run_sequences(args)
     from deepstep.tasks.image_classification import evaluate_run
 
     quiet = args.json
@@ -57,5 +113,64 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(c) for c in result["classes"])
     for name, acc in result["per_class_accuracy"].items():
         print(f"  {name:<{width}}  {acc:.2%}" if acc is not None else f"  {name:<{width}}  (no images)")
+    print(f"written: {result['files']['json']}, {result['files']['confusion_png']}, {result['files']['confusion_csv']}")
+    return 0
+
+
+def _run_forecast(args: argparse.Namespace) -> int:
+    from deepstep.tasks.forecasting import evaluate_run
+
+    result = evaluate_run(
+        args.run_dir,
+        args.split,
+        force=args.force,
+        checkpoint=args.checkpoint,
+        baselines=args.baselines or False,
+        backtest=args.backtest,
+        order=args.order,
+        seasonal_order=args.seasonal_order,
+        log=(lambda m: None) if args.json else print,
+    )
+    if args.json:
+        print_json(result)
+        return 0
+    print(
+        f"{args.split}: {result['origins']} forecast(s) of {result['horizon']} step(s) of {result['target']} from "
+        f"{result['first_origin']}" + (" (rolling origin)" if result["backtest"] else "")
+    )
+    print_forecast_table({"model": result["model"], **result.get("baselines", {})}, result.get("baseline_notes", {}))
+    print(f"written: {result['files']['json']}, {result['files']['plot']}")
+    return 0
+
+
+def print_forecast_table(rows: dict, notes: dict) -> None:
+    print(f"  {'':<16}{'MAE':>10}{'RMSE':>10}{'MAPE %':>9}{'sMAPE %':>9}{'MASE':>7}")
+    for name, m in rows.items():
+        print(f"  {name:<16}{m['mae']:>10.4g}{m['rmse']:>10.4g}{m['mape']:>9.2f}{m['smape']:>9.2f}{m['mase']:>7.3f}")
+    for name, note in notes.items():
+        if isinstance(note, dict):
+            note = f"{note['model']} (AIC {note['aic']:.1f}, {note['orders_tried']} orders tried)"
+        print(f"  {name}: {note}")
+
+
+def _run_sequences(args: argparse.Namespace) -> int:
+    from deepstep.tasks.sequence_classification import evaluate_run
+
+    result = evaluate_run(
+        args.run_dir,
+        args.split,
+        force=args.force,
+        checkpoint=args.checkpoint,
+        data_dir=args.data_dir,
+        log=(lambda m: None) if args.json else print,
+    )
+    if args.json:
+        print_json(result)
+        return 0
+    auc = f"  ROC AUC {result['roc_auc']:.3f}" if result.get("roc_auc") is not None else ""
+    print(
+        f"{args.split}: accuracy {result['accuracy']:.2%}  precision {result['precision']:.3f}  recall {result['recall']:.3f}  "
+        f"F1 {result['f1']:.3f}{auc}  loss {result['loss']:.4f}  ({result['sequences']} sequences)"
+    )
     print(f"written: {result['files']['json']}, {result['files']['confusion_png']}, {result['files']['confusion_csv']}")
     return 0

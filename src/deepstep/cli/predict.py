@@ -1,4 +1,5 @@
-"""deepstep predict: class and softmax probabilities for new images, with the run's pre-processing."""
+"""deepstep predict: class and softmax probabilities for new images (or sequences), with the run's
+pre-processing; for a forecasting run, the steps after the end of its data."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ examples:
   deepstep predict runs/lenet-cifar10-sample photos/ --top-k 3 --json
   deepstep predict runs/lenet-cifar10-sample cat.jpg --plot cat-prediction.png
   deepstep predict --model vgg16 --pretrained photo.jpg     # ImageNet's 1000 classes
+  deepstep predict runs/lstm-airline-passengers             # forecast: the next --horizon steps, CSV + plot
+  deepstep predict runs/lstm-IndoorMovement seq_1.csv       # a sequence CSV: rows = time steps
 
 Grayscale, RGBA and palette images are converted to what the model takes.
 """
@@ -27,9 +30,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "inputs",
-        metavar="[RUN] IMAGE_OR_FOLDER",
+        metavar="[RUN] INPUT",
         nargs="+",
-        help="a run folder written by `deepstep train` (not with --model), then image files and/or folders",
+        help="a run folder written by `deepstep train` (not with --model), then image files and/or folders "
+        "(sequence CSVs for a sequence run; nothing for a forecasting run)",
     )
     parser.add_argument("--model", metavar="M", help="with --pretrained: a torchvision model with ImageNet weights")
     parser.add_argument(
@@ -46,7 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--json", action="store_true", help="print a JSON list: file, label, top_k [{label, probability}]"
     )
     parser.add_argument(
-        "--plot", metavar="OUT.png", help="draw each image beside a bar chart of its top-k probabilities"
+        "--plot",
+        metavar="OUT.png",
+        help="draw each image beside a bar chart of its top-k probabilities (forecast: the plot)",
+    )
+    parser.add_argument(
+        "--out", metavar="FILE.csv", help="forecasting: where to write the forecast (default RUN/forecast.csv)"
     )
     parser.set_defaults(run=run)
 
@@ -57,6 +66,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.pretrained != (args.model is not None):
         raise DeepstepError("--model and --pretrained go together: `deepstep predict --model vgg16 --pretrained PHOTO`")
+    if not args.pretrained:
+        from deepstep.tasks import run_task
+
+        task = run_task(args.inputs[0])
+        if task == "forecasting":
+            return _forecast(args)
+        if task == "sequence-classification":
+            return _sequences(args)
     if args.pretrained:
         results = predict_pretrained(args.model, args.inputs, top_k=args.top_k, plot=args.plot, tta=args.tta)
     elif len(args.inputs) < 2:
@@ -75,4 +92,36 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r['file']}: {r['label']}  ({ranked})")
     if args.plot and not args.json:
         print(f"plot: {args.plot}")
+    return 0
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    from deepstep.errors import DeepstepError
+    from deepstep.tasks.forecasting import predict_run
+
+    if len(args.inputs) > 1:
+        raise DeepstepError("a forecasting run predicts the steps after its own data: give only the run folder")
+    result = predict_run(args.inputs[0], checkpoint=args.checkpoint, out=args.out, plot=args.plot)
+    if args.json:
+        print_json(result)
+        return 0
+    for row in result["forecast"]:
+        print(f"{row['time']}  {result['target']} {row['value']:.6g}")
+    print(f"written: {result['files']['csv']}, {result['files']['plot']}")
+    return 0
+
+
+def _sequences(args: argparse.Namespace) -> int:
+    from deepstep.errors import DeepstepError
+    from deepstep.tasks.sequence_classification import predict_run
+
+    if len(args.inputs) < 2:
+        raise DeepstepError("give the run folder and at least one sequence CSV: `deepstep predict RUN seq.csv`")
+    results = predict_run(args.inputs[0], args.inputs[1:], checkpoint=args.checkpoint)
+    if args.json:
+        print_json(results)
+        return 0
+    for r in results:
+        probs = ", ".join(f"{c} {p:.1%}" for c, p in r["probabilities"].items())
+        print(f"{r['file']}: {r['label']}  ({probs})")
     return 0

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from deepstep.cli.common import formatter, progress_enabled
-from deepstep.config import DEVICES, IN_MEMORY, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, TrainConfig
+from deepstep.config import DEVICES, FILLS, IN_MEMORY, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, TASKS, TrainConfig
 
 EXAMPLES = """\
 examples:
@@ -15,6 +15,8 @@ examples:
   deepstep train --data photos/ --model resnet18 --image-size 128 --augment
   deepstep train --config experiment.toml --lr 0.05          # flags override the file
   deepstep train --out runs/lenet-cifar10 --resume --epochs 20
+  deepstep train --data airline-passengers.csv --target Passengers --model lstm --lookback 24 --horizon 12 --test-size 24
+  deepstep train --data IndoorMovement.zip --model lstm --bidirectional --group-file MovementAAL_DatasetGroup.csv --test-groups 3
 
 The run folder (--out, default runs/MODEL-DATA) receives config.yaml, run.json, metrics.csv,
 curves.png and checkpoints/ (best and last). The test part is never used here: measure it
@@ -41,6 +43,10 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key.strip().replace("-", "_"), value
 
 
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -57,7 +63,14 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "help": "built-in dataset (see `deepstep datasets`), image folder, or .tar.gz/.zip of one (default cifar10-sample)",
         },
     ),
-    ("model", {"metavar": "M", "help": "model name (see `deepstep models`; default lenet)"}),
+    (
+        "task",
+        {
+            "choices": TASKS,
+            "help": "default auto: a .csv or built-in series is forecast, labelled sequences are classified, else images",
+        },
+    ),
+    ("model", {"metavar": "M", "help": "model name (see `deepstep models`; default lenet, lstm for sequences)"}),
     (
         "model-arg",
         {
@@ -160,10 +173,69 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "help": "stop at the first unreadable image instead of skipping it with a warning",
         },
     ),
-    ("epochs", {"type": _int, "metavar": "N", "help": "passes over the train part (default 10)"}),
+    ("target", {"metavar": "COL", "help": "sequences: the CSV column to forecast"}),
+    (
+        "features",
+        {
+            "type": _names,
+            "metavar": "COL,COL",
+            "help": "sequences: other CSV columns the model reads (categorical ones are one-hot encoded; 'all': every column)",
+        },
+    ),
+    (
+        "time",
+        {
+            "metavar": "COL[,COL]",
+            "help": "sequences: the time column(s) (default: inferred, e.g. Month or year,month,day,hour)",
+        },
+    ),
+    ("fill", {"choices": FILLS, "help": "sequences: what to do with missing values (default none: they are an error)"}),
+    ("lookback", {"type": _int, "metavar": "L", "help": "forecasting: steps the model reads (default 24)"}),
+    ("horizon", {"type": _int, "metavar": "H", "help": "forecasting: steps it predicts at once (default 1)"}),
+    ("stride", {"type": _int, "metavar": "S", "help": "forecasting: steps between training windows (default 1)"}),
+    (
+        "test-size",
+        {"type": float, "metavar": "N|F", "help": "sequences: test part, steps (N >= 1) or a fraction (default 0.2)"},
+    ),
+    (
+        "val-size",
+        {"type": float, "metavar": "N|F", "help": "sequences: validation part, steps or a fraction (default 0.1)"},
+    ),
+    (
+        "season",
+        {
+            "type": int,
+            "metavar": "M",
+            "help": "forecasting: season length (default from the frequency: 12 monthly; 0: none)",
+        },
+    ),
+    (
+        "relative",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "forecasting: predict changes from the last observed value (default on), so trends extrapolate",
+        },
+    ),
+    ("group-file", {"metavar": "CSV", "help": "sequence classification: 'id,group' rows, for --test-groups"}),
+    (
+        "test-groups",
+        {"type": _names, "metavar": "G,G", "help": "sequence classification: hold these groups out as the test part"},
+    ),
+    ("hidden", {"type": _int, "metavar": "N", "help": "rnn/lstm/gru: hidden units per layer (default 64)"}),
+    ("layers", {"type": _int, "metavar": "N", "help": "rnn/lstm/gru: stacked layers (default 1)"}),
+    (
+        "dropout",
+        {"type": float, "metavar": "P", "help": "rnn/lstm/gru: dropout between layers and before the head (default 0)"},
+    ),
+    ("bidirectional", {"action": argparse.BooleanOptionalAction, "help": "rnn/lstm/gru: read both ways"}),
+    ("epochs", {"type": _int, "metavar": "N", "help": "passes over the train part (default 10; 50 for sequences)"}),
     (
         "batch-size",
-        {"type": _int, "metavar": "N", "help": "images per mini-batch, one optimizer step each (default 64)"},
+        {
+            "type": _int,
+            "metavar": "N",
+            "help": "examples (images, windows, sequences) per mini-batch, one optimizer step each (default 64; 32 for sequences)",
+        },
     ),
     ("lr", {"type": float, "metavar": "LR", "help": "learning rate (default 0.01)"}),
     ("optimizer", {"choices": OPTIMIZERS, "help": "default sgd"}),
@@ -247,8 +319,8 @@ def flags_given(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepstep.config import read_config_file, resolve_config
-    from deepstep.tasks.image_classification import train
+    from deepstep.config import read_config_file
+    from deepstep.tasks import resolve_train_config, train
 
     file_values = read_config_file(args.config) if args.config else {}
     given = flags_given(args)
@@ -256,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         from deepstep.engine.run_dir import RunDir
 
         file_values = read_config_file_from_run(RunDir.open(given["out"]))
-    config = resolve_config(file_values, given)
+    config = resolve_train_config(file_values, given)
     train(config, progress=progress_enabled(args))
     return 0
 

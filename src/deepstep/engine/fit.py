@@ -101,14 +101,14 @@ def resume(training: Training, run: RunDir) -> FitState:
     )
 
 
-def _format_row(row: dict[str, Any], epochs: int) -> str:
+def _format_row(row: dict[str, Any], epochs: int, unit: str) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}", f"train loss {row['train_loss']:.4f}"]
     if "train_acc" in row:
         parts[-1] += f" acc {row['train_acc']:.2%}"
     if "val_loss" in row:
         parts.append(f"val loss {row['val_loss']:.4f}" + (f" acc {row['val_acc']:.2%}" if "val_acc" in row else ""))
     parts.append(f"{row['seconds']:.1f} s")
-    parts.append(f"{row['images_per_s']:.0f} img/s")
+    parts.append(f"{row[f'{unit}_per_s']:.0f} {unit}/s")
     return "  ".join(parts)
 
 
@@ -123,11 +123,13 @@ def fit(
     monitor: Monitor | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    unit: str = "images",
 ) -> FitState:
     """Train for `epochs` (continuing from `state`), validating after each epoch.
 
     After every epoch: a row in metrics.csv, the `last` checkpoint (with everything needed to
-    resume), and the `best` checkpoint when the monitored validation metric improved. Without
+    resume), and the `best` checkpoint when the monitored validation metric improved; `unit`
+    names what the examples are in the throughput column (`images_per_s`). Without
     validation batches the best checkpoint is the last one.
     """
     state = state or FitState()
@@ -161,7 +163,7 @@ def fit(
             row.update({f"val_{k}": v for k, v in val_means.items()})
             row["val_seconds"] = time.perf_counter() - val_start
         row["seconds"] = seconds
-        row["images_per_s"] = n_train / seconds if seconds > 0 else 0.0
+        row[f"{unit}_per_s"] = n_train / seconds if seconds > 0 else 0.0
         row["lr"] = lr
         state.history.append(row)
         state.epoch = epoch
@@ -200,7 +202,7 @@ def fit(
             },
         )
         run.write_metrics(state.history)
-        log(_format_row(row, epochs) + ("  *" if improved and value is not None else ""))
+        log(_format_row(row, epochs, unit) + ("  *" if improved and value is not None else ""))
         if patience and value is not None and state.stale_epochs >= patience:
             log(
                 f"early stop: {monitor.name} has not improved for {patience} epochs (best {state.best:.4f} at epoch {state.best_epoch})"

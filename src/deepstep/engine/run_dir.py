@@ -18,6 +18,7 @@ from typing import Any
 from deepstep.engine.files import read_json, write_json, write_text
 from deepstep.errors import DeepstepError
 
+# The leading columns, in this order, when a run has them; any others follow.
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s", "lr"]
 
 
@@ -81,7 +82,8 @@ class RunDir:
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite metrics.csv with every epoch's row (small, atomic, never half-written)."""
-        columns = list(METRIC_COLUMNS)
+        present = {k for row in rows for k in row}
+        columns = [c for c in METRIC_COLUMNS if c in present]
         for row in rows:
             columns.extend(k for k in row if k not in columns)
         buffer = io.StringIO()

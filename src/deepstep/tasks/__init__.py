@@ -1,1 +1,65 @@
-"""Tasks: what is learned from what. Each gives the engine its `step` and owns its data and metrics."""
+"""Tasks: what is learned from what. Each gives the engine its `step` and owns its data and metrics.
+
+image-classification      images -> a class           (tasks/image_classification.py)
+forecasting               a time series -> its future (tasks/forecasting.py)
+sequence-classification   a sequence -> a class       (tasks/sequence_classification.py)
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from deepstep.errors import DeepstepError
+
+MODULES = {
+    "image-classification": "deepstep.tasks.image_classification",
+    "forecasting": "deepstep.tasks.forecasting",
+    "sequence-classification": "deepstep.tasks.sequence_classification",
+}
+
+
+def infer_task(data: str, task: str = "auto") -> str:
+    """The task given, or the one the data implies: a CSV or built-in series is forecast, labelled
+    sequences (.npz, or CSVs with a labels file) are classified, anything else is images."""
+    if task != "auto":
+        return task
+    from deepstep.data.sequences import is_sequence_spec
+    from deepstep.data.series import is_series_spec
+
+    if is_series_spec(data):
+        return "forecasting"
+    if is_sequence_spec(data):
+        return "sequence-classification"
+    return "image-classification"
+
+
+def task_module(task: str) -> ModuleType:
+    return importlib.import_module(MODULES[task])
+
+
+def run_task(run_path: str | Path) -> str:
+    """The task a run folder was trained for (run.json), so that evaluate and predict follow it."""
+    from deepstep.engine.run_dir import RunDir
+
+    task = RunDir.open(run_path).read_json("run.json").get("task", "image-classification")
+    if task not in MODULES:
+        raise DeepstepError(f"{run_path} was trained for task {task!r}, which this deepstep does not know")
+    return task
+
+
+def resolve_train_config(file_values: dict | None, flags: dict | None):
+    """The config of a training run: the task inferred from the data (unless given), then
+    defaults < the task's defaults < recipe < config file < flags."""
+    from deepstep.config import TrainConfig, resolve_config
+
+    file_values, flags = file_values or {}, flags or {}
+    data = flags.get("data", file_values.get("data", TrainConfig.data))
+    task = infer_task(str(data), flags.get("task", file_values.get("task", "auto")))
+    return resolve_config(file_values, flags, task=task)
+
+
+def train(config, log=print, progress: bool = True) -> Path:
+    """Train `config` (a resolved TrainConfig) with its task's module; returns the run folder."""
+    return task_module(config.task).train(config, log=log, progress=progress)

@@ -4,10 +4,8 @@ its one test evaluation, and predictions on new images."""
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import os
-import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,8 +24,7 @@ from deepstep.data.sources import ImageSource, ImageSplit, default_data_dir, ope
 from deepstep.data.splits import stratified_split
 from deepstep.data.streaming import FileBatches, eval_transform, sample_stats, train_transform
 from deepstep.engine.backends import KernelChoice, apply_kernels, choose_cpu_kernels, set_cpu_threads
-from deepstep.engine.checkpoint import load_weights
-from deepstep.engine.fit import FitState, Monitor, Training, fit, resume
+from deepstep.engine.fit import Monitor, Training, fit, resume
 from deepstep.engine.loop import Step, evaluate
 from deepstep.engine.optim import build_optimizer, build_schedule
 from deepstep.engine.precision import Precision, resolve_device, resolve_precision
@@ -36,6 +33,19 @@ from deepstep.errors import DeepstepError
 from deepstep.hardware import available_cores
 from deepstep.models import check_input, create_model, get_model_spec
 from deepstep.models.shapes import format_size
+from deepstep.tasks.metrics import write_confusion_csv
+from deepstep.tasks.runs import (
+    default_out,
+    finish,
+    load_model,
+    now,
+    open_run_for_resume,
+    record_test_evaluation,
+    run_config,
+    seed_everything,
+    test_evaluations,
+    versions,
+)
 
 TASK = "image-classification"
 Log = Callable[[str], None]
@@ -344,41 +354,6 @@ def make_batches(
 # ---- train -------------------------------------------------------------------------------------
 
 
-def _default_out(config: TrainConfig, source_name: str) -> Path:
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{source_name}")
-    path = Path("runs") / stem
-    n = 2
-    while path.exists():
-        path = Path("runs") / f"{stem}-{n}"
-        n += 1
-    return path
-
-
-def _open_run_for_resume(config: TrainConfig) -> tuple[RunDir, list[str]]:
-    if not config.out:
-        raise DeepstepError("--resume needs --out RUN, the run folder to continue")
-    run = RunDir.open(config.out)
-    before, now = run.read_config(), config.to_dict()
-    blocking = [_flag(k) for k in RESUME_MUST_MATCH if before.get(_flag(k)) != now.get(_flag(k))]
-    if blocking:
-        diffs = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in blocking)
-        raise DeepstepError(
-            f"cannot resume {run.path} with a different {', '.join(blocking)} ({diffs}); start a new run instead"
-        )
-    changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if k != "resume" and before.get(k) != v]
-    return run, changed
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 @dataclass
 class Setup:
     """What a run was started with, as reported at its start and in run.json."""
@@ -451,12 +426,12 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     threads = set_cpu_threads() if device.type == "cpu" else None
     seed_everything(config.seed)
 
-    run, changes = _open_run_for_resume(config) if config.resume else (None, [])
+    run, changes = open_run_for_resume(config, RESUME_MUST_MATCH) if config.resume else (None, [])
     data = prepare_training_data(config, channels, size, log, progress)
     model_args = {"num_classes": len(data.source.classes), **config.model_args}
     parameters = check_model_fits(config.model, model_args, channels, size)
     if run is None:
-        run = RunDir.create(config.out or _default_out(config, data.source.name))
+        run = RunDir.create(config.out or default_out(config, data.source.name))
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
     model, freeze, backbone = build_model(config, model_args, log)
@@ -518,13 +493,13 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     if config.resume:
         state = resume(training, run)
         info = run.read_json("run.json")
-        info.setdefault("resumes", []).append({"time": _now(), "from_epoch": state.epoch, "changed": changes})
+        info.setdefault("resumes", []).append({"time": now(), "from_epoch": state.epoch, "changed": changes})
         log(f"resuming {run.path} after epoch {state.epoch}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
     else:
         info = {
             "task": TASK,
-            "created": _now(),
-            "versions": _versions(),
+            "created": now(),
+            "versions": versions(),
             "data": data.report,
             "model": {
                 **meta["model"],
@@ -538,6 +513,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     run.write_config(config.to_dict())
     run.write_json("run.json", info)
 
+    monitor = Monitor("val_acc", True)
     state = fit(
         training,
         epochs=config.epochs,
@@ -545,14 +521,14 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         meta=meta,
         state=state,
         patience=config.patience,
-        monitor=Monitor("val_acc", True),
+        monitor=monitor,
         progress=progress,
         log=log,
     )
     skipped = getattr(train_batches, "skipped", [])
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) while streaming (first: {skipped[0]})")
-    _finish(run, info, state, log)
+    finish(run, info, state, monitor, log)
     return run.path
 
 
@@ -585,39 +561,6 @@ def _log_start(log: Log, model_name: str, data: TrainingData, setup: Setup, run:
     log(f"run folder: {run.path}")
 
 
-def _finish(run: RunDir, info: dict[str, Any], state: FitState, log: Log) -> None:
-    from deepstep.plots import plot_curves
-
-    curves = plot_curves(state.history, run.file("curves.png"), title=str(run.path.name))
-    train_seconds = sum(r["seconds"] for r in state.history)
-    info["result"] = {
-        "epochs": state.epoch,
-        "best_epoch": state.best_epoch,
-        "best_val_acc": state.best,
-        "train_seconds": round(train_seconds, 3),
-    }
-    run.write_json("run.json", info)
-    best = (
-        f"best val acc {state.best:.2%} at epoch {state.best_epoch}"
-        if state.best is not None
-        else "no validation split: best = last epoch"
-    )
-    log(f"done: {state.epoch} epochs, {train_seconds:.1f} s of training; {best}")
-    log(f"curves: {curves}; checkpoints: {run.checkpoints}; next: deepstep evaluate {run.path}")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _versions() -> dict[str, str]:
-    import torchvision
-
-    from deepstep import __version__
-
-    return {"deepstep": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
-
-
 # ---- a trained run -----------------------------------------------------------------------------
 
 
@@ -638,12 +581,7 @@ class TrainedModel:
 
 
 def load_trained(run: RunDir, checkpoint: str = "best") -> TrainedModel:
-    from deepstep.engine.checkpoint import read_checkpoint
-
-    record = read_checkpoint(run.checkpoints, checkpoint)
-    model = create_model(record["model"]["name"], **record["model"]["args"])
-    load_weights(run.checkpoints, checkpoint, model)
-    return TrainedModel(model.eval(), record)
+    return TrainedModel(*load_model(run, checkpoint))
 
 
 # ---- evaluate ----------------------------------------------------------------------------------
@@ -670,16 +608,9 @@ def evaluate_run(
         raise DeepstepError(
             f"--split {split!r}: evaluate measures 'test' or 'val' (the train part is reported by training)"
         )
-    history = run.read_json("evaluations.json", [])
-    earlier = [e for e in history if e["split"] == "test"]
-    if split == "test" and earlier and not force:
-        first = earlier[0]
-        raise DeepstepError(
-            f"{run.path}'s test split was already evaluated on {first['time']} (accuracy {first['accuracy']:.2%}); "
-            "the test part is measured once per run. Use --force to measure it again (it is recorded), or --split val"
-        )
+    history = test_evaluations(run, split, force, lambda e: f"accuracy {e['accuracy']:.2%}")
     info = run.read_json("run.json")
-    config = TrainConfig(**_config_fields(run.read_config()))
+    config = run_config(run)
     trained = load_trained(run, checkpoint)
     part = _evaluation_part(info, config, trained.prep, split, data_dir, log, progress)
     device = resolve_device(config.device)
@@ -700,7 +631,7 @@ def evaluate_run(
         "accuracy": report.pop("accuracy"),
         "loss": means["loss"],
         **report,
-        "time": _now(),
+        "time": now(),
     }
     from deepstep.plots import plot_confusion
 
@@ -709,7 +640,7 @@ def evaluate_run(
         " with flip TTA" if tta else ""
     )
     png = plot_confusion(matrix, trained.classes, run.file(f"confusion_{split}.png"), title=title)
-    _write_confusion_csv(run.file(f"confusion_{split}.csv"), matrix, trained.classes)
+    write_confusion_csv(run.file(f"confusion_{split}.csv"), matrix, trained.classes)
     result["files"] = {
         "json": str(run.file(f"{split}.json")),
         "confusion_png": str(png),
@@ -717,26 +648,12 @@ def evaluate_run(
     }
     run.write_json(f"{split}.json", result)
     if split == "test":
-        history.append(
-            {
-                "split": "test",
-                "time": result["time"],
-                "checkpoint": checkpoint,
-                "tta": tta,
-                "epoch": result["epoch"],
-                "accuracy": result["accuracy"],
-                "loss": result["loss"],
-                "forced": bool(earlier),
-            }
+        record_test_evaluation(
+            run,
+            history,
+            {key: result[key] for key in ("time", "checkpoint", "tta", "epoch", "accuracy", "loss")},
         )
-        run.write_json("evaluations.json", history)
     return result
-
-
-def _config_fields(values: dict[str, Any]) -> dict[str, Any]:
-    from deepstep.config import check_values
-
-    return check_values(values, source="config.yaml")
 
 
 def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data_dir, log, progress) -> Part:
@@ -782,14 +699,6 @@ def _classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: 
         "classes": list(classes),
         "confusion_matrix": matrix.tolist(),
     }
-
-
-def _write_confusion_csv(path: Path, matrix: np.ndarray, classes: Sequence[str]) -> None:
-    from deepstep.engine.files import write_text
-
-    lines = ["true\\predicted," + ",".join(classes)]
-    lines += [f"{c}," + ",".join(str(int(v)) for v in row) for c, row in zip(classes, matrix, strict=True)]
-    write_text(path, "\n".join(lines) + "\n")
 
 
 # ---- predict -----------------------------------------------------------------------------------

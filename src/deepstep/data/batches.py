@@ -1,0 +1,47 @@
+"""Mini-batches of tensors held in memory (windows, padded sequences): batched by indexing,
+shuffled by a generator of their own whose state is saved for an exact resume."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+class TensorBatches:
+    """Batches of aligned tensors (same first dimension), e.g. (x, y) or (x, lengths, y)."""
+
+    def __init__(
+        self,
+        *tensors: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ):
+        if len({len(t) for t in tensors}) != 1:
+            raise ValueError("tensors must have the same first dimension")
+        self.device = torch.device(device)
+        self.tensors = [t.to(self.device) for t in tensors]
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def __len__(self) -> int:
+        return -(-len(self.tensors[0]) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        n = len(self.tensors[0])
+        order = torch.randperm(n, generator=self.generator).to(self.device) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                yield tuple(t[start : start + self.batch_size] for t in self.tensors)
+            else:
+                index = order[start : start + self.batch_size]
+                yield tuple(t[index] for t in self.tensors)

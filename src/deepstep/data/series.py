@@ -1,0 +1,395 @@
+"""Time series for forecasting: a CSV or a built-in series -> a regular, numeric table ->
+chronological train / validation / test spans -> windows of `lookback` inputs and `horizon` targets.
+
+The discipline that keeps the test span honest:
+- the spans are consecutive: train, then validation, then test, in time order;
+- a window belongs to the span that holds all of its targets, and its inputs lie before them,
+  so no training window sees a validation or test value, as input or as target;
+- the scaler is fitted on the train span only, and every reported number is scaled back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepstep.errors import DeepstepError, did_you_mean
+
+TIME_NAMES = ("date", "time", "datetime", "timestamp", "month", "week", "day", "year", "period", "ds")
+
+
+@dataclass
+class Series:
+    """A regular table of numeric columns: the target, then the model's other inputs."""
+
+    name: str
+    values: np.ndarray  # (T, F) float64; column 0 is the target
+    columns: list[str]
+    index: Any  # a pandas DatetimeIndex, or a RangeIndex of steps
+    freq: str | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return self.columns[0]
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.values).tobytes()).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+# ---- built-in series (shipped inside statsmodels, so offline) ----------------------------------
+
+
+def _statsmodels_frame(name: str):
+    import pandas as pd
+    import statsmodels.api as sm
+
+    data = getattr(sm.datasets, name).load_pandas().data
+    if name == "co2":  # weekly, Saturdays, 1958-2001
+        return data.rename_axis("date").reset_index()
+    if name == "elnino":  # one row a year, one column a month -> one monthly series
+        long = data.melt(id_vars="YEAR", var_name="month", value_name="temperature")
+        months = {m: i for i, m in enumerate(data.columns[1:], start=1)}
+        long["date"] = pd.to_datetime({"year": long["YEAR"].astype(int), "month": long["month"].map(months), "day": 1})
+        return long.sort_values("date")[["date", "temperature"]].reset_index(drop=True)
+    year = next(c for c in data.columns if c.lower() == "year")
+    data = data.copy()
+    data[year] = pd.to_datetime(data[year].astype(int).astype(str), format="%Y")
+    return data
+
+
+BUILTIN_SERIES: dict[str, tuple[str, str]] = {
+    "co2": ("Mauna Loa CO2, weekly 1958-2001 (statsmodels; has missing weeks)", "co2"),
+    "sunspots": ("yearly sunspot activity 1700-2008 (statsmodels)", "SUNACTIVITY"),
+    "nile": ("yearly Nile flow at Aswan 1871-1970 (statsmodels)", "volume"),
+    "elnino": ("monthly Pacific sea-surface temperature 1950-2010 (statsmodels)", "temperature"),
+}
+
+
+def is_series_spec(spec: str) -> bool:
+    return spec in BUILTIN_SERIES or Path(spec).suffix.lower() in (".csv", ".tsv")
+
+
+# ---- reading and cleaning ----------------------------------------------------------------------
+
+
+def _read_table(spec: str):
+    import pandas as pd
+
+    if spec in BUILTIN_SERIES:
+        return _statsmodels_frame(spec), spec
+    path = Path(spec)
+    if not path.is_file():
+        raise DeepstepError(
+            f"{spec} does not exist; give a CSV file or a built-in series ({', '.join(BUILTIN_SERIES)})"
+        )
+    try:
+        frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", skipinitialspace=True)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DeepstepError(f"{path} is not a readable CSV: {first}") from None
+    if frame.empty:
+        raise DeepstepError(f"{path} has no rows")
+    return frame, path.stem
+
+
+def _time_columns(frame, time: str | None, source: str) -> list[str]:
+    """The columns that make the timestamp: given, or year/month/day[/hour], or the first date-like one."""
+    if time:
+        names = [c.strip() for c in time.split(",")]
+        for name in names:
+            if name not in frame.columns:
+                raise DeepstepError(
+                    f"{source}: --time column {name!r} not found{did_you_mean(name, map(str, frame.columns))}; "
+                    f"columns: {', '.join(map(str, frame.columns))}"
+                )
+        return names
+    lower = {str(c).lower(): c for c in frame.columns}
+    if {"year", "month", "day"} <= set(lower):
+        return [lower[k] for k in ("year", "month", "day", "hour") if k in lower]
+    for column in frame.columns:
+        if str(column).lower() in TIME_NAMES or frame[column].dtype.kind == "M":
+            return [column]
+    return []
+
+
+def _parse_time(frame, columns: list[str], source: str):
+    import pandas as pd
+
+    try:
+        if len(columns) > 1:
+            parts = frame[columns].rename(columns=lambda c: str(c).lower())
+            stamps = pd.to_datetime(parts, errors="raise")
+        elif frame[columns[0]].dtype.kind in "iu" and str(columns[0]).lower() == "year":
+            stamps = pd.to_datetime(frame[columns[0]].astype(str), format="%Y")
+        else:
+            stamps = pd.to_datetime(frame[columns[0]], errors="coerce", format="mixed")
+    except (ValueError, TypeError) as err:
+        raise DeepstepError(
+            f"{source}: the time column(s) {', '.join(map(str, columns))} are not dates: {err}"
+        ) from None
+    bad = np.flatnonzero(pd.isna(stamps))
+    if len(bad):
+        raise DeepstepError(
+            f"{source}: {len(bad)} timestamp(s) in {', '.join(map(str, columns))} are missing or not dates "
+            f"(first at row {bad[0] + 2}: {frame[columns[0]].iloc[bad[0]]!r}); fix or remove those rows"
+        )
+    return pd.DatetimeIndex(stamps)
+
+
+def _fill(frame, how: str, source: str, report: dict[str, Any]):
+    """Missing values: an error unless --fill says what to do; reported either way."""
+    missing = {str(c): int(n) for c, n in frame.isna().sum().items() if n}
+    report["missing"] = missing
+    if not missing:
+        return frame
+    if how == "none":
+        column, count = next(iter(missing.items()))
+        first = frame.index[frame[column].isna().to_numpy()][0]
+        raise DeepstepError(
+            f"{source}: {sum(missing.values())} missing value(s) ({column}: {count}, first at {first}); "
+            "choose --fill interpolate, ffill or drop"
+        )
+    # interpolate: linear between the neighbours, by position (the index is regular). Leading gaps
+    # have nothing before them to fill from, so interpolate and ffill drop them too.
+    fills = {
+        "drop": frame.dropna,
+        "interpolate": lambda: frame.interpolate(method="linear", limit_area="inside").dropna(),
+        "ffill": lambda: frame.ffill().dropna(),
+    }
+    filled = fills[how]()
+    report["fill"] = {"method": how, "rows_before": len(frame), "rows_after": len(filled)}
+    if filled.empty:
+        raise DeepstepError(f"{source}: no rows are left after --fill {how}")
+    return filled
+
+
+def load_series(
+    spec: str,
+    *,
+    target: str | None,
+    features: list[str] | None = None,
+    time: str | None = None,
+    fill: str = "none",
+) -> Series:
+    """Read a CSV (or built-in series) into a regular numeric table with the target first.
+
+    Categorical feature columns are one-hot encoded; missing values need an explicit `fill`;
+    duplicated or unparseable timestamps are errors; rows are put in time order.
+    """
+    import pandas as pd
+
+    frame, name = _read_table(spec)
+    source = spec
+    report: dict[str, Any] = {"source": spec, "rows": len(frame)}
+    time_columns = _time_columns(frame, time, source)
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    time_columns = [str(c) for c in time_columns]
+    candidates = [c for c in columns if c not in time_columns]
+    if target is None:
+        numeric = [c for c in candidates if frame[c].dtype.kind in "iuf"]
+        if len(numeric) != 1:
+            raise DeepstepError(
+                f"{source}: say which column to forecast with --target (numeric columns: {', '.join(numeric) or 'none'})"
+            )
+        target = numeric[0]
+    if target not in candidates:
+        raise DeepstepError(
+            f"{source}: --target {target!r} is not a column{did_you_mean(target, candidates)}; columns: {', '.join(candidates)}"
+        )
+    if features is None or features == []:
+        inputs = []
+    elif features == ["all"]:
+        inputs = [c for c in candidates if c != target]
+    else:
+        for f in features:
+            if f not in candidates:
+                raise DeepstepError(
+                    f"{source}: --features column {f!r} not found{did_you_mean(f, candidates)}; columns: {', '.join(candidates)}"
+                )
+        inputs = [f for f in features if f != target]
+    table = frame[[target, *inputs]].copy()
+    if table[target].dtype.kind not in "iuf":
+        converted = pd.to_numeric(table[target], errors="coerce")
+        bad = table[target][converted.isna() & table[target].notna()]
+        if len(bad):
+            raise DeepstepError(
+                f"{source}: --target {target} holds non-numbers (first at row {bad.index[0] + 2}: {bad.iloc[0]!r})"
+            )
+        table[target] = converted
+    categorical = [c for c in inputs if table[c].dtype.kind not in "iufb"]
+    if categorical:
+        table = pd.get_dummies(table, columns=categorical, prefix_sep="=", dtype=float)
+        report["one_hot"] = {c: sorted(str(v) for v in frame[c].dropna().unique()) for c in categorical}
+    if time_columns:
+        table.index = _parse_time(frame, time_columns, source)
+        duplicated = table.index[table.index.duplicated()]
+        if len(duplicated):
+            raise DeepstepError(
+                f"{source}: {len(duplicated)} duplicated timestamp(s) (first {duplicated[0]}); "
+                "aggregate or remove them so that each time appears once"
+            )
+        if not table.index.is_monotonic_increasing:
+            table = table.sort_index()
+            report["sorted"] = True
+    table = _fill(table.astype(float), fill, source, report)
+    freq = None
+    if time_columns and len(table) >= 3:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas 3 announces infer_freq returning an offset
+            freq = pd.infer_freq(table.index)
+        freq = getattr(freq, "freqstr", freq)
+        if freq is None:
+            report["regular"] = False
+    if not time_columns:
+        table.index = pd.RangeIndex(len(table))
+    report.update({"target": target, "inputs": list(table.columns[1:]), "freq": freq, "steps": len(table)})
+    return Series(name, table.to_numpy(np.float64), list(table.columns), table.index, freq, report)
+
+
+def season_of(freq: str | None) -> int:
+    """The usual season of a frequency: 12 for monthly, 4 quarterly, 7 daily, 24 hourly, 52 weekly; else 0."""
+    if not freq:
+        return 0
+    base = freq.split("-")[0].lstrip("0123456789").upper()
+    table = {"MS": 12, "ME": 12, "M": 12, "QS": 4, "QE": 4, "Q": 4, "D": 7, "B": 5, "H": 24, "h": 24, "W": 52}
+    return table.get(base, table.get(base.rstrip("S"), 0))
+
+
+# ---- spans, windows, scaling -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spans:
+    """Consecutive row ranges: train [0, val_start), validation [val_start, test_start), test [test_start, n)."""
+
+    val_start: int
+    test_start: int
+    n: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "train": self.val_start,
+            "val": self.test_start - self.val_start,
+            "test": self.n - self.test_start,
+            "val_start": self.val_start,
+            "test_start": self.test_start,
+        }
+
+
+def _steps(size: float, n: int) -> int:
+    return int(size) if size >= 1 else int(round(size * n))
+
+
+def split_spans(n: int, *, test_size: float, val_size: float, lookback: int, horizon: int) -> Spans:
+    """Chronological spans; sizes are step counts (>= 1) or fractions of the whole series."""
+    n_test, n_val = _steps(test_size, n), _steps(val_size, n)
+    test_start = n - n_test
+    val_start = test_start - n_val
+    if n_test and n_test < horizon:
+        raise DeepstepError(f"the test span ({n_test} steps) is shorter than --horizon {horizon}; raise --test-size")
+    if n_val and n_val < horizon:
+        raise DeepstepError(
+            f"the validation span ({n_val} steps) is shorter than --horizon {horizon}; raise --val-size or use 0"
+        )
+    if val_start < lookback + horizon:
+        raise DeepstepError(
+            f"the series has {n} steps: after {n_test} for test and {n_val} for validation, the train span "
+            f"({max(val_start, 0)} steps) is shorter than --lookback {lookback} + --horizon {horizon}; "
+            "shorten the lookback or the test/validation sizes"
+        )
+    return Spans(val_start, test_start, n)
+
+
+def origins(start: int, stop: int, *, lookback: int, horizon: int, stride: int) -> np.ndarray:
+    """First target rows t of the windows whose targets [t, t + horizon) all lie in [start, stop)
+    and whose inputs [t - lookback, t) lie in the series."""
+    first = max(start, lookback)
+    return np.arange(first, stop - horizon + 1, stride, dtype=np.int64)
+
+
+def evaluation_origins(spans: Spans, *, lookback: int, horizon: int, backtest: bool) -> np.ndarray:
+    """Forecast origins in the test span: every step (backtest), or blocks of `horizon` that cover it."""
+    if backtest:
+        return origins(spans.test_start, spans.n, lookback=lookback, horizon=horizon, stride=1)
+    blocks = origins(spans.test_start, spans.n, lookback=lookback, horizon=horizon, stride=horizon)
+    last = spans.n - horizon
+    if len(blocks) and blocks[-1] != last:
+        blocks = np.append(blocks, last)  # the tail, overlapping the block before it
+    return blocks
+
+
+def windows(values: np.ndarray, starts: np.ndarray, *, lookback: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs (N, lookback, F) and the target column's next steps (N, horizon), by index arithmetic."""
+    x_index = starts[:, None] + np.arange(-lookback, 0)[None, :]  # (N, lookback)
+    y_index = starts[:, None] + np.arange(horizon)[None, :]  # (N, horizon)
+    return values[x_index], values[y_index, 0]
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Per-column standardisation fitted on the train span: (x - mean) / std."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> Scaler:
+        std = values.std(axis=0)
+        return cls(values.mean(axis=0), np.where(std > 0, std, 1.0))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return (values - self.mean) / self.std
+
+    def inverse_target(self, scaled: np.ndarray) -> np.ndarray:
+        return scaled * self.std[0] + self.mean[0]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[float]]) -> Scaler:
+        return cls(np.asarray(d["mean"]), np.asarray(d["std"]))
+
+
+def future_times(series: Series, horizon: int) -> list[Any]:
+    """The times (or step numbers) of the `horizon` steps after the end of the series."""
+    import pandas as pd
+
+    if series.freq and isinstance(series.index, pd.DatetimeIndex):
+        return list(pd.date_range(series.index[-1], periods=horizon + 1, freq=series.freq)[1:])
+    return list(range(len(series), len(series) + horizon))
+
+
+def future_index(series: Series, horizon: int) -> list[str]:
+    """Labels of the `horizon` steps after the end of the series."""
+    return [_label(t) for t in future_times(series, horizon)]
+
+
+def _label(t: Any) -> str:
+    if hasattr(t, "normalize"):
+        return str(t.date()) if t == t.normalize() else str(t)
+    return str(t)
+
+
+Describe = Callable[[int], str]
+
+
+def describe_row(series: Series) -> Describe:
+    """row number -> its timestamp (or step) as text, for messages and tables."""
+    import pandas as pd
+
+    if isinstance(series.index, pd.DatetimeIndex):
+        return lambda i: _label(series.index[i])
+    return lambda i: f"step {i}"

@@ -1,0 +1,396 @@
+"""Forecasting: a recurrent net reads `lookback` steps of the series (and its covariates) and
+predicts the target's next `horizon` steps at once (direct multi-step).
+
+Train, validation and test are consecutive spans of time; the scaler is fitted on the train
+span only; the test span is forecast once, from origins that step through it, and every number
+is reported in the series' own units beside the classical baselines on the same origins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepstep.config import TrainConfig
+from deepstep.data.batches import TensorBatches
+from deepstep.data.series import (
+    Scaler,
+    Series,
+    Spans,
+    describe_row,
+    evaluation_origins,
+    future_index,
+    future_times,
+    load_series,
+    origins,
+    season_of,
+    split_spans,
+    windows,
+)
+from deepstep.engine.fit import Monitor
+from deepstep.engine.loop import Step
+from deepstep.engine.run_dir import RunDir
+from deepstep.errors import DeepstepError
+from deepstep.tasks.baselines import NAMES as BASELINES
+from deepstep.tasks.baselines import run_baselines
+from deepstep.tasks.metrics import forecast_metrics, mase_scale
+from deepstep.tasks.runs import Job, load_model, now, record_test_evaluation, run_config, test_evaluations, train_run
+
+TASK = "forecasting"
+Log = Callable[[str], None]
+
+RESUME_MUST_MATCH = (
+    "data",
+    "model",
+    "model_args",
+    "target",
+    "features",
+    "time",
+    "fill",
+    "lookback",
+    "horizon",
+    "stride",
+    "test_size",
+    "val_size",
+    "batch_size",
+    "seed",
+    "hidden",
+    "layers",
+    "dropout",
+    "bidirectional",
+    "relative",
+)
+
+
+def predict_scaled(model: nn.Module, x: torch.Tensor, relative: bool) -> torch.Tensor:
+    """(B, lookback, F) scaled inputs -> (B, horizon) scaled targets. Relative: the net predicts each
+    step's change from the last observed target value, which lets it follow a trend past the
+    range it was trained on."""
+    out = model(x)  # (B, horizon)
+    return out + x[:, -1:, 0] if relative else out
+
+
+def forecast_step(relative: bool) -> Step:
+    """Mean squared error on the scaled targets; also the mean absolute error."""
+
+    def step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch  # (B, lookback, F), (B, horizon)
+        pred = predict_scaled(model, x, relative)
+        return {"loss": F.mse_loss(pred, y), "mae": (pred - y).abs().mean(), "output": pred, "target": y}
+
+    return step
+
+
+@dataclass
+class ForecastData:
+    series: Series
+    spans: Spans
+    scaler: Scaler
+    scaled: np.ndarray  # (T, F) float32, standardised with the train span's statistics
+    season: int
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.series.values[:, 0]
+
+
+def prepare(config: TrainConfig) -> ForecastData:
+    series = load_series(
+        config.data, target=config.target, features=config.features, time=config.time, fill=config.fill
+    )
+    spans = split_spans(
+        len(series),
+        test_size=config.test_size,
+        val_size=config.val_size,
+        lookback=config.lookback,
+        horizon=config.horizon,
+    )
+    scaler = Scaler.fit(series.values[: spans.val_start])  # the train span only
+    season = config.season if config.season is not None else season_of(series.freq)
+    scaled = scaler.transform(series.values).astype(np.float32)
+    return ForecastData(series, spans, scaler, scaled, season)
+
+
+def _batches(data: ForecastData, starts: np.ndarray, config: TrainConfig, train: bool) -> TensorBatches:
+    x, y = windows(data.scaled, starts, lookback=config.lookback, horizon=config.horizon)
+    return TensorBatches(
+        torch.from_numpy(x),
+        torch.from_numpy(y),
+        batch_size=config.batch_size if train else 1024,
+        shuffle=train,
+        seed=config.seed,
+    )
+
+
+def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
+    """Fit on the train span's windows, validate on the validation span's; the test span is not read."""
+    config.validate()
+    data = prepare(config)
+    L, H, spans = config.lookback, config.horizon, data.spans
+    train_starts = origins(0, spans.val_start, lookback=L, horizon=H, stride=config.stride)
+    val_starts = origins(spans.val_start, spans.test_start, lookback=L, horizon=H, stride=1)
+    describe = describe_row(data.series)
+    r = data.series.report
+    log(
+        f"data: {data.series.name}: target {r['target']}"
+        + (f" with {len(r['inputs'])} input column(s)" if r["inputs"] else "")
+        + f", {len(data.series)} steps ({data.series.freq or 'no regular frequency'}); "
+        f"train {spans.val_start} / val {spans.test_start - spans.val_start} / test {spans.n - spans.test_start} steps "
+        f"(test from {describe(spans.test_start)}; not used in training)"
+    )
+    if r.get("fill"):
+        log(
+            f"missing values {r['missing']} filled by {r['fill']['method']} ({r['fill']['rows_before']} -> {r['fill']['rows_after']} rows)"
+        )
+    log(
+        f"windows: {len(train_starts)} train / {len(val_starts)} val, lookback {L}, horizon {H}, stride {config.stride}"
+    )
+    model_args = {
+        "num_classes": H,
+        "input_features": data.scaled.shape[1],
+        "hidden": config.hidden,
+        "layers": config.layers,
+        "dropout": config.dropout,
+        "bidirectional": config.bidirectional,
+        **config.model_args,
+    }
+    job = Job(
+        task=TASK,
+        source_name=data.series.name,
+        model_args=model_args,
+        train_batches=_batches(data, train_starts, config, train=True),
+        val_batches=_batches(data, val_starts, config, train=False) if len(val_starts) else None,
+        train_step=forecast_step(config.relative),
+        eval_step=forecast_step(config.relative),
+        monitor=Monitor("val_loss", higher_is_better=False),
+        meta={
+            "columns": data.series.columns,
+            "lookback": L,
+            "horizon": H,
+            "relative": config.relative,
+            "scaler": data.scaler.to_dict(),
+            "season": data.season,
+        },
+        data_report={
+            **r,
+            "name": data.series.name,
+            "fingerprint": data.series.fingerprint,
+            "spans": spans.to_dict(),
+            "test_from": describe(spans.test_start),
+            "season": data.season,
+            "windows": {"train": len(train_starts), "val": len(val_starts)},
+            "scaler": {"fitted_on": f"rows 0-{spans.val_start - 1} (the train span)", **data.scaler.to_dict()},
+        },
+        unit="windows",
+    )
+    return train_run(config, job, RESUME_MUST_MATCH, log, progress)
+
+
+# ---- evaluate ----------------------------------------------------------------------------------
+
+
+def model_forecasts(model: nn.Module, record: dict[str, Any], data: ForecastData, starts: np.ndarray) -> np.ndarray:
+    """(N, horizon) forecasts in the series' units from each origin."""
+    L, H = record["lookback"], record["horizon"]
+    scaler = Scaler.from_dict(record["scaler"])
+    scaled = scaler.transform(data.series.values).astype(np.float32)
+    x, _ = windows(scaled, starts, lookback=L, horizon=H)
+    with torch.inference_mode():
+        pred = predict_scaled(model, torch.from_numpy(x), record.get("relative", False)).double().numpy()
+    return scaler.inverse_target(pred)
+
+
+def evaluate_run(
+    run_path: str | Path,
+    split: str = "test",
+    *,
+    force: bool = False,
+    checkpoint: str = "best",
+    baselines: bool | Sequence[str] = False,
+    backtest: bool = False,
+    order: tuple[int, int, int] | None = None,
+    seasonal_order: tuple[int, int, int] | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """MAE, RMSE, MAPE (%), sMAPE (%) and MASE of the run's forecasts on the test (once) or
+    validation span, in the series' units, with the baselines on the same origins if asked
+    (True: all of them; or their names, e.g. ["naive", "seasonal_naive"])."""
+    run = RunDir.open(run_path)
+    if split not in ("test", "val"):
+        raise DeepstepError(f"--split {split!r}: evaluate measures 'test' or 'val'")
+    history = test_evaluations(run, split, force, lambda e: f"MAE {e['model']['mae']:.4g}")
+    config = run_config(run)
+    info = run.read_json("run.json")
+    data = prepare(config)
+    if data.series.fingerprint != info["data"]["fingerprint"]:
+        log(f"warning: the data at {config.data} changed since this run was trained")
+    model, record = load_model(run, checkpoint)
+    L, H, spans = record["lookback"], record["horizon"], data.spans
+    if split == "test":
+        starts = evaluation_origins(spans, lookback=L, horizon=H, backtest=backtest)
+        fit_end = spans.test_start
+    else:
+        starts = origins(spans.val_start, spans.test_start, lookback=L, horizon=H, stride=1 if backtest else H)
+        fit_end = spans.val_start
+    if len(starts) == 0:
+        raise DeepstepError(f"the {split} span is shorter than the horizon: nothing to forecast")
+    y = data.target
+    truth = y[starts[:, None] + np.arange(H)[None, :]]
+    scale = mase_scale(y[: spans.val_start], data.season)
+    forecasts = {"model": model_forecasts(model, record, data, starts)}
+    notes: dict[str, Any] = {}
+    if baselines:
+        extra, notes = run_baselines(
+            y,
+            fit_end,
+            starts,
+            H,
+            data.season,
+            names=baseline_names(baselines),
+            order=order,
+            seasonal_order=seasonal_order,
+        )
+        forecasts.update(extra)
+    metrics = {name: forecast_metrics(truth, f, scale) for name, f in forecasts.items()}
+    describe = describe_row(data.series)
+    result: dict[str, Any] = {
+        "split": split,
+        "checkpoint": checkpoint,
+        "epoch": record["epoch"],
+        "target": data.series.target,
+        "horizon": H,
+        "origins": len(starts),
+        "first_origin": describe(int(starts[0])),
+        "backtest": backtest,
+        "season": data.season,
+        "model": metrics.pop("model"),
+        "per_step_mae": np.abs(forecasts["model"] - truth).mean(axis=0).tolist(),
+    }
+    if baselines:
+        result["baselines"] = metrics
+        result["baseline_notes"] = notes
+    result["time"] = now()
+    from deepstep.plots import plot_forecast
+
+    # The plot shows the forecasts that tile the span (one per block of `horizon` steps).
+    blocks = starts if not backtest else starts[:: max(1, H)]
+    shown = {
+        name: [(int(t), f[i]) for i, t in enumerate(starts) if t in set(blocks.tolist())]
+        for name, f in forecasts.items()
+    }
+    span_start = spans.test_start if split == "test" else spans.val_start
+    span_stop = spans.n if split == "test" else spans.test_start
+    png = plot_forecast(
+        list(data.series.index[:span_stop]),
+        y[:span_stop],
+        span_start,
+        shown,
+        run.file(f"forecast_{split}.png"),
+        title=f"{data.series.name}: {split} span, horizon {H}; MAE "
+        + ", ".join(f"{k} {v['mae']:.3g}" for k, v in [("model", result["model"]), *metrics.items()]),
+        ylabel=data.series.target,
+    )
+    result["files"] = {"json": str(run.file(f"{split}.json")), "plot": str(png)}
+    run.write_json(f"{split}.json", result)
+    if split == "test":
+        record_test_evaluation(
+            run,
+            history,
+            {"time": result["time"], "checkpoint": checkpoint, "epoch": result["epoch"], "model": result["model"]},
+        )
+    return result
+
+
+def baseline_names(chosen: bool | Sequence[str]) -> tuple[str, ...]:
+    """True -> every baseline; else the names given, checked."""
+    if chosen is True:
+        return BASELINES
+    unknown = [n for n in chosen if n not in BASELINES]
+    if unknown:
+        raise DeepstepError(f"unknown baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    return tuple(chosen)
+
+
+def baseline_report(
+    config: TrainConfig,
+    *,
+    split: str = "test",
+    backtest: bool = False,
+    baselines: bool | Sequence[str] = True,
+    order=None,
+    seasonal_order=None,
+) -> dict[str, Any]:
+    """The baselines alone, on the spans and origins a run with `config` would be measured on."""
+    data = prepare(config)
+    L, H, spans = config.lookback, config.horizon, data.spans
+    if split == "test":
+        starts, fit_end = evaluation_origins(spans, lookback=L, horizon=H, backtest=backtest), spans.test_start
+    else:
+        starts = origins(spans.val_start, spans.test_start, lookback=L, horizon=H, stride=1 if backtest else H)
+        fit_end = spans.val_start
+    y = data.target
+    truth = y[starts[:, None] + np.arange(H)[None, :]]
+    forecasts, notes = run_baselines(
+        y, fit_end, starts, H, data.season, names=baseline_names(baselines), order=order, seasonal_order=seasonal_order
+    )
+    scale = mase_scale(y[: spans.val_start], data.season)
+    return {
+        "split": split,
+        "target": data.series.target,
+        "horizon": H,
+        "origins": len(starts),
+        "backtest": backtest,
+        "season": data.season,
+        "baselines": {name: forecast_metrics(truth, f, scale) for name, f in forecasts.items()},
+        "baseline_notes": notes,
+    }
+
+
+# ---- predict -----------------------------------------------------------------------------------
+
+
+def predict_run(
+    run_path: str | Path, *, checkpoint: str = "best", out: str | Path | None = None, plot: str | Path | None = None
+) -> dict[str, Any]:
+    """The `horizon` steps after the end of the data, from its last `lookback` steps: a CSV and a plot."""
+    run = RunDir.open(run_path)
+    config = run_config(run)
+    data = prepare(config)
+    model, record = load_model(run, checkpoint)
+    n = len(data.series)
+    L, H = record["lookback"], record["horizon"]
+    scaler = Scaler.from_dict(record["scaler"])
+    x = torch.from_numpy(scaler.transform(data.series.values[n - L :]).astype(np.float32))[None]  # (1, L, F)
+    with torch.inference_mode():
+        forecast = scaler.inverse_target(predict_scaled(model, x, record.get("relative", False)).double().numpy()[0])
+    times = future_index(data.series, H)
+    x_future = future_times(data.series, H)
+    from deepstep.engine.files import write_text
+
+    csv_path = Path(out) if out else run.file("forecast.csv")
+    target = data.series.target
+    write_text(csv_path, f"time,{target}\n" + "".join(f"{t},{v:.6g}\n" for t, v in zip(times, forecast, strict=True)))
+    from deepstep.plots import plot_future
+
+    shown = min(n, max(4 * H, 3 * L))
+    png = plot_future(
+        list(data.series.index[n - shown :]),
+        data.target[n - shown :],
+        x_future,
+        forecast,
+        Path(plot) if plot else run.file("forecast.png"),
+        title=f"{data.series.name}: the next {H} steps of {target} after {describe_row(data.series)(n - 1)}",
+        ylabel=target,
+    )
+    return {
+        "target": target,
+        "forecast": [{"time": t, "value": float(v)} for t, v in zip(times, forecast, strict=True)],
+        "files": {"csv": str(csv_path), "plot": str(png)},
+    }

@@ -1,0 +1,101 @@
+"""Metrics on records: forecast errors in the series' own units, and classification scores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def mase_scale(train_target: np.ndarray, season: int) -> float:
+    """Mean absolute error of the (seasonal) naive one-step forecast on the train span: MASE's unit."""
+    m = season if season and season > 1 and len(train_target) > season else 1
+    diffs = np.abs(train_target[m:] - train_target[:-m])
+    return float(diffs.mean()) if len(diffs) else float("nan")
+
+
+def forecast_metrics(truth: np.ndarray, pred: np.ndarray, scale: float) -> dict[str, float]:
+    """MAE, RMSE, MAPE (%), sMAPE (%) and MASE over every forecast step (arrays of the same shape)."""
+    truth, pred = np.asarray(truth, np.float64), np.asarray(pred, np.float64)
+    error = pred - truth
+    nonzero = truth != 0
+    mape = 100 * np.mean(np.abs(error[nonzero] / truth[nonzero])) if nonzero.any() else float("nan")
+    denominator = np.abs(truth) + np.abs(pred)
+    smape_terms = np.where(denominator > 0, 2 * np.abs(error) / np.where(denominator > 0, denominator, 1), 0.0)
+    mae = float(np.mean(np.abs(error)))
+    return {
+        "mae": mae,
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "mape": float(mape),
+        "smape": float(100 * np.mean(smape_terms)),
+        "mase": mae / scale if scale and np.isfinite(scale) else float("nan"),
+    }
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve by ranks (Mann-Whitney U), ties averaged; None with one class only."""
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision / recall / F1 (macro averages; for two classes also the second
+    class's, taken as the positive one), ROC AUC for two classes, and the confusion matrix."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    n = len(classes)
+    preds = probs.argmax(axis=1)
+    matrix = np.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
+    tp = np.diag(matrix).astype(float)
+    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros(n), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros(n), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=(precision + recall) > 0)
+    result: dict[str, Any] = {
+        "accuracy": float((preds == labels).mean()) if len(labels) else float("nan"),
+        "per_class": {
+            c: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(actual[i]),
+            }
+            for i, c in enumerate(classes)
+        },
+        "macro_f1": float(f1.mean()),
+        "classes": list(classes),
+        "confusion_matrix": matrix.tolist(),
+    }
+    if n == 2:
+        result.update(
+            positive_class=classes[1],
+            precision=float(precision[1]),
+            recall=float(recall[1]),
+            f1=float(f1[1]),
+            roc_auc=roc_auc(probs[:, 1], labels == 1),
+        )
+    else:
+        result.update(precision=float(precision.mean()), recall=float(recall.mean()), f1=float(f1.mean()))
+    return result
+
+
+def write_confusion_csv(path: Path, matrix: np.ndarray, classes: Sequence[str]) -> None:
+    from deepstep.engine.files import write_text
+
+    lines = ["true\\predicted," + ",".join(classes)]
+    lines += [f"{c}," + ",".join(str(int(v)) for v in row) for c, row in zip(classes, matrix, strict=True)]
+    write_text(path, "\n".join(lines) + "\n")

@@ -1,0 +1,234 @@
+"""What every task does with a run folder: open it for a resume, seed, record the test part's
+single measurement, and close a training run with its curves and summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepstep.config import TrainConfig
+from deepstep.engine.fit import FitState, Monitor
+from deepstep.engine.loop import Step
+from deepstep.engine.run_dir import RunDir
+from deepstep.errors import DeepstepError
+
+Log = Callable[[str], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    from deepstep import __version__
+
+    return {"deepstep": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def default_out(config: TrainConfig, source_name: str) -> Path:
+    """runs/MODEL-DATA, or runs/MODEL-DATA-N when that one is taken."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{source_name}")
+    path = Path("runs") / stem
+    n = 2
+    while path.exists():
+        path = Path("runs") / f"{stem}-{n}"
+        n += 1
+    return path
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def open_run_for_resume(config: TrainConfig, must_match: Sequence[str]) -> tuple[RunDir, list[str]]:
+    """The run folder in --out, refusing changes in `must_match` that would make the result
+    meaningless; returns it with the harmless changes (e.g. more epochs), to be recorded."""
+    if not config.out:
+        raise DeepstepError("--resume needs --out RUN, the run folder to continue")
+    run = RunDir.open(config.out)
+    before, now_ = run.read_config(), config.to_dict()
+    blocking = [flag(k) for k in must_match if before.get(flag(k)) != now_.get(flag(k))]
+    if blocking:
+        diffs = "; ".join(f"{k}: {before.get(k)!r} -> {now_.get(k)!r}" for k in blocking)
+        raise DeepstepError(
+            f"cannot resume {run.path} with a different {', '.join(blocking)} ({diffs}); start a new run instead"
+        )
+    changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now_.items() if k != "resume" and before.get(k) != v]
+    return run, changed
+
+
+def run_config(run: RunDir) -> TrainConfig:
+    """The resolved config a run was trained with, from its config.yaml."""
+    from deepstep.config import check_values
+
+    return TrainConfig(**check_values(run.read_config(), source=str(run.file("config.yaml"))))
+
+
+def test_evaluations(run: RunDir, split: str, force: bool, describe: Callable[[dict], str]) -> list[dict[str, Any]]:
+    """Every earlier test evaluation; refuses a second one without `force` (the test part is measured once)."""
+    history = run.read_json("evaluations.json", [])
+    earlier = [e for e in history if e["split"] == "test"]
+    if split == "test" and earlier and not force:
+        raise DeepstepError(
+            f"{run.path}'s test split was already evaluated on {earlier[0]['time']} ({describe(earlier[0])}); "
+            "the test part is measured once per run. Use --force to measure it again (it is recorded), or --split val"
+        )
+    return history
+
+
+def record_test_evaluation(run: RunDir, history: list[dict[str, Any]], entry: dict[str, Any]) -> None:
+    """Append a test evaluation to evaluations.json, marking whether it was forced."""
+    entry = {"split": "test", **entry, "forced": any(e["split"] == "test" for e in history)}
+    run.write_json("evaluations.json", [*history, entry])
+
+
+def finish(run: RunDir, info: dict[str, Any], state: FitState, monitor: Monitor, log: Log) -> None:
+    """curves.png, the result in run.json, and where to go next."""
+    from deepstep.plots import plot_curves
+
+    curves = plot_curves(state.history, run.file("curves.png"), title=str(run.path.name))
+    train_seconds = sum(r["seconds"] for r in state.history)
+    info["result"] = {
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch,
+        f"best_{monitor.name}": state.best,
+        "train_seconds": round(train_seconds, 3),
+    }
+    run.write_json("run.json", info)
+    if state.best is None:
+        best = "no validation split: best = last epoch"
+    else:
+        value = f"{state.best:.2%}" if monitor.name.endswith("acc") else f"{state.best:.4g}"
+        best = f"best {monitor.name.replace('_', ' ')} {value} at epoch {state.best_epoch}"
+    log(f"done: {state.epoch} epochs, {train_seconds:.1f} s of training; {best}")
+    log(f"curves: {curves}; checkpoints: {run.checkpoints}; next: deepstep evaluate {run.path}")
+
+
+def load_model(run: RunDir, checkpoint: str = "best") -> tuple[nn.Module, dict[str, Any]]:
+    """The model of checkpoint `checkpoint` rebuilt from its record, weights loaded, in eval mode."""
+    from deepstep.engine.checkpoint import load_weights, read_checkpoint
+    from deepstep.models import create_model
+
+    record = read_checkpoint(run.checkpoints, checkpoint)
+    model = create_model(record["model"]["name"], **record["model"]["args"])
+    load_weights(run.checkpoints, checkpoint, model)
+    return model.eval(), record
+
+
+@dataclass
+class Job:
+    """What a task hands to `train_run`: its data as batches, its steps, and what to record."""
+
+    task: str
+    source_name: str
+    model_args: dict[str, Any]
+    train_batches: Any
+    val_batches: Any
+    train_step: Step
+    eval_step: Step
+    monitor: Monitor
+    meta: dict[str, Any]  # goes into every checkpoint: what rebuilds the model and its inputs
+    data_report: dict[str, Any]
+    unit: str
+
+
+def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log, progress: bool) -> Path:
+    """Create (or resume) the run folder, build the model and optimizer, fit, and close the run."""
+    from deepstep.engine.backends import set_cpu_threads
+    from deepstep.engine.fit import Training, fit, resume
+    from deepstep.engine.optim import build_optimizer, build_schedule
+    from deepstep.engine.precision import resolve_device, resolve_precision
+    from deepstep.models import create_model, get_model_spec
+
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    threads = set_cpu_threads() if device.type == "cpu" else None
+    run, changes = open_run_for_resume(config, must_match) if config.resume else (None, [])
+    if run is None:
+        run = RunDir.create(config.out or default_out(config, job.source_name))
+    seed_everything(config.seed)
+    model = create_model(config.model, **job.model_args).to(device)
+    for batches in (job.train_batches, job.val_batches):
+        if batches is not None:
+            batches.tensors = [t.to(device) for t in batches.tensors]
+    optimizer = build_optimizer(
+        config.optimizer,
+        model,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    total_steps = config.epochs * len(job.train_batches)
+    scheduler = build_schedule(
+        config.schedule, optimizer, total_steps=total_steps, warmup_steps=int(config.warmup * total_steps)
+    )
+    training = Training(
+        model, job.train_step, job.eval_step, job.train_batches, job.val_batches, optimizer, scheduler, precision
+    )
+    meta = {"task": job.task, "model": {"name": config.model, "args": job.model_args}, **job.meta}
+    parameters = sum(p.numel() for p in model.parameters())
+    state = None
+    if config.resume:
+        state = resume(training, run)
+        info = run.read_json("run.json")
+        info.setdefault("resumes", []).append({"time": now(), "from_epoch": state.epoch, "changed": changes})
+        log(f"resuming {run.path} after epoch {state.epoch}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
+    else:
+        info = {
+            "task": job.task,
+            "created": now(),
+            "versions": versions(),
+            "data": job.data_report,
+            "model": {
+                **meta["model"],
+                "parameters": parameters,
+                "description": get_model_spec(config.model).description,
+            },
+            "device": {
+                "type": device.type,
+                "threads": threads,
+                "precision": precision.name,
+                "precision_reason": precision.reason,
+            },
+        }
+        log(f"model: {config.model}, {parameters:,} parameters ({job.model_args})")
+        log(
+            f"device: {device.type}"
+            + (f", {threads} threads" if threads else "")
+            + f"; precision {precision.name} ({precision.reason})"
+        )
+        log(f"run folder: {run.path}")
+    run.write_config(config.to_dict())
+    run.write_json("run.json", info)
+    state = fit(
+        training,
+        epochs=config.epochs,
+        run=run,
+        meta=meta,
+        state=state,
+        patience=config.patience,
+        monitor=job.monitor,
+        progress=progress,
+        log=log,
+        unit=job.unit,
+    )
+    finish(run, info, state, job.monitor, log)
+    return run.path

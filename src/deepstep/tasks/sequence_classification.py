@@ -1,0 +1,246 @@
+"""Sequence classification: a recurrent net reads a whole variable-length sequence (packed, so
+padding is never read) and its final states give the class: one logit with a sigmoid for two
+classes, a softmax over the classes otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepstep.config import TrainConfig
+from deepstep.data.batches import TensorBatches
+from deepstep.data.sequences import SequenceSet, load_sequences, pad, split_sequences
+from deepstep.data.sources import default_data_dir
+from deepstep.engine.fit import Monitor
+from deepstep.engine.loop import evaluate
+from deepstep.engine.precision import resolve_precision
+from deepstep.engine.run_dir import RunDir
+from deepstep.errors import DeepstepError
+from deepstep.tasks.metrics import classification_metrics, write_confusion_csv
+from deepstep.tasks.runs import Job, load_model, now, record_test_evaluation, run_config, test_evaluations, train_run
+
+TASK = "sequence-classification"
+Log = Callable[[str], None]
+
+RESUME_MUST_MATCH = (
+    "data",
+    "model",
+    "model_args",
+    "test_size",
+    "val_size",
+    "group_file",
+    "test_groups",
+    "batch_size",
+    "seed",
+    "hidden",
+    "layers",
+    "dropout",
+    "bidirectional",
+)
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 1) binary logits or (B, C) logits -> (B, C) class probabilities."""
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits.float())
+        return torch.cat([1 - p, p], dim=1)
+    return torch.softmax(logits.float(), dim=1)
+
+
+def sequence_step(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """Binary cross-entropy on one logit for two classes, cross-entropy otherwise; and accuracy."""
+    x, lengths, y = batch  # (B, T, F), (B,), (B,)
+    logits = model(x[:, : int(lengths.max())], lengths)  # (B, 1) or (B, C)
+    if logits.shape[1] == 1:
+        loss = F.binary_cross_entropy_with_logits(logits[:, 0], y.float())
+        pred = (logits[:, 0] > 0).long()
+    else:
+        loss = F.cross_entropy(logits, y)
+        pred = logits.argmax(dim=1)
+    return {"loss": loss, "acc": (pred == y).float().mean(), "output": probabilities(logits), "target": y}
+
+
+def standardise(data: SequenceSet, mean: np.ndarray, std: np.ndarray) -> list[np.ndarray]:
+    return [((s - mean) / std).astype(np.float32) for s in data.sequences]
+
+
+def _batches(sequences: list[np.ndarray], labels: np.ndarray, batch_size: int, train: bool, seed: int) -> TensorBatches:
+    x, lengths = pad(sequences)
+    return TensorBatches(
+        torch.from_numpy(x),
+        torch.from_numpy(lengths),
+        torch.from_numpy(labels),
+        batch_size=batch_size if train else 1024,
+        shuffle=train,
+        seed=seed,
+    )
+
+
+def prepare(config: TrainConfig, data_dir: str | None = None):
+    data = load_sequences(
+        config.data, Path(data_dir or config.data_dir or default_data_dir()), group_file=config.group_file
+    )
+    splits = split_sequences(
+        data, test_size=config.test_size, val_size=config.val_size, seed=config.seed, test_groups=config.test_groups
+    )
+    steps = np.concatenate(splits.train.sequences)  # every time step of the train part
+    std = steps.std(axis=0)
+    return data, splits, steps.mean(axis=0), np.where(std > 0, std, 1.0)
+
+
+def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
+    """Fit on the train part, validate on the validation part; the test part is not read."""
+    config.validate()
+    data, splits, mean, std = prepare(config)
+    lengths = [len(s) for s in data.sequences]
+    r = splits.report
+    log(
+        f"data: {data.name}: {len(data.sequences)} sequences of {data.features} features, lengths {min(lengths)}-{max(lengths)}, "
+        f"classes {', '.join(data.classes)}; {r['train']['count']} train / {r['val']['count']} val / "
+        f"{r['test']['count']} test ({r['test']['origin']}; not used in training)"
+    )
+    binary = len(data.classes) == 2
+    model_args = {
+        "num_classes": 1 if binary else len(data.classes),
+        "input_features": data.features,
+        "hidden": config.hidden,
+        "layers": config.layers,
+        "dropout": config.dropout,
+        "bidirectional": config.bidirectional,
+        **config.model_args,
+    }
+    val = splits.val
+    job = Job(
+        task=TASK,
+        source_name=data.name,
+        model_args=model_args,
+        train_batches=_batches(
+            standardise(splits.train, mean, std), splits.train.labels, config.batch_size, True, config.seed
+        ),
+        val_batches=None
+        if val is None
+        else _batches(standardise(val, mean, std), val.labels, config.batch_size, False, 0),
+        train_step=sequence_step,
+        eval_step=sequence_step,
+        monitor=Monitor("val_acc", higher_is_better=True),
+        meta={
+            "classes": data.classes,
+            "features": data.features,
+            "normalization": {"mean": mean.tolist(), "std": std.tolist()},
+        },
+        data_report={
+            "name": data.name,
+            "root": str(data.root) if data.root else None,
+            "fingerprint": data.fingerprint,
+            "classes": data.classes,
+            "sequences": len(data.sequences),
+            "lengths": {"min": min(lengths), "max": max(lengths)},
+            **r,
+            "normalization": {"mean": mean.tolist(), "std": std.tolist(), "origin": "every step of the train part"},
+        },
+        unit="sequences",
+    )
+    return train_run(config, job, RESUME_MUST_MATCH, log, progress)
+
+
+def evaluate_run(
+    run_path: str | Path,
+    split: str = "test",
+    *,
+    force: bool = False,
+    checkpoint: str = "best",
+    data_dir: str | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Accuracy, precision / recall / F1, ROC AUC (two classes) and the confusion matrix."""
+    run = RunDir.open(run_path)
+    if split not in ("test", "val"):
+        raise DeepstepError(f"--split {split!r}: evaluate measures 'test' or 'val'")
+    history = test_evaluations(run, split, force, lambda e: f"accuracy {e['accuracy']:.2%}")
+    config = run_config(run)
+    info = run.read_json("run.json")
+    data, splits, _, _ = prepare(config, data_dir)
+    if data.fingerprint != info["data"]["fingerprint"]:
+        log(f"warning: the data at {config.data} changed since this run was trained")
+    part = splits.test if split == "test" else splits.val
+    if part is None:
+        raise DeepstepError("this run was trained with --val-size 0: it has no validation part to evaluate")
+    model, record = load_model(run, checkpoint)
+    norm = record["normalization"]
+    batches = _batches(
+        standardise(part, np.asarray(norm["mean"]), np.asarray(norm["std"])), part.labels, 1024, False, 0
+    )
+    means, kept = evaluate(
+        model, sequence_step, batches, resolve_precision("32", torch.device("cpu")), keep=("output", "target")
+    )
+    classes = record["classes"]
+    report = classification_metrics(kept["output"].numpy(), kept["target"].numpy(), classes)
+    result = {
+        "split": split,
+        "checkpoint": checkpoint,
+        "epoch": record["epoch"],
+        "sequences": len(part.labels),
+        "loss": means["loss"],
+        **report,
+        "time": now(),
+    }
+    from deepstep.plots import plot_confusion
+
+    matrix = np.asarray(report["confusion_matrix"])
+    png = plot_confusion(
+        matrix,
+        classes,
+        run.file(f"confusion_{split}.png"),
+        title=f"{split}: accuracy {report['accuracy']:.2%}, F1 {report['f1']:.3f}",
+    )
+    write_confusion_csv(run.file(f"confusion_{split}.csv"), matrix, classes)
+    result["files"] = {
+        "json": str(run.file(f"{split}.json")),
+        "confusion_png": str(png),
+        "confusion_csv": str(run.file(f"confusion_{split}.csv")),
+    }
+    run.write_json(f"{split}.json", result)
+    if split == "test":
+        record_test_evaluation(
+            run, history, {key: result[key] for key in ("time", "checkpoint", "epoch", "accuracy", "f1", "loss")}
+        )
+    return result
+
+
+def predict_run(
+    run_path: str | Path, inputs: Sequence[str | Path], *, checkpoint: str = "best"
+) -> list[dict[str, Any]]:
+    """The class and class probabilities of each sequence CSV (rows = time steps, columns = features)."""
+    from deepstep.data.sequences import read_numbers
+
+    run = RunDir.open(run_path)
+    model, record = load_model(run, checkpoint)
+    files = [Path(p) for p in inputs]
+    for f in files:
+        if not f.is_file():
+            raise DeepstepError(f"{f} does not exist; give sequence CSV files (one row per time step)")
+    sequences = [read_numbers(f) for f in files]
+    for f, s in zip(files, sequences, strict=True):
+        if s.ndim != 2 or s.shape[1] != record["features"] or len(s) == 0:
+            raise DeepstepError(f"{f}: the model takes sequences of {record['features']} columns, got shape {s.shape}")
+    norm = record["normalization"]
+    scaled = [((s - np.asarray(norm["mean"])) / np.asarray(norm["std"])).astype(np.float32) for s in sequences]
+    x, lengths = pad(scaled)
+    with torch.inference_mode():
+        probs = probabilities(model(torch.from_numpy(x), torch.from_numpy(lengths))).numpy()
+    classes = record["classes"]
+    return [
+        {
+            "file": str(f),
+            "label": classes[int(p.argmax())],
+            "probabilities": {c: float(q) for c, q in zip(classes, p, strict=True)},
+        }
+        for f, p in zip(files, probs, strict=True)
+    ]

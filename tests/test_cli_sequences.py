@@ -1,0 +1,166 @@
+"""Forecasting and sequence classification through the same train / evaluate / predict commands."""
+
+import csv
+import json
+from pathlib import Path
+
+from deepstep.cli import main
+
+
+def _json(capsys):
+    return json.loads(capsys.readouterr().out)
+
+
+def _forecast(csv_path, *extra, out="runs/f"):
+    return main(
+        [
+            "train",
+            "--data",
+            str(csv_path),
+            "--target",
+            "Sales",
+            "--lookback",
+            "12",
+            "--horizon",
+            "6",
+            "--test-size",
+            "12",
+            "--val-size",
+            "12",
+            "--epochs",
+            "30",
+            "--hidden",
+            "16",
+            "--out",
+            out,
+            "--quiet",
+            *extra,
+        ]
+    )
+
+
+def test_a_csv_is_forecast_with_an_lstm_by_default_and_beats_the_naive_forecast(seasonal_csv, capsys):
+    assert _forecast(seasonal_csv) == 0
+    info = json.loads(Path("runs/f/run.json").read_text())
+    assert info["task"] == "forecasting" and info["model"]["name"] == "lstm"
+    assert info["data"]["spans"] == {"train": 72, "val": 12, "test": 12, "val_start": 72, "test_start": 84}
+    with open("runs/f/metrics.csv") as f:
+        row = next(csv.DictReader(f))
+    assert {"train_loss", "val_loss", "seconds", "windows_per_s"} <= set(row) and "images_per_s" not in row
+    capsys.readouterr()
+    assert main(["evaluate", "runs/f", "--baselines", "--json"]) == 0
+    result = _json(capsys)
+    assert set(result["model"]) == {"mae", "rmse", "mape", "smape", "mase"}
+    assert set(result["baselines"]) == {"naive", "seasonal_naive", "sarima"}
+    assert result["origins"] == 2 and result["horizon"] == 6
+    assert result["model"]["mae"] < result["baselines"]["naive"]["mae"]
+    assert Path("runs/f/forecast_test.png").stat().st_size > 10_000
+
+
+def test_the_test_span_is_forecast_once_and_each_time_recorded(seasonal_csv, capsys):
+    _forecast(seasonal_csv, "--epochs", "2")
+    assert main(["evaluate", "runs/f", "--json"]) == 0
+    assert main(["evaluate", "runs/f"]) == 2
+    assert "already evaluated" in capsys.readouterr().err
+    assert main(["evaluate", "runs/f", "--force", "--backtest", "--json"]) == 0
+    history = json.loads(Path("runs/f/evaluations.json").read_text())
+    assert [e["forced"] for e in history] == [False, True]
+
+
+def test_predict_forecasts_the_steps_after_the_data_as_csv_and_plot(seasonal_csv, capsys):
+    _forecast(seasonal_csv, "--epochs", "2")
+    capsys.readouterr()
+    assert main(["predict", "runs/f", "--json"]) == 0
+    result = _json(capsys)
+    assert [r["time"] for r in result["forecast"]] == [
+        "2008-01-01",
+        "2008-02-01",
+        "2008-03-01",
+        "2008-04-01",
+        "2008-05-01",
+        "2008-06-01",
+    ]
+    assert Path("runs/f/forecast.csv").read_text().splitlines()[0] == "time,Sales"
+    assert Path("runs/f/forecast.png").stat().st_size > 10_000
+
+
+def test_baseline_runs_on_its_own_with_the_same_spans(seasonal_csv, capsys):
+    args = ["baseline", "--data", str(seasonal_csv), "--target", "Sales", "--horizon", "6", "--test-size", "12"]
+    assert main([*args, "--order", "0,1,1", "--seasonal-order", "0,1,1", "--json"]) == 0
+    result = _json(capsys)
+    assert result["baseline_notes"]["sarima"]["model"] == "SARIMA(0, 1, 1)(0, 1, 1)12"
+    assert result["baselines"]["seasonal_naive"]["mae"] < result["baselines"]["naive"]["mae"]
+
+
+def test_missing_values_without_fill_are_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "gap.csv"
+    path.write_text("Month,Sales\n" + "".join(f"2000-{m:02d},{'' if m == 5 else m}\n" for m in range(1, 13)))
+    assert main(["train", "--data", str(path), "--target", "Sales"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "choose --fill interpolate, ffill or drop" in err
+
+
+def test_a_sequence_folder_is_classified_and_measured_with_f1_and_roc_auc(sequence_folder, capsys):
+    args = [
+        "train",
+        "--data",
+        str(sequence_folder),
+        "--hidden",
+        "16",
+        "--epochs",
+        "25",
+        "--lr",
+        "0.01",
+        "--quiet",
+        "--out",
+        "runs/s",
+    ]
+    assert main([*args, "--bidirectional"]) == 0
+    info = json.loads(Path("runs/s/run.json").read_text())
+    assert info["task"] == "sequence-classification" and info["model"]["args"]["bidirectional"] is True
+    capsys.readouterr()
+    assert main(["evaluate", "runs/s", "--json"]) == 0
+    result = _json(capsys)
+    assert result["accuracy"] >= 0.9 and result["roc_auc"] >= 0.9
+    assert {"precision", "recall", "f1", "confusion_matrix"} <= set(result)
+    assert Path("runs/s/confusion_test.png").is_file()
+    rising = sequence_folder / "dataset" / "seq_1.csv"
+    assert main(["predict", "runs/s", str(rising), "--json"]) == 0
+    prediction = _json(capsys)[0]
+    assert prediction["label"] == "1" and abs(sum(prediction["probabilities"].values()) - 1) < 1e-6
+
+
+def test_holding_out_a_group_is_recorded_as_the_test_part(sequence_folder):
+    args = [
+        "train",
+        "--data",
+        str(sequence_folder),
+        "--group-file",
+        "groups.csv",
+        "--test-groups",
+        "3",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        "runs/g",
+    ]
+    assert main(args) == 0
+    data = json.loads(Path("runs/g/run.json").read_text())["data"]
+    assert data["test"] == {"count": 20, "origin": "group(s) 3 held out whole (of 1, 2, 3)"}
+
+
+def test_a_sequence_run_resumes_to_the_same_weights_as_an_uninterrupted_one(sequence_folder):
+    from safetensors.torch import load_file
+
+    base = ["train", "--data", str(sequence_folder), "--hidden", "8", "--quiet"]
+    assert main([*base, "--epochs", "4", "--out", "runs/full"]) == 0
+    assert main([*base, "--epochs", "2", "--out", "runs/half"]) == 0
+    assert main(["train", "--out", "runs/half", "--resume", "--epochs", "4", "--quiet"]) == 0
+
+    def weights(run):
+        record = json.loads(Path(run, "checkpoints", "last.json").read_text())
+        return load_file(str(Path(run, "checkpoints", record["weights"]["file"])))
+
+    full, resumed = weights("runs/full"), weights("runs/half")
+    assert all((full[k] == resumed[k]).all() for k in full)

@@ -1,0 +1,67 @@
+"""Labelled sequences: the folder layout, .npz, groups and splits."""
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from deepstep.data.sequences import is_sequence_spec, load_sequences, pad, split_sequences
+from deepstep.errors import DeepstepError
+from deepstep.tasks import infer_task
+
+
+def test_a_folder_with_a_labels_csv_is_read_with_its_lengths_and_classes(sequence_folder, tmp_path):
+    data = load_sequences(str(sequence_folder), tmp_path)
+    assert len(data.sequences) == 60 and data.features == 2 and data.classes == ["-1", "1"]
+    assert data.ids[:2] == ["1", "2"] and data.labels[:2].tolist() == [1, 0]
+    assert {len(s) for s in data.sequences} <= set(range(5, 16)) and len({len(s) for s in data.sequences}) > 1
+
+
+def test_a_zip_of_the_folder_is_recognised_and_unpacked_once(sequence_folder, tmp_path):
+    archive = tmp_path / "moves.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sequence_folder.rglob("*.csv"):
+            z.write(f, f.relative_to(sequence_folder))
+    assert is_sequence_spec(str(archive)) and infer_task(str(archive)) == "sequence-classification"
+    first = load_sequences(str(archive), tmp_path / "cache")
+    again = load_sequences(str(archive), tmp_path / "cache")
+    assert first.root == again.root and first.fingerprint == again.fingerprint
+
+
+def test_an_npz_with_lengths_keeps_each_sequence_its_own_length(tmp_path):
+    x = np.zeros((3, 5, 2), np.float32)
+    np.savez(tmp_path / "d.npz", X=x, y=np.array([0, 1, 2]), lengths=np.array([5, 3, 1]))
+    data = load_sequences(str(tmp_path / "d.npz"), tmp_path)
+    assert [len(s) for s in data.sequences] == [5, 3, 1] and data.classes == ["0", "1", "2"]
+
+
+def test_holding_out_a_group_puts_all_of_it_in_the_test_part_and_none_elsewhere(sequence_folder, tmp_path):
+    data = load_sequences(str(sequence_folder), tmp_path, group_file="groups.csv")
+    splits = split_sequences(data, test_size=0.2, val_size=0.1, seed=0, test_groups=["3"])
+    assert set(splits.test.groups) == {"3"} and (data.groups == "3").sum() == len(splits.test.labels)
+    assert "3" not in set(splits.train.groups) | set(splits.val.groups)
+
+
+def test_the_stratified_test_part_is_the_same_whatever_the_seed(sequence_folder, tmp_path):
+    data = load_sequences(str(sequence_folder), tmp_path)
+    a = split_sequences(data, test_size=0.2, val_size=0.1, seed=0, test_groups=None)
+    b = split_sequences(data, test_size=0.2, val_size=0.1, seed=7, test_groups=None)
+    assert a.test.ids == b.test.ids and a.val.ids != b.val.ids
+    assert np.bincount(a.test.labels).tolist() == [6, 6]
+
+
+def test_a_labels_file_naming_a_missing_sequence_is_an_error(sequence_folder, tmp_path):
+    (sequence_folder / "dataset" / "seq_7.csv").unlink()
+    with pytest.raises(DeepstepError, match=r"names 1 sequence\(s\) with no CSV beside it \(first id 7\)"):
+        load_sequences(str(sequence_folder), tmp_path)
+
+
+def test_an_unknown_test_group_lists_the_groups(sequence_folder, tmp_path):
+    data = load_sequences(str(sequence_folder), tmp_path, group_file="groups.csv")
+    with pytest.raises(DeepstepError, match="--test-groups 9: no such group; groups are 1, 2, 3"):
+        split_sequences(data, test_size=0.2, val_size=0.1, seed=0, test_groups=["9"])
+
+
+def test_padding_keeps_the_lengths_beside_the_values():
+    x, lengths = pad([np.ones((3, 2), np.float32), np.ones((1, 2), np.float32)])
+    assert x.shape == (2, 3, 2) and lengths.tolist() == [3, 1] and x[1, 1:].sum() == 0

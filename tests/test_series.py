@@ -1,0 +1,163 @@
+"""Forecasting data: reading and cleaning CSVs, chronological spans, windows, and no leakage."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deepstep.config import resolve_config
+from deepstep.data.series import (
+    Scaler,
+    evaluation_origins,
+    load_series,
+    origins,
+    season_of,
+    split_spans,
+    windows,
+)
+from deepstep.errors import DeepstepError
+from deepstep.tasks.forecasting import prepare
+
+
+def write_monthly(path: Path, values, column="Sales", extra: dict | None = None) -> Path:
+    months = [f"{2000 + i // 12}-{i % 12 + 1:02d}" for i in range(len(values))]
+    lines = ["Month," + ",".join([column, *(extra or {})])]
+    for i, (m, v) in enumerate(zip(months, values, strict=True)):
+        cells = ["" if v is None else str(v), *(str(col[i]) for col in (extra or {}).values())]
+        lines.append(f"{m}," + ",".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_monthly_csv_gets_its_time_index_frequency_and_season(tmp_path):
+    series = load_series(str(write_monthly(tmp_path / "s.csv", range(30))), target=None)
+    assert series.columns == ["Sales"] and series.freq == "MS" and season_of(series.freq) == 12
+    assert series.values[:3, 0].tolist() == [0, 1, 2]
+
+
+def test_missing_values_are_an_error_that_names_the_column_and_the_choices(tmp_path):
+    path = write_monthly(tmp_path / "s.csv", [1, 2, None, 4, 5])
+    with pytest.raises(
+        DeepstepError, match=r"1 missing value\(s\) \(Sales: 1, first at 2000-03-01.*--fill interpolate, ffill or drop"
+    ):
+        load_series(str(path), target="Sales")
+
+
+@pytest.mark.parametrize(
+    ("fill", "expected"), [("interpolate", [1, 2, 3, 4, 5]), ("ffill", [1, 2, 2, 4, 5]), ("drop", [1, 2, 4, 5])]
+)
+def test_each_fill_choice_does_what_it_says_and_is_reported(tmp_path, fill, expected):
+    series = load_series(str(write_monthly(tmp_path / "s.csv", [1, 2, None, 4, 5])), target="Sales", fill=fill)
+    assert series.values[:, 0].tolist() == expected
+    assert series.report["missing"] == {"Sales": 1} and series.report["fill"]["method"] == fill
+
+
+def test_categorical_features_are_one_hot_encoded(tmp_path):
+    path = write_monthly(tmp_path / "s.csv", range(6), extra={"wind": ["N", "S", "N", "E", "S", "N"], "temp": range(6)})
+    series = load_series(str(path), target="Sales", features=["wind", "temp"])
+    assert series.columns == ["Sales", "temp", "wind=E", "wind=N", "wind=S"]
+    assert series.values[:, 2:].tolist()[:2] == [[0, 1, 0], [0, 0, 1]]
+
+
+def test_year_month_day_hour_columns_make_an_hourly_index(tmp_path):
+    rows = ["year,month,day,hour,pm"] + [f"2010,1,{1 + h // 24},{h % 24},{h}" for h in range(48)]
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    series = load_series(str(tmp_path / "p.csv"), target="pm")
+    assert series.freq == "h" and season_of(series.freq) == 24 and len(series) == 48
+
+
+def test_duplicated_timestamps_are_refused(tmp_path):
+    (tmp_path / "d.csv").write_text("Month,y\n2000-01,1\n2000-02,2\n2000-02,3\n")
+    with pytest.raises(DeepstepError, match=r"1 duplicated timestamp\(s\) \(first 2000-02-01"):
+        load_series(str(tmp_path / "d.csv"), target="y")
+
+
+def test_a_non_numeric_target_names_the_row(tmp_path):
+    (tmp_path / "n.csv").write_text("Month,y\n2000-01,1\n2000-02,abc\n2000-03,3\n")
+    with pytest.raises(DeepstepError, match=r"--target y holds non-numbers \(first at row 3: 'abc'\)"):
+        load_series(str(tmp_path / "n.csv"), target="y")
+
+
+def test_an_unknown_target_suggests_the_close_column(tmp_path):
+    with pytest.raises(DeepstepError, match=r"--target 'Sale' is not a column \(did you mean 'Sales'\?\)"):
+        load_series(str(write_monthly(tmp_path / "s.csv", range(5))), target="Sale")
+
+
+def test_a_built_in_series_loads_offline():
+    series = load_series("nile", target=None)
+    assert series.target == "volume" and len(series) == 100 and series.values[0, 0] == 1120
+
+
+def test_spans_are_consecutive_and_take_steps_or_fractions():
+    spans = split_spans(144, test_size=24, val_size=0.1, lookback=24, horizon=12)
+    assert (spans.val_start, spans.test_start, spans.n) == (106, 120, 144)
+
+
+def test_a_series_too_short_for_the_lookback_is_refused_with_the_numbers():
+    with pytest.raises(DeepstepError, match=r"train span \(10 steps\) is shorter than --lookback 24 \+ --horizon 1"):
+        split_spans(20, test_size=5, val_size=5, lookback=24, horizon=1)
+
+
+def test_windows_pair_each_lookback_with_the_targets_that_follow_it():
+    values = np.arange(20, dtype=float)[:, None] * [1, 10]  # (20, 2): target, a feature
+    x, y = windows(values, np.array([5, 9]), lookback=3, horizon=2)
+    assert x.shape == (2, 3, 2) and y.tolist() == [[5, 6], [9, 10]]
+    assert x[0, :, 0].tolist() == [2, 3, 4] and x[0, :, 1].tolist() == [20, 30, 40]
+
+
+def test_test_origins_tile_the_span_in_blocks_or_step_through_it_for_a_backtest():
+    spans = split_spans(144, test_size=24, val_size=12, lookback=24, horizon=12)
+    assert evaluation_origins(spans, lookback=24, horizon=12, backtest=False).tolist() == [120, 132]
+    assert evaluation_origins(spans, lookback=24, horizon=12, backtest=True).tolist() == list(range(120, 133))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(10, 400),
+    lookback=st.integers(1, 30),
+    horizon=st.integers(1, 12),
+    stride=st.integers(1, 5),
+    test=st.floats(0.05, 0.4),
+    val=st.floats(0.0, 0.3),
+)
+def test_no_window_straddles_a_span_and_every_index_is_in_range(n, lookback, horizon, stride, test, val):
+    try:
+        spans = split_spans(n, test_size=test, val_size=val, lookback=lookback, horizon=horizon)
+    except DeepstepError:
+        return  # too short: refused with a message, which is the behaviour we want
+    train = origins(0, spans.val_start, lookback=lookback, horizon=horizon, stride=stride)
+    val_ = origins(spans.val_start, spans.test_start, lookback=lookback, horizon=horizon, stride=1)
+    tests = evaluation_origins(spans, lookback=lookback, horizon=horizon, backtest=False)
+    assert len(train) >= 1
+    assert (train - lookback >= 0).all() and (train + horizon <= spans.val_start).all()
+    assert len(val_) == 0 or ((val_ >= spans.val_start) & (val_ + horizon <= spans.test_start)).all()
+    assert ((tests >= spans.test_start) & (tests + horizon <= n)).all()
+    covered = np.zeros(n, bool)
+    for t in tests:
+        covered[t : t + horizon] = True
+    assert covered[spans.test_start :].all()  # every test step is forecast
+
+
+def test_changing_the_test_span_changes_neither_the_scaler_nor_the_training_windows(tmp_path):
+    rng = np.random.default_rng(0)
+    values = list(np.round(100 + np.cumsum(rng.normal(size=60)), 3))
+    original = write_monthly(tmp_path / "a.csv", values)
+    tampered_values = values[:-12] + [v * 50 + 1000 for v in values[-12:]]  # only the test span differs
+    tampered = write_monthly(tmp_path / "b.csv", tampered_values)
+    flags = {"target": "Sales", "lookback": 6, "horizon": 3, "test_size": 12, "val_size": 6}
+    a = prepare(resolve_config({}, {"data": str(original), **flags}, task="forecasting"))
+    b = prepare(resolve_config({}, {"data": str(tampered), **flags}, task="forecasting"))
+    assert a.scaler.to_dict() == b.scaler.to_dict()
+    starts = origins(0, a.spans.val_start, lookback=6, horizon=3, stride=1)
+    xa, ya = windows(a.scaled, starts, lookback=6, horizon=3)
+    xb, yb = windows(b.scaled, starts, lookback=6, horizon=3)
+    assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    assert not np.array_equal(a.scaled[-12:], b.scaled[-12:])  # the tampering is real
+
+
+def test_the_scaler_inverts_the_target_exactly():
+    values = np.array([[1.0, 5], [3, 7], [5, 9]])
+    scaler = Scaler.fit(values)
+    assert np.allclose(scaler.inverse_target(scaler.transform(values)[:, 0]), values[:, 0])
