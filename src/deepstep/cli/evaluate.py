@@ -74,11 +74,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--force", action="store_true", help="evaluate the test part again (recorded)")
     parser.add_argument("--data-dir", metavar="DIR", help="data cache, if not the one used in training")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument(
-        "--baselines",
-        action="store_true",
-        help="forecasting: also naive, seasonal naive and (S)ARIMA on the same origins",
-    )
     add_forecast_options(parser)
     parser.set_defaults(run=run)
 
