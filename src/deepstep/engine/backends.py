@@ -16,6 +16,7 @@ different kernels.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,9 @@ NATIVE_KERNELS_MAX_BATCH = 4
 
 
 def set_cpu_threads(threads: int | None = None) -> int:
-    """One intra-op thread per available core (or `threads`)."""
-    threads = threads or available_cores()
+    """One intra-op thread per available core (or `threads`), shared out among the processes that
+    torchrun started on this machine (LOCAL_WORLD_SIZE)."""
+    threads = threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

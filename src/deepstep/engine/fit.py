@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from deepstep.engine.checkpoint import load_state, load_weights, save_checkpoint
+from deepstep.engine.distributed import SINGLE, Ranks
 from deepstep.engine.loop import Progress, Step, evaluate, train_one_epoch
 from deepstep.engine.precision import Precision
 from deepstep.engine.run_dir import RunDir
@@ -33,6 +34,8 @@ class Training:
     scaler: torch.amp.GradScaler = field(init=False)
     # Called with the (1-based) epoch before it trains, e.g. to freeze or unfreeze layers.
     before_epoch: Callable[[int], None] | None = None
+    # Under torchrun: this process's rank; only rank 0 logs and writes.
+    ranks: Ranks = SINGLE
 
     def __post_init__(self) -> None:
         self.scaler = self.precision.grad_scaler()
@@ -135,6 +138,9 @@ def fit(
     state = state or FitState()
     monitor = monitor or Monitor()
     model = training.model
+    main = training.ranks.main
+    if not main:
+        progress, log = False, lambda message: None
     for epoch in range(state.epoch + 1, epochs + 1):
         if training.before_epoch is not None:
             training.before_epoch(epoch)
@@ -151,6 +157,7 @@ def fit(
                 training.precision,
                 training.scaler,
                 bar,
+                training.ranks,
             )
         finally:
             bar.close()
@@ -159,7 +166,9 @@ def fit(
         row.update({f"train_{k}": v for k, v in train_means.items()})
         if training.val_batches is not None:
             val_start = time.perf_counter()
-            val_means, _ = evaluate(model, training.eval_step, training.val_batches, training.precision)
+            val_means, _ = evaluate(
+                model, training.eval_step, training.val_batches, training.precision, ranks=training.ranks
+            )
             row.update({f"val_{k}": v for k, v in val_means.items()})
             row["val_seconds"] = time.perf_counter() - val_start
         row["seconds"] = seconds
@@ -177,31 +186,8 @@ def fit(
         if value is None:
             state.best_epoch = epoch
 
-        checkpoint_meta = {**meta, "epoch": epoch, "metrics": row}
-        tag = f"e{epoch:04d}"
-        if improved:
-            save_checkpoint(run.checkpoints, "best", tag, model, checkpoint_meta)
-        save_checkpoint(
-            run.checkpoints,
-            "last",
-            tag,
-            model,
-            checkpoint_meta,
-            state={
-                "optimizer": training.optimizer.state_dict(),
-                "scheduler": training.scheduler.state_dict(),
-                "scaler": training.scaler.state_dict(),
-                "rng": capture_rng(training.train_batches),
-                "fit": {
-                    "epoch": state.epoch,
-                    "history": state.history,
-                    "best": state.best,
-                    "best_epoch": state.best_epoch,
-                    "stale_epochs": state.stale_epochs,
-                },
-            },
-        )
-        run.write_metrics(state.history)
+        if main:
+            _save(training, state, run, meta, row, improved)
         log(_format_row(row, epochs, unit) + ("  *" if improved and value is not None else ""))
         if patience and value is not None and state.stale_epochs >= patience:
             log(
@@ -209,3 +195,34 @@ def fit(
             )
             break
     return state
+
+
+def _save(
+    training: Training, state: FitState, run: RunDir, meta: dict[str, Any], row: dict[str, Any], improved: bool
+) -> None:
+    """metrics.csv, the `last` checkpoint with everything needed to resume, and `best` if it improved."""
+    checkpoint_meta = {**meta, "epoch": state.epoch, "metrics": row}
+    tag = f"e{state.epoch:04d}"
+    if improved:
+        save_checkpoint(run.checkpoints, "best", tag, training.model, checkpoint_meta)
+    save_checkpoint(
+        run.checkpoints,
+        "last",
+        tag,
+        training.model,
+        checkpoint_meta,
+        state={
+            "optimizer": training.optimizer.state_dict(),
+            "scheduler": training.scheduler.state_dict(),
+            "scaler": training.scaler.state_dict(),
+            "rng": capture_rng(training.train_batches),
+            "fit": {
+                "epoch": state.epoch,
+                "history": state.history,
+                "best": state.best,
+                "best_epoch": state.best_epoch,
+                "stale_epochs": state.stale_epochs,
+            },
+        },
+    )
+    run.write_metrics(state.history)

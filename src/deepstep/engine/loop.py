@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepstep.engine.distributed import SINGLE, Ranks, reduce_sums
 from deepstep.engine.precision import Precision
 from deepstep.errors import DeepstepError
 
@@ -40,8 +41,11 @@ class Meter:
                 self.sums[key] = value if total is None else total.add_(value)
         self.count += n
 
-    def means(self) -> dict[str, float]:
-        return {key: total.item() / max(1, self.count) for key, total in self.sums.items()}
+    def means(self, ranks: Ranks = SINGLE) -> dict[str, float]:
+        """Epoch means; under DDP over every rank's examples."""
+        sums, count = reduce_sums(self.sums, self.count, ranks)
+        self.count = count
+        return {key: total.item() / max(1, count) for key, total in sums.items()}
 
 
 class Progress:
@@ -83,9 +87,10 @@ def train_one_epoch(
     precision: Precision,
     scaler: torch.amp.GradScaler,
     progress: Progress | None = None,
+    ranks: Ranks = SINGLE,
 ) -> tuple[dict[str, float], int]:
     """Forward, loss, backward and optimizer step over every batch; returns the epoch's means
-    and the number of examples seen."""
+    and the number of examples seen (by all ranks together)."""
     model.train()
     meter = Meter()
     for batch in batches:
@@ -99,7 +104,7 @@ def train_one_epoch(
         meter.update(result, batch_size_of(batch))
         if progress is not None:
             progress.step(meter)
-    means = meter.means()
+    means = meter.means(ranks)
     if not math.isfinite(means.get("loss", 0.0)):
         raise DeepstepError(
             f"the training loss became {means['loss']} in this epoch; lower --lr or use --precision 32. "
@@ -114,6 +119,7 @@ def evaluate(
     batches: Iterable,
     precision: Precision,
     keep: tuple[str, ...] = (),
+    ranks: Ranks = SINGLE,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Means over `batches` without gradients, and the step's `keep` entries (e.g. "output",
     "target") concatenated over all batches, on the CPU."""
@@ -128,4 +134,4 @@ def evaluate(
             for key in keep:
                 value = result[key]
                 kept[key].append((value.float() if value.is_floating_point() else value).cpu())
-    return meter.means(), {key: torch.cat(values) for key, values in kept.items() if values}
+    return meter.means(ranks), {key: torch.cat(values) for key, values in kept.items() if values}

@@ -1,0 +1,145 @@
+"""Several processes, one run: PyTorch's DistributedDataParallel under `torchrun`.
+
+    torchrun --nproc-per-node 2 -m deepstep train ...                  # one machine
+    torchrun --nnodes 2 --node-rank R --master-addr HOST --nproc-per-node 2 -m deepstep train ...
+
+`--batch-size` is per process, so N processes train on a global batch of N x batch-size. Every
+rank draws the same global batch a single process would draw (same seeded order and
+augmentation) and keeps its slice of it: the ranks together see exactly the data of one process
+with the global batch, and gradients are averaged by DDP. Loss and accuracy sums are added up
+across ranks; only rank 0 logs and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place: rank among `world` processes; `local` is its index on this machine."""
+
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+SINGLE = Ranks()
+
+
+def from_environment() -> Ranks:
+    """The ranks torchrun put in the environment (RANK, WORLD_SIZE, LOCAL_RANK); one process without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    return Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(ranks: Ranks, device: torch.device) -> torch.device:
+    """Join the process group (NCCL on CUDA, gloo on the CPU); returns this rank's device."""
+    if not ranks.active:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", ranks.local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def shutdown(ranks: Ranks) -> None:
+    if ranks.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.active:
+        dist.barrier()
+
+
+def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
+    """The model under DDP when there are several ranks; checkpoints unwrap it again."""
+    if not ranks.active:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def reduce_sums(sums: dict[str, torch.Tensor], count: int, ranks: Ranks) -> tuple[dict[str, torch.Tensor], int]:
+    """Per-rank metric sums and example counts -> the totals over all ranks."""
+    if not ranks.active:
+        return sums, count
+    keys = sorted(sums)
+    packed = torch.stack(
+        [sums[k].detach().double().cpu() for k in keys] + [torch.tensor(float(count), dtype=torch.float64)]
+    )
+    dist.all_reduce(packed)
+    return {k: packed[i] for i, k in enumerate(keys)}, int(packed[-1].item())
+
+
+class RankSlices:
+    """Each global batch of `batches` cut into `world` slices; this rank iterates its own slice.
+
+    Built on batches of the global size, so every rank draws the same order (and augmentation)
+    as one process would. Slices are as equal as the batch allows; a rank whose slice of the
+    last batch would be empty gets one example of it, so that every rank takes every step.
+    """
+
+    def __init__(self, batches: Any, ranks: Ranks):
+        self.batches = batches
+        self.ranks = ranks
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getattr__(self, name: str) -> Any:  # state_dict, channels_last, tensors, ... of the batches
+        return getattr(self.batches, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("batches", "ranks"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.batches, name, value)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        r, w = self.ranks.rank, self.ranks.world
+        for batch in self.batches:
+            n = len(batch[0])
+            start, stop = n * r // w, n * (r + 1) // w
+            if stop == start:
+                start, stop = min(start, n - 1), min(start, n - 1) + 1
+            yield tuple(t[start:stop] for t in batch)
+
+
+def share(value: Any, ranks: Ranks) -> Any:
+    """Rank 0's `value` on every rank (e.g. the run folder it created)."""
+    if not ranks.active:
+        return value
+    box = [value if ranks.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def global_batch(batch_size: int) -> int:
+    """The batch every rank draws before taking its slice: --batch-size on each of the processes."""
+    return batch_size * from_environment().world
+
+
+def quiet_unless_main(log: Any) -> Any:
+    """`log` on rank 0; a no-op on the others, so that a run prints each line once."""
+    return log if from_environment().main else (lambda message: None)

@@ -1,0 +1,60 @@
+"""torchrun: two CPU processes (gloo) train the same model as one process with the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from deepstep.cli import main
+
+
+def _last(run: str) -> tuple[dict, list]:
+    record = json.loads(Path(run, "checkpoints", "last.json").read_text())
+    weights = load_file(str(Path(run, "checkpoints", record["weights"]["file"])))
+    return weights, Path(run, "metrics.csv").read_text().splitlines()
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(image_folder):
+    common = ["train", "--data", str(image_folder), "--model", "lenet", "--epochs", "2", "--val-split", "0.2"]
+    common += ["--precision", "32", "--device", "cpu", "--lr", "0.05", "--augment", "--quiet"]
+    assert main([*common, "--batch-size", "16", "--out", "runs/one"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run(
+        [*torchrun, "-m", "deepstep", *common, "--batch-size", "8", "--out", "runs/two"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("run folder: runs/two") == 1  # only rank 0 speaks
+    one, one_rows = _last("runs/one")
+    two, two_rows = _last("runs/two")
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key
+    header = one_rows[0].split(",")
+    for row_one, row_two in zip(one_rows[1:], two_rows[1:], strict=True):
+        a = dict(zip(header, row_one.split(","), strict=True))
+        b = dict(zip(header, row_two.split(","), strict=True))
+        for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert abs(float(a[column]) - float(b[column])) < 1e-4, column
+
+
+def test_a_second_run_into_the_same_folder_is_refused_on_every_rank(image_folder):
+    args = ["train", "--data", str(image_folder), "--epochs", "1", "--device", "cpu", "--quiet", "--out", "runs/taken"]
+    assert main(args) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run(
+        [*torchrun, "-m", "deepstep", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode != 0 and "already holds a run" in done.stderr
