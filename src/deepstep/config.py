@@ -314,23 +314,17 @@ def check_values(raw: dict[str, Any], source: str) -> dict[str, Any]:
 # nets learn well with Adam at 1e-3 and need more, cheaper epochs than image nets; they stay in
 # fp32 because they are small (latency-bound, so bf16 gains little) and regression targets feel
 # bf16's 8-bit mantissa.
+_SEQUENCE_DEFAULTS = {
+    "model": "lstm",
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "epochs": 50,
+    "batch_size": 32,
+    "precision": "32",
+}
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "forecasting": {
-        "model": "lstm",
-        "optimizer": "adam",
-        "lr": 1e-3,
-        "epochs": 50,
-        "batch_size": 32,
-        "precision": "32",
-    },
-    "sequence-classification": {
-        "model": "lstm",
-        "optimizer": "adam",
-        "lr": 1e-3,
-        "epochs": 50,
-        "batch_size": 32,
-        "precision": "32",
-    },
+    "forecasting": _SEQUENCE_DEFAULTS,
+    "sequence-classification": _SEQUENCE_DEFAULTS,
 }
 
 

@@ -34,6 +34,7 @@ from deepstep.data.series import (
     split_spans,
     windows,
 )
+from deepstep.engine import distributed
 from deepstep.engine.fit import Monitor
 from deepstep.engine.loop import Step
 from deepstep.engine.run_dir import RunDir
@@ -41,15 +42,22 @@ from deepstep.errors import DeepstepError
 from deepstep.tasks.baselines import NAMES as BASELINES
 from deepstep.tasks.baselines import run_baselines
 from deepstep.tasks.metrics import forecast_metrics, mase_scale
-from deepstep.tasks.runs import Job, load_model, now, record_test_evaluation, run_config, test_evaluations, train_run
+from deepstep.tasks.runs import (
+    RECURRENT_MUST_MATCH,
+    Job,
+    load_model,
+    now,
+    record_test_evaluation,
+    run_config,
+    test_evaluations,
+    train_run,
+)
 
 TASK = "forecasting"
 Log = Callable[[str], None]
 
 RESUME_MUST_MATCH = (
-    "data",
-    "model",
-    "model_args",
+    *RECURRENT_MUST_MATCH,
     "target",
     "features",
     "time",
@@ -59,12 +67,6 @@ RESUME_MUST_MATCH = (
     "stride",
     "test_size",
     "val_size",
-    "batch_size",
-    "seed",
-    "hidden",
-    "layers",
-    "dropout",
-    "bidirectional",
     "relative",
 )
 
@@ -123,7 +125,7 @@ def _batches(data: ForecastData, starts: np.ndarray, config: TrainConfig, train:
     return TensorBatches(
         torch.from_numpy(x),
         torch.from_numpy(y),
-        batch_size=config.batch_size if train else 1024,
+        batch_size=distributed.global_batch(config.batch_size) if train else 1024,
         shuffle=train,
         seed=config.seed,
     )
@@ -132,6 +134,7 @@ def _batches(data: ForecastData, starts: np.ndarray, config: TrainConfig, train:
 def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     """Fit on the train span's windows, validate on the validation span's; the test span is not read."""
     config.validate()
+    log = distributed.quiet_unless_main(log)
     data = prepare(config)
     L, H, spans = config.lookback, config.horizon, data.spans
     train_starts = origins(0, spans.val_start, lookback=L, horizon=H, stride=config.stride)

@@ -23,6 +23,7 @@ from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixel
 from deepstep.data.sources import ImageSource, ImageSplit, default_data_dir, open_image_source
 from deepstep.data.splits import stratified_split
 from deepstep.data.streaming import FileBatches, eval_transform, sample_stats, train_transform
+from deepstep.engine import distributed
 from deepstep.engine.backends import KernelChoice, apply_kernels, choose_cpu_kernels, set_cpu_threads
 from deepstep.engine.fit import Monitor, Training, fit, resume
 from deepstep.engine.loop import Step, evaluate
@@ -33,9 +34,8 @@ from deepstep.errors import DeepstepError
 from deepstep.hardware import available_cores
 from deepstep.models import check_input, create_model, get_model_spec
 from deepstep.models.shapes import format_size
-from deepstep.tasks.metrics import write_confusion_csv
+from deepstep.tasks.metrics import save_confusion
 from deepstep.tasks.runs import (
-    default_out,
     finish,
     load_model,
     now,
@@ -43,8 +43,9 @@ from deepstep.tasks.runs import (
     record_test_evaluation,
     run_config,
     seed_everything,
+    start_run,
     test_evaluations,
-    versions,
+    write_record,
 )
 
 TASK = "image-classification"
@@ -421,26 +422,33 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     if config.pretrained:
         config = with_pretrained_preprocessing(config)
     channels, size = model_input(config.model, config.image_size)
-    device = resolve_device(config.device)
+    ranks = distributed.from_environment()
+    device = distributed.init(ranks, resolve_device(config.device))
+    log, progress = distributed.quiet_unless_main(log), progress and ranks.main
     precision = resolve_precision(config.precision, device)
     threads = set_cpu_threads() if device.type == "cpu" else None
     seed_everything(config.seed)
 
-    run, changes = open_run_for_resume(config, RESUME_MUST_MATCH) if config.resume else (None, [])
+    if config.resume:  # refuse a meaningless resume before decoding anything
+        open_run_for_resume(config, RESUME_MUST_MATCH)
+    if not ranks.main:
+        distributed.barrier(ranks)  # rank 0 decodes and caches the images first; the others read the cache
     data = prepare_training_data(config, channels, size, log, progress)
+    if ranks.main:
+        distributed.barrier(ranks)
     model_args = {"num_classes": len(data.source.classes), **config.model_args}
     parameters = check_model_fits(config.model, model_args, channels, size)
-    if run is None:
-        run = RunDir.create(config.out or default_out(config, data.source.name))
+    run, changes = start_run(config, data.source.name, RESUME_MUST_MATCH, ranks)
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
     model, freeze, backbone = build_model(config, model_args, log)
     model = model.to(device)
     kernels = _choose_kernels(model, precision, config.batch_size, device)
+    model = distributed.wrap(model, ranks, device)
     train_batches = make_batches(
         data.train,
         data.prep,
-        batch_size=config.batch_size,
+        batch_size=distributed.global_batch(config.batch_size),
         device=device,
         train=True,
         augment=config.augment,
@@ -456,6 +464,9 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     for batches in (train_batches, val_batches):
         if batches is not None:
             batches.channels_last = kernels["channels_last"]
+    if ranks.active:  # each rank trains and validates on its slice of every global batch
+        train_batches = distributed.RankSlices(train_batches, ranks)
+        val_batches = val_batches and distributed.RankSlices(val_batches, ranks)
     optimizer = build_optimizer(
         config.optimizer,
         model,
@@ -480,6 +491,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         scheduler,
         precision,
         before_epoch=freeze.set_epoch if freeze is not None else None,
+        ranks=ranks,
     )
     meta = {
         "task": TASK,
@@ -489,17 +501,11 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     }
     setup = Setup(device, threads, precision, kernels, parameters)
 
-    state = None
-    if config.resume:
-        state = resume(training, run)
-        info = run.read_json("run.json")
-        info.setdefault("resumes", []).append({"time": now(), "from_epoch": state.epoch, "changed": changes})
-        log(f"resuming {run.path} after epoch {state.epoch}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
-    else:
-        info = {
-            "task": TASK,
-            "created": now(),
-            "versions": versions(),
+    state = resume(training, run) if config.resume else None
+
+    def describe() -> dict[str, Any]:
+        _log_start(log, config.model, data, setup, run)
+        return {
             "data": data.report,
             "model": {
                 **meta["model"],
@@ -509,9 +515,9 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
             },
             "device": setup.to_dict(),
         }
-        _log_start(log, config.model, data, setup, run)
-    run.write_config(config.to_dict())
-    run.write_json("run.json", info)
+
+    if ranks.main:
+        info = write_record(run, config, task=TASK, resumed=state, changes=changes, describe=describe, log=log)
 
     monitor = Monitor("val_acc", True)
     state = fit(
@@ -528,7 +534,9 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     skipped = getattr(train_batches, "skipped", [])
     if skipped:
         log(f"warning: skipped {len(skipped)} unreadable image(s) while streaming (first: {skipped[0]})")
-    finish(run, info, state, monitor, log)
+    if ranks.main:
+        finish(run, info, state, monitor, log)
+    distributed.shutdown(ranks)
     return run.path
 
 
@@ -540,7 +548,9 @@ def _choose_kernels(model: nn.Module, precision: Precision, batch_size: int, dev
             onednn=torch.backends.mkldnn.enabled, channels_last=device.type == "cuda" and precision.name != "32"
         )
     apply_kernels(model, choice)
-    return {"kernels": choice.describe(), "channels_last": choice.channels_last}
+    layout = "channels_last" if choice.channels_last else "contiguous"
+    kernels = choice.describe() if device.type == "cpu" else f"{device.type}'s own convolution kernels, {layout}"
+    return {"kernels": kernels, "channels_last": choice.channels_last}
 
 
 def _log_start(log: Log, model_name: str, data: TrainingData, setup: Setup, run: RunDir) -> None:
@@ -633,19 +643,11 @@ def evaluate_run(
         **report,
         "time": now(),
     }
-    from deepstep.plots import plot_confusion
-
-    matrix = np.asarray(result["confusion_matrix"])
     title = f"{split}: accuracy {result['accuracy']:.2%} ({result['images']} images)" + (
         " with flip TTA" if tta else ""
     )
-    png = plot_confusion(matrix, trained.classes, run.file(f"confusion_{split}.png"), title=title)
-    write_confusion_csv(run.file(f"confusion_{split}.csv"), matrix, trained.classes)
-    result["files"] = {
-        "json": str(run.file(f"{split}.json")),
-        "confusion_png": str(png),
-        "confusion_csv": str(run.file(f"confusion_{split}.csv")),
-    }
+    matrix = np.asarray(result["confusion_matrix"])
+    result["files"] = save_confusion(run.path, split, matrix, trained.classes, title)
     run.write_json(f"{split}.json", result)
     if split == "test":
         record_test_evaluation(

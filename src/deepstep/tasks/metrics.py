@@ -99,3 +99,16 @@ def write_confusion_csv(path: Path, matrix: np.ndarray, classes: Sequence[str]) 
     lines = ["true\\predicted," + ",".join(classes)]
     lines += [f"{c}," + ",".join(str(int(v)) for v in row) for c, row in zip(classes, matrix, strict=True)]
     write_text(path, "\n".join(lines) + "\n")
+
+
+def save_confusion(folder: Path, split: str, matrix: np.ndarray, classes: Sequence[str], title: str) -> dict[str, str]:
+    """confusion_SPLIT.png and .csv in `folder`; returns their paths by role, with SPLIT.json's."""
+    from deepstep.plots import plot_confusion
+
+    png = plot_confusion(matrix, classes, folder / f"confusion_{split}.png", title=title)
+    write_confusion_csv(folder / f"confusion_{split}.csv", matrix, classes)
+    return {
+        "json": str(folder / f"{split}.json"),
+        "confusion_png": str(png),
+        "confusion_csv": str(folder / f"confusion_{split}.csv"),
+    }

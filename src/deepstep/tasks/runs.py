@@ -57,6 +57,25 @@ def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+def start_run(config: TrainConfig, source_name: str, must_match: Sequence[str], ranks) -> tuple[RunDir, list[str]]:
+    """The run folder to train in: --out (or runs/MODEL-DATA[-N]) created by rank 0, or the run to
+    resume; every rank gets the same folder. Returns it with the changes a resume brings."""
+    from deepstep.engine import distributed
+
+    if config.resume:
+        return open_run_for_resume(config, must_match)
+    path = error = None
+    if ranks.main:
+        try:
+            path = RunDir.create(config.out or default_out(config, source_name)).path
+        except DeepstepError as err:  # every rank stops with it, rather than wait for rank 0
+            error = str(err)
+    path, error = distributed.share((path, error), ranks)
+    if error:
+        raise DeepstepError(error)
+    return RunDir(path), []
+
+
 def open_run_for_resume(config: TrainConfig, must_match: Sequence[str]) -> tuple[RunDir, list[str]]:
     """The run folder in --out, refusing changes in `must_match` that would make the result
     meaningless; returns it with the harmless changes (e.g. more epochs), to be recorded."""
@@ -121,6 +140,46 @@ def finish(run: RunDir, info: dict[str, Any], state: FitState, monitor: Monitor,
     log(f"curves: {curves}; checkpoints: {run.checkpoints}; next: deepstep evaluate {run.path}")
 
 
+def write_record(
+    run: RunDir,
+    config: TrainConfig,
+    *,
+    task: str,
+    resumed: FitState | None,
+    changes: list[str],
+    describe: Callable[[], dict[str, Any]],
+    log: Log,
+) -> dict[str, Any]:
+    """config.yaml and run.json at the start of training: a new record (task, time, versions and
+    what `describe` returns), or the existing one with this resume and its changes noted."""
+    if resumed is not None:
+        info = run.read_json("run.json")
+        info.setdefault("resumes", []).append({"time": now(), "from_epoch": resumed.epoch, "changed": changes})
+        log(
+            f"resuming {run.path} after epoch {resumed.epoch}"
+            + (f" (changed: {'; '.join(changes)})" if changes else "")
+        )
+    else:
+        info = {"task": task, "created": now(), "versions": versions(), **describe()}
+    run.write_config(config.to_dict())
+    run.write_json("run.json", info)
+    return info
+
+
+# What every recurrent run must keep to be resumed; each sequence task adds its data options.
+RECURRENT_MUST_MATCH = (
+    "data",
+    "model",
+    "model_args",
+    "batch_size",
+    "seed",
+    "hidden",
+    "layers",
+    "dropout",
+    "bidirectional",
+)
+
+
 def load_model(run: RunDir, checkpoint: str = "best") -> tuple[nn.Module, dict[str, Any]]:
     """The model of checkpoint `checkpoint` rebuilt from its record, weights loaded, in eval mode."""
     from deepstep.engine.checkpoint import load_weights, read_checkpoint
@@ -151,23 +210,27 @@ class Job:
 
 def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log, progress: bool) -> Path:
     """Create (or resume) the run folder, build the model and optimizer, fit, and close the run."""
+    from deepstep.engine import distributed
     from deepstep.engine.backends import set_cpu_threads
     from deepstep.engine.fit import Training, fit, resume
     from deepstep.engine.optim import build_optimizer, build_schedule
     from deepstep.engine.precision import resolve_device, resolve_precision
     from deepstep.models import create_model, get_model_spec
 
-    device = resolve_device(config.device)
+    ranks = distributed.from_environment()
+    device = distributed.init(ranks, resolve_device(config.device))
     precision = resolve_precision(config.precision, device)
     threads = set_cpu_threads() if device.type == "cpu" else None
-    run, changes = open_run_for_resume(config, must_match) if config.resume else (None, [])
-    if run is None:
-        run = RunDir.create(config.out or default_out(config, job.source_name))
+    run, changes = start_run(config, job.source_name, must_match, ranks)
     seed_everything(config.seed)
-    model = create_model(config.model, **job.model_args).to(device)
+    model = distributed.wrap(create_model(config.model, **job.model_args).to(device), ranks, device)
     for batches in (job.train_batches, job.val_batches):
         if batches is not None:
             batches.tensors = [t.to(device) for t in batches.tensors]
+    train_batches, val_batches = (
+        distributed.RankSlices(b, ranks) if b is not None and ranks.active else b
+        for b in (job.train_batches, job.val_batches)
+    )
     optimizer = build_optimizer(
         config.optimizer,
         model,
@@ -181,21 +244,21 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         config.schedule, optimizer, total_steps=total_steps, warmup_steps=int(config.warmup * total_steps)
     )
     training = Training(
-        model, job.train_step, job.eval_step, job.train_batches, job.val_batches, optimizer, scheduler, precision
+        model, job.train_step, job.eval_step, train_batches, val_batches, optimizer, scheduler, precision, ranks=ranks
     )
     meta = {"task": job.task, "model": {"name": config.model, "args": job.model_args}, **job.meta}
     parameters = sum(p.numel() for p in model.parameters())
-    state = None
-    if config.resume:
-        state = resume(training, run)
-        info = run.read_json("run.json")
-        info.setdefault("resumes", []).append({"time": now(), "from_epoch": state.epoch, "changed": changes})
-        log(f"resuming {run.path} after epoch {state.epoch}" + (f" (changed: {'; '.join(changes)})" if changes else ""))
-    else:
-        info = {
-            "task": job.task,
-            "created": now(),
-            "versions": versions(),
+    state = resume(training, run) if config.resume else None
+
+    def describe() -> dict[str, Any]:
+        log(f"model: {config.model}, {parameters:,} parameters ({job.model_args})")
+        log(
+            f"device: {device.type}"
+            + (f", {threads} threads" if threads else "")
+            + f"; precision {precision.name} ({precision.reason})"
+        )
+        log(f"run folder: {run.path}")
+        return {
             "data": job.data_report,
             "model": {
                 **meta["model"],
@@ -209,15 +272,9 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
                 "precision_reason": precision.reason,
             },
         }
-        log(f"model: {config.model}, {parameters:,} parameters ({job.model_args})")
-        log(
-            f"device: {device.type}"
-            + (f", {threads} threads" if threads else "")
-            + f"; precision {precision.name} ({precision.reason})"
-        )
-        log(f"run folder: {run.path}")
-    run.write_config(config.to_dict())
-    run.write_json("run.json", info)
+
+    if ranks.main:
+        info = write_record(run, config, task=job.task, resumed=state, changes=changes, describe=describe, log=log)
     state = fit(
         training,
         epochs=config.epochs,
@@ -230,5 +287,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         log=log,
         unit=job.unit,
     )
-    finish(run, info, state, job.monitor, log)
+    if ranks.main:
+        finish(run, info, state, job.monitor, log)
+    distributed.shutdown(ranks)
     return run.path

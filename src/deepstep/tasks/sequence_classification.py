@@ -18,31 +18,33 @@ from deepstep.config import TrainConfig
 from deepstep.data.batches import TensorBatches
 from deepstep.data.sequences import SequenceSet, load_sequences, pad, split_sequences
 from deepstep.data.sources import default_data_dir
+from deepstep.engine import distributed
 from deepstep.engine.fit import Monitor
 from deepstep.engine.loop import evaluate
 from deepstep.engine.precision import resolve_precision
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
-from deepstep.tasks.metrics import classification_metrics, write_confusion_csv
-from deepstep.tasks.runs import Job, load_model, now, record_test_evaluation, run_config, test_evaluations, train_run
+from deepstep.tasks.metrics import classification_metrics, save_confusion
+from deepstep.tasks.runs import (
+    RECURRENT_MUST_MATCH,
+    Job,
+    load_model,
+    now,
+    record_test_evaluation,
+    run_config,
+    test_evaluations,
+    train_run,
+)
 
 TASK = "sequence-classification"
 Log = Callable[[str], None]
 
 RESUME_MUST_MATCH = (
-    "data",
-    "model",
-    "model_args",
+    *RECURRENT_MUST_MATCH,
     "test_size",
     "val_size",
     "group_file",
     "test_groups",
-    "batch_size",
-    "seed",
-    "hidden",
-    "layers",
-    "dropout",
-    "bidirectional",
 )
 
 
@@ -98,6 +100,7 @@ def prepare(config: TrainConfig, data_dir: str | None = None):
 def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     """Fit on the train part, validate on the validation part; the test part is not read."""
     config.validate()
+    log = distributed.quiet_unless_main(log)
     data, splits, mean, std = prepare(config)
     lengths = [len(s) for s in data.sequences]
     r = splits.report
@@ -122,7 +125,11 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         source_name=data.name,
         model_args=model_args,
         train_batches=_batches(
-            standardise(splits.train, mean, std), splits.train.labels, config.batch_size, True, config.seed
+            standardise(splits.train, mean, std),
+            splits.train.labels,
+            distributed.global_batch(config.batch_size),
+            True,
+            config.seed,
         ),
         val_batches=None
         if val is None
@@ -191,21 +198,8 @@ def evaluate_run(
         **report,
         "time": now(),
     }
-    from deepstep.plots import plot_confusion
-
-    matrix = np.asarray(report["confusion_matrix"])
-    png = plot_confusion(
-        matrix,
-        classes,
-        run.file(f"confusion_{split}.png"),
-        title=f"{split}: accuracy {report['accuracy']:.2%}, F1 {report['f1']:.3f}",
-    )
-    write_confusion_csv(run.file(f"confusion_{split}.csv"), matrix, classes)
-    result["files"] = {
-        "json": str(run.file(f"{split}.json")),
-        "confusion_png": str(png),
-        "confusion_csv": str(run.file(f"confusion_{split}.csv")),
-    }
+    title = f"{split}: accuracy {report['accuracy']:.2%}, F1 {report['f1']:.3f}"
+    result["files"] = save_confusion(run.path, split, np.asarray(report["confusion_matrix"]), classes, title)
     run.write_json(f"{split}.json", result)
     if split == "test":
         record_test_evaluation(
