@@ -77,7 +77,119 @@ def bench_tutorial(quick: bool) -> dict:
     }
 
 
-BENCHMARKS: dict[str, Callable[[bool], dict]] = {"tutorial": bench_tutorial}
+def _decoded(spec: str):
+    """The train part of `spec` as deepstep decodes and caches it: (uint8 images, labels, mean, std)."""
+    from deepstep.data.images import channel_stats
+    from deepstep.data.sources import default_data_dir, open_image_source
+    from deepstep.tasks.image_classification import Preprocessing, load_split
+
+    data_dir = default_data_dir()
+    source = open_image_source(spec, data_dir)
+    pixels = load_split(
+        source, "train", Preprocessing(3, (32, 32), None, [], []), data_dir, strict=False, log=print, progress=False
+    )
+    mean, std = channel_stats(pixels.images)
+    return pixels.images, pixels.labels, mean, std
+
+
+def bench_overhead(quick: bool) -> dict:
+    """One epoch of deepstep train against the hand-written floor loop (and Lightning, if installed),
+    on the same decoded images: lenet on all of CIFAR-10 (the sample with --quick), resnet-cifar on
+    the shipped sample (a resnet epoch at batch 4 on 50,000 images would take minutes per row)."""
+    import deepstep
+    from bench.floor import floor_epoch, lightning_epoch
+
+    full_spec = "cifar10-sample" if quick else cifar_folder(quick)[0]
+    rows = []
+    for model, spec in (("lenet", full_spec), ("resnet-cifar", "cifar10-sample")):
+        images, labels, mean, std = _decoded(spec)
+        for batch_size in (128, 4):
+            for precision in ("32", "bf16"):
+                common = {"model_name": model, "batch_size": batch_size, "precision": precision}
+                floor_s = floor_epoch(images, labels, mean, std, **common)
+                out = ROOT / "bench" / "results" / f"overhead-{model}-{batch_size}-{precision}-{int(time.time())}"
+                run = deepstep.train(
+                    data=spec,
+                    model=model,
+                    batch_size=batch_size,
+                    precision=precision,
+                    epochs=1,
+                    val_split=0.0,
+                    lr=0.01,
+                    optimizer="sgd",
+                    momentum=0.9,
+                    mean=mean,
+                    std=std,
+                    out=str(out),
+                    verbose=False,
+                )
+                deepstep_s = run.metrics[0]["seconds"]
+                try:
+                    lightning_s = lightning_epoch(images, labels, mean, std, **common)
+                except ImportError:
+                    lightning_s = None
+                rows.append(
+                    {
+                        "model": model,
+                        "images": len(labels),
+                        "batch": batch_size,
+                        "precision": precision,
+                        "floor_s": floor_s,
+                        "deepstep_s": deepstep_s,
+                        "deepstep/floor": deepstep_s / floor_s,
+                        "lightning_s": lightning_s,
+                        "lightning/deepstep": lightning_s / deepstep_s if lightning_s else None,
+                    }
+                )
+                print_table("overhead (so far)", {"rows": rows[-1:]})
+    return {"rows": rows, "note": "lightning_s is empty when lightning is not installed (pip install -e '.[bench]')"}
+
+
+def bench_inference(quick: bool) -> dict:
+    """Images/s of deepstep's predict path on 1,000 image files against a bare loop that reads the same
+    files with PIL and calls the model at batch 64, both under inference mode."""
+    import numpy as np
+    from PIL import Image
+
+    import deepstep
+    from deepstep.data.folders import find_images
+    from deepstep.engine.run_dir import RunDir
+    from deepstep.tasks.image_classification import classify_files, load_trained
+
+    spec, folder = cifar_folder(quick)
+    files = sorted(find_images(Path(folder) / "test"))[:1000]
+    out = ROOT / "bench" / "results" / f"inference-run-{int(time.time())}"
+    run = deepstep.train(data=spec, model="lenet", epochs=1, out=str(out), verbose=False)
+    trained = load_trained(RunDir.open(run.path))
+    model, prep = trained.model, trained.prep
+    rows = []
+    for _ in range(2):  # the second pass is the one reported: files in the page cache for both
+        start = time.perf_counter()
+        classify_files(model, trained.classes, prep, files, top_k=1, plot=None, batch_size=64, tta=False)
+        deepstep_s = time.perf_counter() - start
+        mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for i in range(0, len(files), 64):
+                batch = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files[i : i + 64]])
+                x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255 - mean) / std
+                torch.softmax(model(x), dim=1)
+        bare_s = time.perf_counter() - start
+    rows.append(
+        {
+            "contender": "bare: PIL + model call, batch 64",
+            "images_per_s": len(files) / bare_s,
+        }
+    )
+    rows.append({"contender": "deepstep predict path, batch 64", "images_per_s": len(files) / deepstep_s})
+    return {"rows": rows, "deepstep/bare": bare_s / deepstep_s, "images": len(files)}
+
+
+BENCHMARKS: dict[str, Callable[[bool], dict]] = {
+    "tutorial": bench_tutorial,
+    "overhead": bench_overhead,
+    "inference": bench_inference,
+}
 
 
 def print_table(name: str, result: dict) -> None:
