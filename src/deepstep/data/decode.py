@@ -48,9 +48,18 @@ def fit_to_size(image: Image.Image, size: tuple[int, int], resize: int | None = 
     return image.crop((left, top, left + width, top + height))
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says. JPEG and WebP files carry their EXIF in
+    `info` from the moment they are opened, so one without it skips the EXIF parse, which costs
+    about a quarter of the decode time of a small JPEG."""
+    if image.format in ("JPEG", "WEBP") and "exif" not in image.info:
+        return image
+    return ImageOps.exif_transpose(image)
+
+
 def prepare_image(image: Image.Image, size: tuple[int, int], channels: int, resize: int | None = None) -> np.ndarray:
     """A Pillow image -> uint8 array (channels, height, width), as every model input is made."""
-    image = to_model_mode(ImageOps.exif_transpose(image), channels)
+    image = to_model_mode(upright(image), channels)
     array = np.asarray(fit_to_size(image, size, resize), dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
