@@ -185,7 +185,80 @@ def bench_inference(quick: bool) -> dict:
     return {"rows": rows, "deepstep/bare": bare_s / deepstep_s, "images": len(files)}
 
 
+SHARED_SERIES = ROOT.parent / "shared" / "data" / "timeseries"
+
+
+def bench_sequences(quick: bool) -> dict:
+    """Windows/s of one epoch of deepstep train (LSTM and GRU, hidden 64, batch 256, fp32) against a
+    bare loop over the same windows: pollution.csv with all weather columns (the airline series
+    with --quick)."""
+    import torch.nn.functional as F
+
+    import deepstep
+    from deepstep.config import resolve_config
+    from deepstep.data.series import origins, windows
+    from deepstep.models import create_model
+    from deepstep.tasks.forecasting import prepare
+
+    if quick:
+        options = {
+            "data": str(SHARED_SERIES / "airline-passengers.csv"),
+            "target": "Passengers",
+            "lookback": 24,
+            "horizon": 12,
+        }
+    else:
+        options = {
+            "data": str(SHARED_SERIES / "pollution.csv"),
+            "target": "pm2.5",
+            "features": ["DEWP", "TEMP", "PRES", "cbwd", "Iws", "Is", "Ir"],
+            "fill": "interpolate",
+            "lookback": 24,
+            "horizon": 1,
+        }
+    if not Path(options["data"]).is_file():
+        raise Skip(f"{options['data']} is missing: this benchmark needs ../shared/data/timeseries")
+    rows = []
+    for model_name in ("lstm", "gru"):
+        config = resolve_config(
+            {}, {**options, "model": model_name, "batch_size": 256, "epochs": 1}, task="forecasting"
+        )
+        data = prepare(config)
+        starts = origins(0, data.spans.val_start, lookback=config.lookback, horizon=config.horizon, stride=1)
+        x, y = (
+            torch.from_numpy(a) for a in windows(data.scaled, starts, lookback=config.lookback, horizon=config.horizon)
+        )
+        torch.manual_seed(0)
+        model = create_model(model_name, num_classes=config.horizon, input_features=x.shape[2])
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        start = time.perf_counter()
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), 256):
+            index = order[i : i + 256]
+            loss = F.mse_loss(model(x[index]) + x[index, -1:, 0], y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        bare_s = time.perf_counter() - start
+        out = ROOT / "bench" / "results" / f"sequences-{model_name}-{int(time.time())}"
+        run = deepstep.train(
+            **options, model=model_name, batch_size=256, epochs=1, val_size=0.1, out=str(out), verbose=False
+        )
+        deepstep_s = run.metrics[0]["seconds"]
+        rows.append(
+            {
+                "model": model_name,
+                "windows": len(x),
+                "bare_windows_per_s": len(x) / bare_s,
+                "deepstep_windows_per_s": len(x) / deepstep_s,
+                "deepstep/bare": deepstep_s / bare_s,
+            }
+        )
+    return {"rows": rows}
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict]] = {
+    "sequences": bench_sequences,
     "tutorial": bench_tutorial,
     "overhead": bench_overhead,
     "inference": bench_inference,

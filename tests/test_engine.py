@@ -151,3 +151,11 @@ def test_bf16_precision_runs_matrix_work_in_bf16_on_the_cpu():
     with precision.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     assert math.isclose(float((torch.ones(2, 2) @ torch.ones(2, 2))[0, 0]), 2.0)
+
+
+def test_unwrap_finds_the_plain_module_under_torch_compile():
+    from deepstep.engine.checkpoint import unwrap
+
+    plain = nn.Linear(2, 2)
+    assert unwrap(torch.compile(plain)) is plain  # compiled lazily: no compilation happens here
+    assert set(unwrap(torch.compile(plain)).state_dict()) == {"weight", "bias"}

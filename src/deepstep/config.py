@@ -84,6 +84,7 @@ class TrainConfig:
     out: str | None = None
     resume: bool = False
     recipe: str | None = None
+    compile: bool = False
 
     def validate(self) -> TrainConfig:
         """Raise DeepstepError naming the first option whose value cannot work."""

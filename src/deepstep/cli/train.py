@@ -291,6 +291,14 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         "recipe",
         {"choices": sorted(RECIPES), "help": "a named preset of these options, applied before --config and flags"},
     ),
+    (
+        "compile",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "torch.compile the model (compiling takes a while at the start; on a CPU it can be slower: "
+            "see bench/)",
+        },
+    ),
 ]
 
 

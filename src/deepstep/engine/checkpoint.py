@@ -23,8 +23,13 @@ FORMAT = "deepstep-checkpoint-1"
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain module under torch.compile's and DDP's wrappers, whose state dict has clean names."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model) if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:

@@ -71,8 +71,10 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
-def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
-    """The model under DDP when there are several ranks; checkpoints unwrap it again."""
+def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device, compile: bool = False) -> torch.nn.Module:
+    """The model compiled (`compile`) and under DDP when there are several ranks; checkpoints unwrap it again."""
+    if compile:
+        model = torch.compile(model)
     if not ranks.active:
         return model
     return torch.nn.parallel.DistributedDataParallel(

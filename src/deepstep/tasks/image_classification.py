@@ -444,7 +444,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     model, freeze, backbone = build_model(config, model_args, log)
     model = model.to(device)
     kernels = _choose_kernels(model, precision, config.batch_size, device)
-    model = distributed.wrap(model, ranks, device)
+    model = distributed.wrap(model, ranks, device, compile=config.compile)
     train_batches = make_batches(
         data.train,
         data.prep,

@@ -223,7 +223,9 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     threads = set_cpu_threads() if device.type == "cpu" else None
     run, changes = start_run(config, job.source_name, must_match, ranks)
     seed_everything(config.seed)
-    model = distributed.wrap(create_model(config.model, **job.model_args).to(device), ranks, device)
+    model = distributed.wrap(
+        create_model(config.model, **job.model_args).to(device), ranks, device, compile=config.compile
+    )
     for batches in (job.train_batches, job.val_batches):
         if batches is not None:
             batches.tensors = [t.to(device) for t in batches.tensors]
