@@ -147,9 +147,11 @@ def plot_forecast(
     ax.axvspan(times[test_start], times[n - 1], color="0.92", zorder=0)
     for i, (name, paths) in enumerate(forecasts.items()):
         color = f"C{i}"
+        if all(len(path) == 1 for _, path in paths):  # one-step forecasts: one line through them all
+            paths = [(paths[0][0], np.concatenate([path for _, path in paths]))] if paths else []
         for j, (origin, path) in enumerate(paths):
             stop = origin + len(path)
-            ax.plot(times[origin:stop], path, color=color, lw=1.6, label=name if j == 0 else None)
+            ax.plot(times[origin:stop], path, color=color, lw=1.2, label=name if j == 0 else None)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)

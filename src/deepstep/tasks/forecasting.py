@@ -283,11 +283,8 @@ def evaluate_run(
     from deepstep.plots import plot_forecast
 
     # The plot shows the forecasts that tile the span (one per block of `horizon` steps).
-    blocks = starts if not backtest else starts[:: max(1, H)]
-    shown = {
-        name: [(int(t), f[i]) for i, t in enumerate(starts) if t in set(blocks.tolist())]
-        for name, f in forecasts.items()
-    }
+    step = H if backtest else 1  # a backtest has an origin at every step; every H-th tiles the span
+    shown = {name: [(int(starts[i]), f[i]) for i in range(0, len(starts), step)] for name, f in forecasts.items()}
     span_start = spans.test_start if split == "test" else spans.val_start
     span_stop = spans.n if split == "test" else spans.test_start
     png = plot_forecast(
