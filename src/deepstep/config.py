@@ -85,6 +85,7 @@ class TrainConfig:
     resume: bool = False
     recipe: str | None = None
     compile: bool = False
+    checkpoint_every: int = 0
 
     def validate(self) -> TrainConfig:
         """Raise DeepstepError naming the first option whose value cannot work."""
@@ -145,6 +146,10 @@ class TrainConfig:
             raise DeepstepError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.season is not None and self.season < 0:
             raise DeepstepError(f"--season must be a number of steps >= 0 (0: no season), got {self.season}")
+        if self.checkpoint_every < 0:
+            raise DeepstepError(
+                f"--checkpoint-every must be a number of steps >= 0 (0: each epoch's end), got {self.checkpoint_every}"
+            )
         if self.workers < 0:
             raise DeepstepError(f"--workers must be >= 0 (0: one per core), got {self.workers}")
         return self

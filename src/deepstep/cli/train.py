@@ -292,6 +292,15 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {"choices": sorted(RECIPES), "help": "a named preset of these options, applied before --config and flags"},
     ),
     (
+        "checkpoint-every",
+        {
+            "type": _int,
+            "metavar": "N",
+            "help": "also save the last checkpoint every N steps inside an epoch, so that --resume after a "
+            "crash continues from there exactly (default 0: at each epoch's end)",
+        },
+    ),
+    (
         "compile",
         {
             "action": argparse.BooleanOptionalAction,

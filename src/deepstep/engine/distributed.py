@@ -145,3 +145,15 @@ def global_batch(batch_size: int) -> int:
 def quiet_unless_main(log: Any) -> Any:
     """`log` on rank 0; a no-op on the others, so that a run prints each line once."""
     return log if from_environment().main else (lambda message: None)
+
+
+def checkpoint_every(steps: int, ranks: Ranks) -> int:
+    """--checkpoint-every, which a multi-process run cannot honour yet: each rank holds only its
+    own running sums of the epoch, and a resume would need all of them."""
+    if steps and ranks.active:
+        from deepstep.errors import DeepstepError
+
+        raise DeepstepError(
+            "--checkpoint-every is not supported under torchrun yet; checkpoints are saved at each epoch's end"
+        )
+    return steps

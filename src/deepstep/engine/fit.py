@@ -14,7 +14,7 @@ from torch import nn
 
 from deepstep.engine.checkpoint import load_state, load_weights, save_checkpoint
 from deepstep.engine.distributed import SINGLE, Ranks
-from deepstep.engine.loop import Progress, Step, evaluate, train_one_epoch
+from deepstep.engine.loop import Meter, Progress, Step, evaluate, train_one_epoch
 from deepstep.engine.precision import Precision
 from deepstep.engine.run_dir import RunDir
 
@@ -36,6 +36,8 @@ class Training:
     before_epoch: Callable[[int], None] | None = None
     # Under torchrun: this process's rank; only rank 0 logs and writes.
     ranks: Ranks = SINGLE
+    # Save `last` every this many steps inside an epoch too (0: at the end of each epoch only).
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         self.scaler = self.precision.grad_scaler()
@@ -63,6 +65,21 @@ class FitState:
     best: float | None = None
     best_epoch: int | None = None
     stale_epochs: int = 0
+    # Inside epoch `epoch + 1`: the steps done, and what replays it (the batches' state at its
+    # start, its running sums, its learning rate and seconds so far). Empty between epochs.
+    step: int = 0
+    partial: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "stale_epochs": self.stale_epochs,
+            "step": self.step,
+            "partial": self.partial,
+        }
 
 
 def capture_rng(batches: Iterable) -> dict[str, Any]:
@@ -94,14 +111,7 @@ def resume(training: Training, run: RunDir) -> FitState:
     if state["scaler"]:
         training.scaler.load_state_dict(state["scaler"])
     restore_rng(state["rng"], training.train_batches)
-    fit_state = state["fit"]
-    return FitState(
-        epoch=fit_state["epoch"],
-        history=fit_state["history"],
-        best=fit_state["best"],
-        best_epoch=fit_state["best_epoch"],
-        stale_epochs=fit_state["stale_epochs"],
-    )
+    return FitState(**state["fit"])
 
 
 def _format_row(row: dict[str, Any], epochs: int, unit: str) -> str:
@@ -144,9 +154,26 @@ def fit(
     for epoch in range(state.epoch + 1, epochs + 1):
         if training.before_epoch is not None:
             training.before_epoch(epoch)
+        partial = state.partial or {
+            "batches": getattr(training.train_batches, "state_dict", dict)(),
+            "lr": training.optimizer.param_groups[0]["lr"],
+            "seconds": 0.0,
+        }
+        meter = Meter.from_state(partial["meter"]) if state.step else Meter()
         bar = Progress(len(training.train_batches), f"epoch {epoch}/{epochs}", progress)
-        lr = training.optimizer.param_groups[0]["lr"]
+        lr = partial["lr"]
         start = time.perf_counter()
+
+        def checkpoint(steps_done: int, meter: Meter, partial=partial, start=start) -> None:
+            state.step = steps_done
+            state.partial = {
+                **partial,
+                "meter": meter.state_dict(),
+                "seconds": partial["seconds"] + time.perf_counter() - start,
+            }
+            if main:
+                _save_last(training, state, run, {**meta, "epoch": state.epoch, "step": steps_done})
+
         try:
             train_means, n_train = train_one_epoch(
                 model,
@@ -158,10 +185,15 @@ def fit(
                 training.scaler,
                 bar,
                 training.ranks,
+                meter=meter,
+                start_step=state.step,
+                checkpoint_every=training.checkpoint_every,
+                on_checkpoint=checkpoint,
             )
         finally:
             bar.close()
-        seconds = time.perf_counter() - start
+        seconds = partial["seconds"] + time.perf_counter() - start
+        state.step, state.partial = 0, None
         row: dict[str, Any] = {"epoch": epoch}
         row.update({f"train_{k}": v for k, v in train_means.items()})
         if training.val_batches is not None:
@@ -202,27 +234,29 @@ def _save(
 ) -> None:
     """metrics.csv, the `last` checkpoint with everything needed to resume, and `best` if it improved."""
     checkpoint_meta = {**meta, "epoch": state.epoch, "metrics": row}
-    tag = f"e{state.epoch:04d}"
     if improved:
-        save_checkpoint(run.checkpoints, "best", tag, training.model, checkpoint_meta)
+        save_checkpoint(run.checkpoints, "best", f"e{state.epoch:04d}", training.model, checkpoint_meta)
+    _save_last(training, state, run, checkpoint_meta)
+    run.write_metrics(state.history)
+
+
+def _save_last(training: Training, state: FitState, run: RunDir, checkpoint_meta: dict[str, Any]) -> None:
+    """The `last` checkpoint: weights, optimizer, schedule, scaler, every RNG and where training
+    stands. Inside an epoch the batches' state is the one the epoch started from, which replays it."""
+    rng = capture_rng(training.train_batches)
+    if state.partial is not None:  # a copy: the partial record keeps its own
+        rng["batches"] = {key: value.clone() for key, value in state.partial["batches"].items()}
     save_checkpoint(
         run.checkpoints,
         "last",
-        tag,
+        f"e{state.epoch:04d}s{state.step:06d}",
         training.model,
         checkpoint_meta,
         state={
             "optimizer": training.optimizer.state_dict(),
             "scheduler": training.scheduler.state_dict(),
             "scaler": training.scaler.state_dict(),
-            "rng": capture_rng(training.train_batches),
-            "fit": {
-                "epoch": state.epoch,
-                "history": state.history,
-                "best": state.best,
-                "best_epoch": state.best_epoch,
-                "stale_epochs": state.stale_epochs,
-            },
+            "rng": rng,
+            "fit": state.to_dict(),
         },
     )
-    run.write_metrics(state.history)

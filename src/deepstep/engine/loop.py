@@ -41,6 +41,16 @@ class Meter:
                 self.sums[key] = value if total is None else total.add_(value)
         self.count += n
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "count": self.count}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Meter:
+        meter = cls()
+        meter.sums = {key: value.clone() for key, value in state["sums"].items()}
+        meter.count = state["count"]
+        return meter
+
     def means(self, ranks: Ranks = SINGLE) -> dict[str, float]:
         """Epoch means; under DDP over every rank's examples."""
         sums, count = reduce_sums(self.sums, self.count, ranks)
@@ -88,12 +98,23 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler,
     progress: Progress | None = None,
     ranks: Ranks = SINGLE,
+    *,
+    meter: Meter | None = None,
+    start_step: int = 0,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[int, Meter], None] | None = None,
 ) -> tuple[dict[str, float], int]:
     """Forward, loss, backward and optimizer step over every batch; returns the epoch's means
-    and the number of examples seen (by all ranks together)."""
+    and the number of examples seen (by all ranks together).
+
+    A resumed epoch passes the `meter` it had and `start_step`: the batches before it are drawn,
+    so the order and augmentation replay exactly, but not trained on again. Every
+    `checkpoint_every` steps, once the loss is known to be finite, `on_checkpoint(steps_done, meter)`."""
     model.train()
-    meter = Meter()
-    for batch in batches:
+    meter = meter or Meter()
+    for i, batch in enumerate(batches):
+        if i < start_step:
+            continue
         with precision.autocast():
             result = step(model, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -104,13 +125,21 @@ def train_one_epoch(
         meter.update(result, batch_size_of(batch))
         if progress is not None:
             progress.step(meter)
+        done = i + 1
+        if checkpoint_every and on_checkpoint is not None and done % checkpoint_every == 0 and done < len(batches):
+            _check_finite(meter.sums["loss"].item(), f"by step {done} of this epoch")
+            on_checkpoint(done, meter)
     means = meter.means(ranks)
-    if not math.isfinite(means.get("loss", 0.0)):
+    _check_finite(means.get("loss", 0.0), "in this epoch")
+    return means, meter.count
+
+
+def _check_finite(loss_sum: float, where: str) -> None:
+    if not math.isfinite(loss_sum):
         raise DeepstepError(
-            f"the training loss became {means['loss']} in this epoch; lower --lr or use --precision 32. "
+            f"the training loss became {loss_sum} {where}; lower --lr or use --precision 32. "
             "The last good checkpoint is kept"
         )
-    return means, meter.count
 
 
 def evaluate(

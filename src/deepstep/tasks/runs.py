@@ -246,7 +246,16 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         config.schedule, optimizer, total_steps=total_steps, warmup_steps=int(config.warmup * total_steps)
     )
     training = Training(
-        model, job.train_step, job.eval_step, train_batches, val_batches, optimizer, scheduler, precision, ranks=ranks
+        model,
+        job.train_step,
+        job.eval_step,
+        train_batches,
+        val_batches,
+        optimizer,
+        scheduler,
+        precision,
+        ranks=ranks,
+        checkpoint_every=distributed.checkpoint_every(config.checkpoint_every, ranks),
     )
     meta = {"task": job.task, "model": {"name": config.model, "args": job.model_args}, **job.meta}
     parameters = sum(p.numel() for p in model.parameters())

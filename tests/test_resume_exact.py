@@ -1,0 +1,147 @@
+"""Exact resume: a run stopped inside an epoch and resumed ends with the very same weights and
+metrics as one that never stopped (fp32, CPU)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import deepstep.engine.fit as fit_module
+from deepstep.cli import main
+
+
+def _final(run: str) -> tuple[dict, str]:
+    record = json.loads(Path(run, "checkpoints", "last.json").read_text())
+    return load_file(str(Path(run, "checkpoints", record["weights"]["file"]))), Path(run, "metrics.csv").read_text()
+
+
+def _assert_same_run(a: str, b: str) -> None:
+    weights_a, metrics_a = _final(a)
+    weights_b, metrics_b = _final(b)
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    columns = metrics_a.splitlines()[0].split(",")
+    kept = [i for i, c in enumerate(columns) if "seconds" not in c and "per_s" not in c]  # timings differ
+    rows_a = [[r.split(",")[i] for i in kept] for r in metrics_a.splitlines()]
+    rows_b = [[r.split(",")[i] for i in kept] for r in metrics_b.splitlines()]
+    assert rows_a == rows_b
+
+
+def _stop_after_checkpoint(monkeypatch, nth: int) -> None:
+    """Make the run stop (as if killed) right after its nth mid-epoch checkpoint is written;
+    `monkeypatch` is a scoped context, so the stop ends with it."""
+    original, seen = fit_module._save_last, []
+
+    def save_then_stop(training, state, run, meta):
+        original(training, state, run, meta)
+        if state.step:
+            seen.append(state.step)
+            if len(seen) == nth:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_save_last", save_then_stop)
+
+
+def test_an_image_run_stopped_mid_epoch_resumes_to_identical_weights(image_folder, monkeypatch):
+    args = [
+        "train",
+        "--data",
+        str(image_folder),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--augment",
+        "--precision",
+        "32",
+    ]
+    args += ["--checkpoint-every", "2", "--quiet"]
+    assert main([*args, "--out", "runs/whole"]) == 0
+    with monkeypatch.context() as scoped:
+        _stop_after_checkpoint(scoped, nth=5)  # epoch 2, inside it
+        assert main([*args, "--out", "runs/stopped"]) == 130
+    state = json.loads(Path("runs/stopped/checkpoints/last.json").read_text())
+    assert state["epoch"] == 1 and state["step"] == 4
+    assert main(["train", "--out", "runs/stopped", "--resume", "--quiet"]) == 0
+    _assert_same_run("runs/whole", "runs/stopped")
+
+
+def test_a_forecast_with_dropout_stopped_mid_epoch_resumes_to_identical_weights(seasonal_csv, monkeypatch):
+    args = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--lookback", "6", "--epochs", "3"]
+    args += [
+        "--layers",
+        "2",
+        "--dropout",
+        "0.3",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "8",
+        "--checkpoint-every",
+        "3",
+        "--quiet",
+    ]
+    assert main([*args, "--out", "runs/whole"]) == 0
+    with monkeypatch.context() as scoped:
+        _stop_after_checkpoint(scoped, nth=4)
+        assert main([*args, "--out", "runs/stopped"]) == 130
+    assert main(["train", "--out", "runs/stopped", "--resume", "--quiet"]) == 0
+    _assert_same_run("runs/whole", "runs/stopped")
+
+
+def test_a_nan_loss_inside_an_epoch_keeps_the_last_good_checkpoint(image_folder, capsys):
+    args = ["train", "--data", str(image_folder), "--epochs", "2", "--batch-size", "8", "--lr", "1e30"]
+    assert main([*args, "--checkpoint-every", "1", "--momentum", "0", "--quiet", "--out", "runs/nan"]) == 2
+    err = capsys.readouterr().err
+    assert "the training loss became nan by step" in err or "the training loss became inf by step" in err
+    record = json.loads(Path("runs/nan/checkpoints/last.json").read_text())
+    weights = load_file(str(Path("runs/nan/checkpoints", record["weights"]["file"])))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_run_killed_with_sigkill_at_a_random_step_resumes_to_identical_weights(image_folder, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    deepstep = [sys.executable, "-m", "deepstep"]
+    args = ["train", "--data", str(image_folder), "--epochs", "12", "--batch-size", "4", "--augment"]
+    args += ["--precision", "32", "--checkpoint-every", "3", "--quiet"]
+    subprocess.run([*deepstep, *args, "--out", "runs/whole"], env=env, check=True, capture_output=True, timeout=300)
+
+    # Kill once the run is some random number of mid-epoch checkpoints in: the kill itself lands
+    # wherever the process is then, mid-step or mid-write included.
+    rng = random.Random(os.environ.get("DEEPSTEP_KILL_SEED", time.time_ns()))
+    target = rng.randint(3, 40)
+    victim = subprocess.Popen(
+        [*deepstep, *args, "--out", "runs/killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    pointer, seen, last = Path("runs/killed/checkpoints/last.json"), 0, None
+    deadline = time.time() + 300
+    while victim.poll() is None and time.time() < deadline:
+        try:
+            text = pointer.read_text()
+        except OSError:
+            text = None
+        if text and text != last:
+            last, seen = text, seen + 1
+            if seen >= target:
+                victim.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.002)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, f"the run ended before the kill (target {target} checkpoints)"
+    subprocess.run(
+        [*deepstep, "train", "--out", "runs/killed", "--resume", "--quiet"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    _assert_same_run("runs/whole", "runs/killed")
