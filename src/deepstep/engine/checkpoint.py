@@ -98,14 +98,29 @@ def save_checkpoint(
     old = read_json(pointer) if pointer.is_file() else None
     weights = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     record: dict[str, Any] = {"format": FORMAT, **meta}
-    name = f"{kind}-{tag}.safetensors"
-    record["weights"] = {"file": name, "sha256": _save_tensors(folder / name, weights)}
-    if state is not None:
-        state_tensors: dict[str, torch.Tensor] = {}
-        record["state"] = flatten(state, "", state_tensors)
-        name = f"{kind}-{tag}.state.safetensors"
-        record["state_tensors"] = {"file": name, "sha256": _save_tensors(folder / name, state_tensors)}
-    write_json(pointer, record)
+    written: list[Path] = []
+    try:
+        name = f"{kind}-{tag}.safetensors"
+        record["weights"] = {"file": name, "sha256": _save_tensors(folder / name, weights)}
+        written.append(folder / name)
+        if state is not None:
+            state_tensors: dict[str, torch.Tensor] = {}
+            record["state"] = flatten(state, "", state_tensors)
+            name = f"{kind}-{tag}.state.safetensors"
+            record["state_tensors"] = {"file": name, "sha256": _save_tensors(folder / name, state_tensors)}
+            written.append(folder / name)
+        write_json(pointer, record)
+    except OSError as err:  # a full disk, a lost mount: the pointer still names the previous files
+        for path in written:
+            if old is None or path.name not in {
+                old.get("weights", {}).get("file"),
+                old.get("state_tensors", {}).get("file"),
+            }:
+                path.unlink(missing_ok=True)
+        kept = f"the previous one (epoch {old.get('epoch')}) is kept" if old else "no earlier one exists"
+        raise CheckpointError(
+            f"could not write the {kind} checkpoint in {folder}: {err.strerror or err}; {kept}"
+        ) from None
     if old is not None:
         for key in ("weights", "state_tensors"):
             stale = old.get(key, {}).get("file")

@@ -9,9 +9,12 @@ RUN/evaluations.json  every evaluation of the test split, in order
 
 from __future__ import annotations
 
+import atexit
 import csv
 import io
+import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,52 @@ class RunDir:
         run.path.mkdir(parents=True, exist_ok=True)
         return run
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / ".lock"
+
+    def lock(self) -> str | None:
+        """Claim the folder for this process (RUN/.lock holds its pid and host), so that a second
+        `deepstep train` into it is refused; released by `unlock` or when this process exits.
+        A lock left by a process that is gone is taken over; returns a note saying so, else None."""
+        mine = {"pid": os.getpid(), "host": socket.gethostname()}
+        note = None
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._lock_holder()
+                if holder == mine:
+                    return None  # this process, e.g. an earlier train() call of the Python API
+                if holder and holder.get("host") == mine["host"] and _alive(holder.get("pid")):
+                    raise DeepstepError(
+                        f"{self.path} is being trained by process {holder['pid']} (lock {self.lock_file}); "
+                        "wait for it to finish or stop it, or use another --out"
+                    ) from None
+                if holder and holder.get("host") != mine["host"]:
+                    raise DeepstepError(
+                        f"{self.path} is locked by process {holder.get('pid')} on {holder.get('host')} ({self.lock_file}); "
+                        "if that run is over, delete the lock file"
+                    ) from None
+                self.lock_file.unlink(missing_ok=True)  # stale: its process is gone
+                note = f"took over a stale lock of process {holder.get('pid') if holder else '?'}"
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(mine, f)
+            atexit.register(self.unlock)
+            return note
+        raise DeepstepError(f"could not lock {self.path}: {self.lock_file} keeps reappearing")
+
+    def unlock(self) -> None:
+        if self._lock_holder() == {"pid": os.getpid(), "host": socket.gethostname()}:
+            self.lock_file.unlink(missing_ok=True)
+
+    def _lock_holder(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.lock_file.read_text())
+        except (OSError, ValueError):
+            return None
+
     def write_json(self, name: str, obj: Any) -> None:
         write_json(self.path / name, obj)
 
@@ -99,6 +148,18 @@ class RunDir:
             return []
         with open(path, newline="", encoding="utf-8") as f:
             return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def _format(value: Any) -> Any:

@@ -438,7 +438,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         distributed.barrier(ranks)
     model_args = {"num_classes": len(data.source.classes), **config.model_args}
     parameters = check_model_fits(config.model, model_args, channels, size)
-    run, changes = start_run(config, data.source.name, RESUME_MUST_MATCH, ranks)
+    run, changes = start_run(config, data.source.name, RESUME_MUST_MATCH, ranks, log)
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
     model, freeze, backbone = build_model(config, model_args, log)

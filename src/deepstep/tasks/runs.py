@@ -57,23 +57,31 @@ def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-def start_run(config: TrainConfig, source_name: str, must_match: Sequence[str], ranks) -> tuple[RunDir, list[str]]:
+def start_run(
+    config: TrainConfig, source_name: str, must_match: Sequence[str], ranks, log: Log = print
+) -> tuple[RunDir, list[str]]:
     """The run folder to train in: --out (or runs/MODEL-DATA[-N]) created by rank 0, or the run to
     resume; every rank gets the same folder. Returns it with the changes a resume brings."""
     from deepstep.engine import distributed
 
-    if config.resume:
-        return open_run_for_resume(config, must_match)
     path = error = None
+    changes: list[str] = []
     if ranks.main:
         try:
-            path = RunDir.create(config.out or default_out(config, source_name)).path
+            if config.resume:
+                run, changes = open_run_for_resume(config, must_match)
+            else:
+                run = RunDir.create(config.out or default_out(config, source_name))
+            note = run.lock()  # a second process training into this folder is refused
+            if note:
+                log(f"{run.path}: {note}")
+            path = run.path
         except DeepstepError as err:  # every rank stops with it, rather than wait for rank 0
             error = str(err)
-    path, error = distributed.share((path, error), ranks)
+    path, changes, error = distributed.share((path, changes, error), ranks)
     if error:
         raise DeepstepError(error)
-    return RunDir(path), []
+    return RunDir(path), changes
 
 
 def open_run_for_resume(config: TrainConfig, must_match: Sequence[str]) -> tuple[RunDir, list[str]]:
@@ -122,6 +130,7 @@ def finish(run: RunDir, info: dict[str, Any], state: FitState, monitor: Monitor,
     """curves.png, the result in run.json, and where to go next."""
     from deepstep.plots import plot_curves
 
+    run.unlock()
     curves = plot_curves(state.history, run.file("curves.png"), title=str(run.path.name))
     train_seconds = sum(r["seconds"] for r in state.history)
     info["result"] = {
@@ -221,7 +230,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     device = distributed.init(ranks, resolve_device(config.device))
     precision = resolve_precision(config.precision, device)
     threads = set_cpu_threads() if device.type == "cpu" else None
-    run, changes = start_run(config, job.source_name, must_match, ranks)
+    run, changes = start_run(config, job.source_name, must_match, ranks, log)
     seed_everything(config.seed)
     model = distributed.wrap(
         create_model(config.model, **job.model_args).to(device), ranks, device, compile=config.compile
