@@ -161,3 +161,9 @@ def test_the_scaler_inverts_the_target_exactly():
     values = np.array([[1.0, 5], [3, 7], [5, 9]])
     scaler = Scaler.fit(values)
     assert np.allclose(scaler.inverse_target(scaler.transform(values)[:, 0]), values[:, 0])
+
+
+def test_an_infinite_value_is_refused_with_its_place(tmp_path):
+    (tmp_path / "i.csv").write_text("Month,y\n2000-01,1\n2000-02,inf\n2000-03,3\n")
+    with pytest.raises(DeepstepError, match=r"1 infinite value\(s\) \(y first at 2000-02-01"):
+        load_series(str(tmp_path / "i.csv"), target="y")

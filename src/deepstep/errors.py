@@ -7,7 +7,13 @@ from collections.abc import Iterable
 
 
 class DeepstepError(Exception):
-    """A problem with the user's input: the message names the input and what to do."""
+    """A problem with the user's input: the message names the input and what to do.
+
+    The message is always one line: line breaks that come in with the input (a CSV column named
+    with a quoted newline, say) are shown escaped."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 class CheckpointError(DeepstepError):

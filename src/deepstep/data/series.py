@@ -94,7 +94,15 @@ def _read_table(spec: str):
             f"{spec} does not exist; give a CSV file or a built-in series ({', '.join(BUILTIN_SERIES)})"
         )
     try:
-        frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", skipinitialspace=True)
+        # index_col=False and the warning as an error: a row with more cells than the header is
+        # refused, rather than read as a made-up index or cut short with a warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                path, sep="\t" if path.suffix.lower() == ".tsv" else ",", skipinitialspace=True, index_col=False
+            )
+    except pd.errors.ParserWarning:
+        raise DeepstepError(f"{path}: some rows have more cells than the header has columns; fix those rows") from None
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DeepstepError(f"{path} is not a readable CSV: {first}") from None
@@ -222,10 +230,10 @@ def load_series(
     table = frame[[target, *inputs]].copy()
     if table[target].dtype.kind not in "iuf":
         converted = pd.to_numeric(table[target], errors="coerce")
-        bad = table[target][converted.isna() & table[target].notna()]
+        bad = np.flatnonzero((converted.isna() & table[target].notna()).to_numpy())
         if len(bad):
             raise DeepstepError(
-                f"{source}: --target {target} holds non-numbers (first at row {bad.index[0] + 2}: {bad.iloc[0]!r})"
+                f"{source}: --target {target} holds non-numbers (first at row {bad[0] + 2}: {table[target].iloc[bad[0]]!r})"
             )
         table[target] = converted
     categorical = [c for c in inputs if table[c].dtype.kind not in "iufb"]
@@ -243,7 +251,15 @@ def load_series(
         if not table.index.is_monotonic_increasing:
             table = table.sort_index()
             report["sorted"] = True
-    table = _fill(table.astype(float), fill, source, report)
+    table = table.astype(float)
+    infinite = np.isinf(table.to_numpy())
+    if infinite.any():
+        row, column = np.argwhere(infinite)[0]
+        raise DeepstepError(
+            f"{source}: {int(infinite.sum())} infinite value(s) ({table.columns[column]} first at {table.index[row]}); "
+            "replace them with numbers or leave the cells empty and choose a --fill"
+        )
+    table = _fill(table, fill, source, report)
     freq = None
     if time_columns and len(table) >= 3:
         with warnings.catch_warnings():
