@@ -159,3 +159,16 @@ def test_unwrap_finds_the_plain_module_under_torch_compile():
     plain = nn.Linear(2, 2)
     assert unwrap(torch.compile(plain)) is plain  # compiled lazily: no compilation happens here
     assert set(unwrap(torch.compile(plain)).state_dict()) == {"weight", "bias"}
+
+
+def test_a_truncated_checkpoint_names_the_intact_one_to_use_instead(tmp_path):
+    model, _, _ = _fit(1)
+    save_checkpoint(tmp_path, "best", "e0001", model, {"epoch": 1})
+    save_checkpoint(tmp_path, "last", "e0002", model, {"epoch": 2}, state={"step": 7})
+    weights = tmp_path / "last-e0002.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(
+        CheckpointError,
+        match=r"last-e0002.safetensors is damaged .*; the best checkpoint \(epoch 1\) is intact: use --checkpoint best",
+    ):
+        load_weights(tmp_path, "last", nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)))

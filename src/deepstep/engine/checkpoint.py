@@ -75,13 +75,31 @@ def _load_tensors(folder: Path, entry: dict, pointer: Path) -> dict[str, torch.T
 
     path = folder / entry["file"]
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing (named by {pointer}); the checkpoint cannot be loaded")
+        raise CheckpointError(f"{path} is missing (named by {pointer}); {_intact_other(folder, pointer.stem)}")
     if sha256_of(path) != entry["sha256"]:
-        raise CheckpointError(f"{path} is damaged (its checksum does not match {pointer}); use another checkpoint")
+        raise CheckpointError(
+            f"{path} is damaged (its checksum does not match {pointer}); {_intact_other(folder, pointer.stem)}"
+        )
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{path} cannot be read ({err})") from None
+        raise CheckpointError(f"{path} cannot be read ({err}); {_intact_other(folder, pointer.stem)}") from None
+
+
+def _intact_other(folder: Path, damaged: str) -> str:
+    """Where to turn when checkpoint `damaged` cannot be loaded: the other one, if its files verify."""
+    for kind in ("best", "last"):
+        pointer = folder / f"{kind}.json"
+        if kind == damaged or not pointer.is_file():
+            continue
+        try:
+            record = read_json(pointer)
+            files = [record[key] for key in ("weights", "state_tensors") if key in record]
+            if all(sha256_of(folder / f["file"]) == f["sha256"] for f in files):
+                return f"the {kind} checkpoint (epoch {record.get('epoch')}) is intact: use --checkpoint {kind}"
+        except (OSError, ValueError, KeyError):
+            continue
+    return "no other checkpoint of this run is intact"
 
 
 def save_checkpoint(
