@@ -27,7 +27,6 @@ from deepstep.engine import distributed
 from deepstep.engine.backends import KernelChoice, apply_kernels, choose_cpu_kernels, set_cpu_threads
 from deepstep.engine.fit import Monitor, Training, fit, resume
 from deepstep.engine.loop import Step, evaluate
-from deepstep.engine.optim import build_optimizer, build_schedule
 from deepstep.engine.precision import Precision, resolve_device, resolve_precision
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
@@ -40,6 +39,7 @@ from deepstep.tasks.runs import (
     load_model,
     now,
     open_run_for_resume,
+    optimization,
     record_test_evaluation,
     run_config,
     seed_everything,
@@ -467,20 +467,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     if ranks.active:  # each rank trains and validates on its slice of every global batch
         train_batches = distributed.RankSlices(train_batches, ranks)
         val_batches = val_batches and distributed.RankSlices(val_batches, ranks)
-    optimizer = build_optimizer(
-        config.optimizer,
-        model,
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-        scaled=backbone,
-        lr_scale=config.backbone_lr_scale,
-    )
-    total_steps = config.epochs * len(train_batches)
-    scheduler = build_schedule(
-        config.schedule, optimizer, total_steps=total_steps, warmup_steps=int(config.warmup * total_steps)
-    )
+    optimizer, scheduler = optimization(config, model, len(train_batches), scaled=backbone)
     training = Training(
         model,
         classification_step(config.label_smoothing),

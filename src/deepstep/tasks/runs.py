@@ -200,6 +200,28 @@ def load_model(run: RunDir, checkpoint: str = "best") -> tuple[nn.Module, dict[s
     return model.eval(), record
 
 
+def optimization(
+    config: TrainConfig, model: nn.Module, steps_per_epoch: int, scaled: Sequence[nn.Parameter] = ()
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimizer and the per-step learning-rate schedule the config asks for; `scaled`
+    parameters (a pretrained backbone) learn at --backbone-lr-scale x --lr."""
+    from deepstep.engine.optim import build_optimizer, build_schedule
+
+    optimizer = build_optimizer(
+        config.optimizer,
+        model,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+        scaled=list(scaled),
+        lr_scale=config.backbone_lr_scale,
+    )
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = int(config.warmup * total_steps)
+    return optimizer, build_schedule(config.schedule, optimizer, total_steps=total_steps, warmup_steps=warmup_steps)
+
+
 @dataclass
 class Job:
     """What a task hands to `train_run`: its data as batches, its steps, and what to record."""
@@ -222,7 +244,6 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     from deepstep.engine import distributed
     from deepstep.engine.backends import set_cpu_threads
     from deepstep.engine.fit import Training, fit, resume
-    from deepstep.engine.optim import build_optimizer, build_schedule
     from deepstep.engine.precision import resolve_device, resolve_precision
     from deepstep.models import create_model, get_model_spec
 
@@ -242,18 +263,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         distributed.RankSlices(b, ranks) if b is not None and ranks.active else b
         for b in (job.train_batches, job.val_batches)
     )
-    optimizer = build_optimizer(
-        config.optimizer,
-        model,
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
-    total_steps = config.epochs * len(job.train_batches)
-    scheduler = build_schedule(
-        config.schedule, optimizer, total_steps=total_steps, warmup_steps=int(config.warmup * total_steps)
-    )
+    optimizer, scheduler = optimization(config, model, len(job.train_batches))
     training = Training(
         model,
         job.train_step,
