@@ -5,8 +5,11 @@ from deepstep.cli import main
 
 def test_datasets_lists_the_built_in_ones(capsys):
     assert main(["datasets", "--json"]) == 0
-    names = [d["name"] for d in json.loads(capsys.readouterr().out)]
-    assert names == ["cifar10-sample", "cifar10", "cifar100", "mnist", "fashion-mnist"]
+    rows = json.loads(capsys.readouterr().out)
+    images = [d["name"] for d in rows if d["task"] == "image-classification"]
+    series = [d["name"] for d in rows if d["task"] == "forecasting"]
+    assert images == ["cifar10-sample", "cifar10", "cifar100", "mnist", "fashion-mnist"]
+    assert series == ["co2", "sunspots", "nile", "elnino"]
 
 
 def test_models_lists_parameters_and_declared_inputs(capsys):

@@ -266,9 +266,18 @@ def list_pretrained(pattern: str = "*") -> list[dict[str, Any]]:
 
 
 def list_datasets() -> list[dict[str, str]]:
+    """The built-in datasets: images (for classification), then series (for forecasting)."""
+    from deepstep.data.series import BUILTIN_SERIES
     from deepstep.data.sources import DATASETS
 
-    return [{"name": name, "description": d.description} for name, d in DATASETS.items()]
+    images = [
+        {"name": name, "task": "image-classification", "description": d.description} for name, d in DATASETS.items()
+    ]
+    series = [
+        {"name": name, "task": "forecasting", "description": f"{description}; target {target}"}
+        for name, (description, target) in BUILTIN_SERIES.items()
+    ]
+    return images + series
 
 
 def list_models(pattern: str = "*") -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ The deep-learning workflow from one command:
   deepstep train --data cifar10-sample --model lenet    # -> runs/lenet-cifar10-sample
   deepstep evaluate runs/lenet-cifar10-sample           # the test part, measured once
   deepstep predict runs/lenet-cifar10-sample cat.jpg --plot cat.png
+  deepstep train --data airline.csv --target Passengers --lookback 24 --horizon 12   # an LSTM forecast
 """
 
 

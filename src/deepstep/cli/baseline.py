@@ -34,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     for flag, kwargs in OPTIONS:
         if flag.replace("-", "_") in SHARED:
+            if flag == "data":
+                kwargs = {**kwargs, "help": "a CSV file, or a built-in series (see `deepstep datasets`)"}
             parser.add_argument(f"--{flag}", default=argparse.SUPPRESS, **kwargs)
     parser.add_argument("--split", default="test", choices=("test", "val"), help="default test")
     add_forecast_options(parser, default=True)

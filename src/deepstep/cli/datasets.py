@@ -1,4 +1,4 @@
-"""deepstep datasets: the built-in datasets (any image folder or archive works too)."""
+"""deepstep datasets: the built-in datasets (any image folder or archive, CSV or sequence folder works too)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['name']:<{width}}  {r['description']}")
     print(
         f"\nAlso: --data FOLDER (train/<class>/*, test/<class>/*, or <class>/* with a carved test part),"
-        f" or a .tar.gz/.zip of such a folder. Cache: {default_data_dir()} (--data-dir, $DEEPSTEP_DATA)"
+        f" or a .tar.gz/.zip of such a folder. Cache: {default_data_dir()} (--data-dir, $DEEPSTEP_DATA)."
+        "\nSequences: --data FILE.csv --target COL (forecasting), or a folder/.zip of one CSV per sequence"
+        " with a labels CSV, or an .npz with X and y (sequence classification)."
     )
     return 0

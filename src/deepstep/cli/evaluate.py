@@ -62,7 +62,7 @@ def add_forecast_options(parser: argparse.ArgumentParser, default: str | None = 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="loss, accuracy, per-class accuracy, confusion matrix on test (once) or val",
+        help="measure a run on its test part (once) or val: accuracy and confusion matrix, or forecast errors",
         description=__doc__,
         epilog=EXAMPLES,
         formatter_class=formatter,

@@ -23,7 +23,7 @@ Grayscale, RGBA and palette images are converted to what the model takes.
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
-        help="classify images with a trained run",
+        help="classify images or sequences with a trained run, or forecast past the data",
         description=__doc__,
         epilog=EXAMPLES,
         formatter_class=formatter,
