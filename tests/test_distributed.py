@@ -58,3 +58,38 @@ def test_a_second_run_into_the_same_folder_is_refused_on_every_rank(image_folder
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode != 0 and "already holds a run" in done.stderr
+
+
+def test_a_two_process_run_resumes_under_torchrun_to_the_uninterrupted_result(image_folder):
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "deepstep",
+    ]
+    common = ["train", "--data", str(image_folder), "--model", "lenet", "--batch-size", "8", "--precision", "32"]
+    common += ["--device", "cpu", "--augment", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def torchrun_train(*args):
+        done = subprocess.run([*torchrun, *common, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    torchrun_train("--epochs", "3", "--out", "runs/whole")
+    torchrun_train("--epochs", "1", "--out", "runs/parts")
+    done = subprocess.run(
+        [*torchrun, "train", "--out", "runs/parts", "--resume", "--epochs", "3", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    whole, whole_rows = _last("runs/whole")
+    parts, parts_rows = _last("runs/parts")
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+    assert len(parts_rows) == 4 and json.loads(Path("runs/parts/run.json").read_text())["resumes"][0]["from_epoch"] == 1
