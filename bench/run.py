@@ -257,7 +257,31 @@ def bench_sequences(quick: bool) -> dict:
     return {"rows": rows}
 
 
+def bench_time_to_accuracy(quick: bool) -> dict:
+    """Seconds of training for `--recipe cifar-fast` (resnet-cifar) to first reach 80, 85 and 90%
+    validation accuracy, read from the run's own metrics.csv, and its test accuracy, measured once
+    at the end (with and without flip TTA). --quick: 5 epochs on the shipped sample."""
+    import deepstep
+
+    spec, _ = cifar_folder(quick)
+    out = ROOT / "bench" / "results" / f"time-to-accuracy-{int(time.time())}"
+    run = deepstep.train(
+        data=spec, recipe="cifar-fast", out=str(out), verbose=False, **({"epochs": 5} if quick else {})
+    )
+    elapsed, reached = 0.0, {}
+    for row in run.metrics:
+        elapsed += row["seconds"]
+        for target in (0.80, 0.85, 0.90):
+            if row["val_acc"] >= target and f"{target:.0%}" not in reached:
+                reached[f"{target:.0%}"] = {"seconds": round(elapsed, 1), "epoch": int(row["epoch"])}
+    test = run.evaluate(verbose=False)["accuracy"]
+    test_tta = run.evaluate(force=True, tta=True, verbose=False)["accuracy"]
+    rows = [{"val_accuracy": k, **reached.get(k, {"seconds": None, "epoch": None})} for k in ("80%", "85%", "90%")]
+    return {"rows": rows, "train_s": round(elapsed, 1), "test_acc": test, "test_acc_flip_tta": test_tta, "data": spec}
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict]] = {
+    "time_to_accuracy": bench_time_to_accuracy,
     "sequences": bench_sequences,
     "tutorial": bench_tutorial,
     "overhead": bench_overhead,
