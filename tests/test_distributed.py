@@ -31,7 +31,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(image_folder
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-8000:]
     assert done.stdout.count("run folder: runs/two") == 1  # only rank 0 speaks
     one, one_rows = _last("runs/one")
     two, two_rows = _last("runs/two")
@@ -77,7 +77,7 @@ def test_a_two_process_run_resumes_under_torchrun_to_the_uninterrupted_result(im
 
     def torchrun_train(*args):
         done = subprocess.run([*torchrun, *common, *args], env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.returncode == 0, done.stderr[-8000:]
 
     torchrun_train("--epochs", "3", "--out", "runs/whole")
     torchrun_train("--epochs", "1", "--out", "runs/parts")
@@ -88,8 +88,68 @@ def test_a_two_process_run_resumes_under_torchrun_to_the_uninterrupted_result(im
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-8000:]
     whole, whole_rows = _last("runs/whole")
     parts, parts_rows = _last("runs/parts")
     assert all(torch.equal(whole[k], parts[k]) for k in whole)
     assert len(parts_rows) == 4 and json.loads(Path("runs/parts/run.json").read_text())["resumes"][0]["from_epoch"] == 1
+
+
+def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_weights(image_folder):
+    import signal
+    import time
+
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "deepstep",
+    ]
+    common = ["train", "--data", str(image_folder), "--model", "lenet", "--batch-size", "2", "--precision", "32"]
+    common += ["--device", "cpu", "--augment", "--checkpoint-every", "2", "--epochs", "6", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*torchrun, *common, "--out", "runs/whole"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-8000:]
+
+    # Kill the launcher and both ranks once a mid-epoch checkpoint of epoch 3 or later is on disk.
+    victim = subprocess.Popen(
+        [*torchrun, *common, "--out", "runs/killed"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pointer, deadline = Path("runs/killed/checkpoints/last.json"), time.time() + 300
+    while victim.poll() is None and time.time() < deadline:
+        try:
+            record = json.loads(pointer.read_text())
+        except (OSError, ValueError):
+            record = {}
+        if record.get("epoch", 0) >= 2 and record.get("step", 0) > 0:
+            os.killpg(victim.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done = subprocess.run(
+        [*torchrun, "train", "--out", "runs/killed", "--resume", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-8000:]
+    whole, whole_rows = _last("runs/whole")
+    killed, killed_rows = _last("runs/killed")
+    assert all(torch.equal(whole[k], killed[k]) for k in whole)
+    header = whole_rows[0].split(",")
+    for a, b in zip(whole_rows[1:], killed_rows[1:], strict=True):
+        for column, x, y in zip(header, a.split(","), b.split(","), strict=True):
+            if column in ("train_loss", "train_acc", "val_loss", "val_acc"):
+                assert abs(float(x) - float(y)) < 1e-5, column

@@ -62,7 +62,20 @@ def init(ranks: Ranks, device: torch.device) -> torch.device:
 
 
 def shutdown(ranks: Ranks) -> None:
+    """Leave the process group at the end of a run: every rank waits for the others, then all
+    destroy it. Gloo's worker threads that are still alive when Python exits abort the process
+    (SIGABRT, 'terminate called without an active exception')."""
     if ranks.active and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def abandon() -> None:
+    """Destroy the process group without waiting for the other ranks: after an error, whose
+    rank may be the only one to have stopped. A no-op when there is none."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -145,15 +158,3 @@ def global_batch(batch_size: int) -> int:
 def quiet_unless_main(log: Any) -> Any:
     """`log` on rank 0; a no-op on the others, so that a run prints each line once."""
     return log if from_environment().main else (lambda message: None)
-
-
-def checkpoint_every(steps: int, ranks: Ranks) -> int:
-    """--checkpoint-every, which a multi-process run cannot honour yet: each rank holds only its
-    own running sums of the epoch, and a resume would need all of them."""
-    if steps and ranks.active:
-        from deepstep.errors import DeepstepError
-
-        raise DeepstepError(
-            "--checkpoint-every is not supported under torchrun yet; checkpoints are saved at each epoch's end"
-        )
-    return steps

@@ -159,7 +159,9 @@ def fit(
             "lr": training.optimizer.param_groups[0]["lr"],
             "seconds": 0.0,
         }
-        meter = Meter.from_state(partial["meter"]) if state.step else Meter()
+        # A resumed epoch's sums so far are the totals over all ranks: rank 0 carries them on.
+        device = next(model.parameters()).device
+        meter = Meter.from_state(partial["meter"], device) if state.step and main else Meter()
         bar = Progress(len(training.train_batches), f"epoch {epoch}/{epochs}", progress)
         lr = partial["lr"]
         start = time.perf_counter()
@@ -168,7 +170,7 @@ def fit(
             state.step = steps_done
             state.partial = {
                 **partial,
-                "meter": meter.state_dict(),
+                "meter": meter.totals(training.ranks),
                 "seconds": partial["seconds"] + time.perf_counter() - start,
             }
             if main:

@@ -44,10 +44,15 @@ class Meter:
     def state_dict(self) -> dict[str, Any]:
         return {"sums": dict(self.sums), "count": self.count}
 
+    def totals(self, ranks: Ranks = SINGLE) -> dict[str, Any]:
+        """The sums and count over every rank (a collective under DDP: all ranks must call it)."""
+        sums, count = reduce_sums(self.sums, self.count, ranks)
+        return {"sums": {key: value.float() for key, value in sums.items()}, "count": count}
+
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> Meter:
+    def from_state(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> Meter:
         meter = cls()
-        meter.sums = {key: value.clone() for key, value in state["sums"].items()}
+        meter.sums = {key: value.to(device, copy=True) for key, value in state["sums"].items()}
         meter.count = state["count"]
         return meter
 

@@ -62,4 +62,9 @@ def resolve_train_config(file_values: dict | None, flags: dict | None):
 
 def train(config, log=print, progress: bool = True) -> Path:
     """Train `config` (a resolved TrainConfig) with its task's module; returns the run folder."""
-    return task_module(config.task).train(config, log=log, progress=progress)
+    from deepstep.engine import distributed
+
+    try:
+        return task_module(config.task).train(config, log=log, progress=progress)
+    finally:
+        distributed.abandon()  # after an error under torchrun; the normal end has left the group already

@@ -479,7 +479,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         precision,
         before_epoch=freeze.set_epoch if freeze is not None else None,
         ranks=ranks,
-        checkpoint_every=distributed.checkpoint_every(config.checkpoint_every, ranks),
+        checkpoint_every=config.checkpoint_every,
     )
     meta = {
         "task": TASK,

@@ -274,7 +274,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         scheduler,
         precision,
         ranks=ranks,
-        checkpoint_every=distributed.checkpoint_every(config.checkpoint_every, ranks),
+        checkpoint_every=config.checkpoint_every,
     )
     meta = {"task": job.task, "model": {"name": config.model, "args": job.model_args}, **job.meta}
     parameters = sum(p.numel() for p in model.parameters())
