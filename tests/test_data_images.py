@@ -1,9 +1,12 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from deepstep.data import folders as folders_module
 from deepstep.data import images as images_module
 from deepstep.data.decode import read_image
 from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize, random_crop_flip
@@ -49,6 +52,44 @@ def test_a_changed_file_invalidates_the_cache(image_folder, isolated):
     after = _load(changed, "train", isolated)
     assert changed.fingerprint != source.fingerprint
     assert after.images[0, :, 0, 0].tolist() == [1, 2, 3] and not torch.equal(before.images[0], after.images[0])
+
+
+def test_a_file_rewritten_with_its_old_size_and_mtime_still_invalidates_the_cache(image_folder, isolated):
+    path = image_folder / "train" / "circle" / "extra.bmp"
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(path)
+    before = path.stat()
+    source = open_image_source(str(image_folder), isolated)
+    _load(source, "train", isolated)
+    Image.new("RGB", (32, 32), (200, 100, 50)).save(path)  # a BMP: same size in bytes
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p` or `rsync -t` would
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    changed = open_image_source(str(image_folder), isolated)
+    assert changed.fingerprint != source.fingerprint
+    after = _load(changed, "train", isolated)
+    index = [str(f) for f in changed.splits["train"].files].index(str(path))
+    assert after.images[index, :, 0, 0].tolist() == [200, 100, 50]
+
+
+def test_touching_a_file_keeps_the_decoded_cache(image_folder, isolated, monkeypatch):
+    source = open_image_source(str(image_folder), isolated)
+    _load(source, "train", isolated)
+    os.utime(source.splits["train"].files[0])  # new mtime, same bytes
+    again = open_image_source(str(image_folder), isolated)
+    assert again.fingerprint == source.fingerprint
+    monkeypatch.setattr(images_module, "_decode", lambda *a, **k: pytest.fail("decoded again"))
+    _load(again, "train", isolated)
+
+
+def test_a_moved_folder_keeps_its_fingerprint(image_folder, isolated):
+    source = open_image_source(str(image_folder), isolated)
+    moved = image_folder.rename(image_folder.parent / "elsewhere")
+    assert open_image_source(str(moved), isolated).fingerprint == source.fingerprint
+
+
+def test_an_unchanged_folder_is_not_read_again_to_fingerprint_it(image_folder, isolated, monkeypatch):
+    first = open_image_source(str(image_folder), isolated)
+    monkeypatch.setattr(folders_module, "_file_sha256", lambda path: pytest.fail(f"{path} read again"))
+    assert open_image_source(str(image_folder), isolated).fingerprint == first.fingerprint
 
 
 def test_a_corrupt_jpeg_is_skipped_and_counted(image_folder, isolated):

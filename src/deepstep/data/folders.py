@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tarfile
@@ -122,10 +123,71 @@ def scan_image_folder(path: Path) -> ImageFolderLayout:
     return ImageFolderLayout(root, classes, {"train": everything})
 
 
-def file_fingerprint(path: Path) -> str:
-    """Identity of one file by its name, size and modification time (cheap, no read)."""
-    stat = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+def content_hashes(root: Path, files: list[Path], data_dir: Path) -> list[str]:
+    """sha256 of each file's bytes, so that caches follow content, not names or timestamps.
+
+    Remembered in `data_dir/hashes/` under the file's inode, size, mtime and ctime: an unchanged file
+    is not read again, and any write moves ctime (even when a copy restores mtime), so it is read again.
+    A file that cannot be read gets a stable marker instead; the decoder reports it. Give every file
+    under `root` in one call: the memo keeps only the files of the last call.
+    """
+    memo_file = data_dir / "hashes" / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}.json"
+    memo = _read_memo(memo_file)
+    names, stamps = relative_names(root, files), []
+    for file in files:
+        try:
+            stat = file.stat()
+            stamps.append(f"{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}")
+        except OSError:
+            stamps.append("missing")
+    stale = [
+        i for i, (name, stamp) in enumerate(zip(names, stamps, strict=True)) if memo.get(name, ("", ""))[0] != stamp
+    ]
+    for i in stale:  # one thread: on small files a thread pool only adds lock contention (measured 10x slower)
+        memo[names[i]] = (stamps[i], _file_sha256(files[i]))
+    current = {name: memo[name] for name in names}
+    if stale or len(current) != len(memo):
+        _write_memo(memo_file, current)
+    return [current[name][1] for name in names]
+
+
+def relative_names(root: Path, files: list[Path]) -> list[str]:
+    """`file.relative_to(root)` as posix text, by string slicing (pathlib's is 10 us a file)."""
+    prefix = str(root) + os.sep
+    return [
+        str(file)[len(prefix) :].replace(os.sep, "/")
+        if str(file).startswith(prefix)
+        else file.relative_to(root).as_posix()
+        for file in files
+    ]
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < 1 << 26:
+                return hashlib.sha256(f.read()).hexdigest()  # small files: one read is fastest
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as err:
+        return f"unreadable:{type(err).__name__}"
+
+
+def _read_memo(path: Path) -> dict[str, tuple[str, str]]:
+    try:
+        return {name: (stamp, digest) for name, (stamp, digest) in json.loads(path.read_text())["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # absent or damaged: every file is hashed again
+
+
+def _write_memo(path: Path, memo: dict[str, tuple[str, str]]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"files": memo}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs hashing again next time
 
 
 def archive_stem(path: Path) -> str:
@@ -140,7 +202,8 @@ def unpack_archive(archive: Path, cache_dir: Path, name: str | None = None) -> P
     """Unpack `archive` once into `cache_dir/unpacked/` and return the folder; reused while unchanged."""
     if not archive.is_file():
         raise DeepstepError(f"{archive} does not exist")
-    target = cache_dir / "unpacked" / f"{name or archive_stem(archive)}-{file_fingerprint(archive)}"
+    digest = content_hashes(archive, [archive], cache_dir)[0]
+    target = cache_dir / "unpacked" / f"{name or archive_stem(archive)}-{digest[:16]}"
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

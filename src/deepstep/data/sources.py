@@ -19,7 +19,9 @@ from PIL import Image
 from deepstep.data.folders import (
     ImageFolderLayout,
     archive_stem,
+    content_hashes,
     is_archive,
+    relative_names,
     scan_image_folder,
     unpack_archive,
 )
@@ -105,11 +107,12 @@ def open_image_source(spec: str, data_dir: Path | None = None, test_split: float
         )
     if is_archive(path):
         folder = unpack_archive(path, data_dir)
-        return _folder_source(folder, name=archive_stem(path), test_split=test_split)
-    return _folder_source(path, name=path.resolve().name, test_split=test_split)
+        return _folder_source(folder, archive_stem(path), test_split, data_dir, unpacked=True)
+    return _folder_source(path, path.resolve().name, test_split, data_dir)
 
 
-def _folder_source(path: Path, name: str, test_split: float) -> ImageSource:
+def _folder_source(path: Path, name: str, test_split: float, data_dir: Path, unpacked: bool = False) -> ImageSource:
+    """`unpacked`: `path` is deepstep's own unpacking of an archive, named by the archive's content hash."""
     layout = scan_image_folder(path)
     splits = {
         split: ImageSplit(labels=np.asarray(s.labels, dtype=np.int64), files=s.files)
@@ -130,18 +133,27 @@ def _folder_source(path: Path, name: str, test_split: float) -> ImageSource:
         name=name,
         classes=layout.classes,
         splits=splits,
-        fingerprint=_layout_fingerprint(layout, test_split),
+        fingerprint=_layout_fingerprint(layout, test_split, data_dir, archive_id=path.name if unpacked else None),
         test_origin=origin,
         root=layout.root,
     )
 
 
-def _layout_fingerprint(layout: ImageFolderLayout, test_split: float) -> str:
-    digest = hashlib.sha256(f"{layout.classes}|{test_split}".encode())
-    for split in sorted(layout.splits):
-        for path in layout.splits[split].files:
-            stat = path.stat()
-            digest.update(f"{split}|{path.relative_to(layout.root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+def _layout_fingerprint(
+    layout: ImageFolderLayout, test_split: float, data_dir: Path, archive_id: str | None = None
+) -> str:
+    """Identity of the data by content: a file rewritten in place, even with its old mtime, changes it;
+    a folder moved or touched without changes keeps it (and so keeps its decoded cache).
+
+    `archive_id`: the name of deepstep's unpacking of an archive, which holds the archive's content
+    hash; nobody else writes there, so its files are not hashed one by one.
+    """
+    named = [(split, path) for split in sorted(layout.splits) for path in layout.splits[split].files]
+    files = [path for _, path in named]
+    hashes = [""] * len(files) if archive_id else content_hashes(layout.root, files, data_dir)
+    digest = hashlib.sha256(f"{layout.classes}|{test_split}|{archive_id}".encode())
+    for (split, _), name, content in zip(named, relative_names(layout.root, files), hashes, strict=True):
+        digest.update(f"{split}|{name}|{content}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -151,7 +163,7 @@ def _layout_fingerprint(layout: ImageFolderLayout, test_split: float) -> str:
 )
 def _cifar10_sample(data_dir: Path, test_split: float) -> ImageSource:
     folder = unpack_archive(SAMPLE_ARCHIVE, data_dir, name="cifar10-sample")
-    return _folder_source(folder, name="cifar10-sample", test_split=test_split)
+    return _folder_source(folder, "cifar10-sample", test_split, data_dir, unpacked=True)
 
 
 def _torchvision_source(name: str, dataset_class: str, archive_hint: str) -> Callable[[Path, float], ImageSource]:
