@@ -73,4 +73,10 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
         return Precision("32", kind, f"auto: fp32 (no fast bf16 on this {kind})")
     if requested == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeepstepError("--precision bf16: this GPU does not support bfloat16; use --precision 16 or auto")
+    if requested == "bf16" and kind == "cpu" and not cpu_has_fast_bf16():
+        return Precision(
+            requested,
+            kind,
+            "--precision bf16; this CPU has no AMX/AVX-512-BF16, so bf16 is emulated: expect it slower than 32",
+        )
     return Precision(requested, kind, f"--precision {requested}")
