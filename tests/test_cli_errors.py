@@ -55,6 +55,14 @@ def test_a_text_file_passed_to_predict(trained_run, tmp_path):
     assert_one_line_error(deepstep("predict", str(trained_run), str(text)), "readme.txt: not an image")
 
 
+def test_a_decompression_bomb_passed_to_predict(trained_run, tmp_path):
+    from PIL import Image
+
+    bomb = tmp_path / "huge.png"
+    Image.new("1", (10_000, 9_000)).save(bomb)  # 90 million pixels in a few kB: just over Pillow's limit
+    assert_one_line_error(deepstep("predict", str(trained_run), str(bomb)), "huge.png: image too large")
+
+
 def test_an_unknown_model_name_suggests_close_names():
     assert_one_line_error(train("--model", "resnet-cifr"), "unknown model 'resnet-cifr'", "did you mean 'resnet-cifar'")
 

@@ -13,12 +13,13 @@ from PIL import Image
 from deepstep.data.decode import decode_files
 
 
-def test_a_decompression_bomb_is_skipped_with_its_reason(tmp_path, monkeypatch):
-    Image.new("1", (200, 200)).save(tmp_path / "bomb.png")  # 40,000 pixels: a bomb under a 10,000-pixel guard
+@pytest.mark.parametrize("side", [200, 120], ids=["over twice the limit", "between once and twice"])
+def test_a_decompression_bomb_is_skipped_with_its_reason(tmp_path, monkeypatch, side):
+    Image.new("1", (side, side)).save(tmp_path / "bomb.png")  # 40,000 or 14,400 pixels, guard at 10,000
     Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "fine.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
     images, bad = decode_files([str(tmp_path / "bomb.png"), str(tmp_path / "fine.png")], (32, 32), 3)
-    assert bad == [(0, "image too large (decompression-bomb guard)")]
+    assert bad == [(0, "image too large: over 10,000 pixels (decompression-bomb guard)")]
     assert images[1, :, 0, 0].tolist() == [9, 9, 9]
 
 
@@ -52,3 +53,13 @@ def test_an_unreadable_image_is_skipped_as_permission_denied(tmp_path):
     (tmp_path / "locked.png").chmod(0)
     _, bad = decode_files([str(tmp_path / "locked.png")], (32, 32), 3)
     assert bad == [(0, "permission denied")]
+
+
+def test_empty_and_truncated_files_are_skipped_with_reasons_that_say_so(tmp_path):
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "whole.jpg", quality=95)
+    whole = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    paths = [str(tmp_path / name) for name in ("empty.jpg", "truncated.jpg", "whole.jpg")]
+    _, bad = decode_files(paths, (32, 32), 3)
+    assert bad == [(0, "empty file (0 bytes)"), (1, "truncated image file")]

@@ -4,13 +4,16 @@ workers are spawned processes, and this keeps their start-up short."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Pillow's decompression-bomb guard: Image.open raises DecompressionBombError past twice this.
+# Pillow's decompression-bomb guard, in pixels: open_image refuses images over it.
 Image.MAX_IMAGE_PIXELS = 89_478_485
+# What a bad image file raises, from Pillow's plugins to the bomb guard.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 
@@ -64,9 +67,21 @@ def prepare_image(image: Image.Image, size: tuple[int, int], channels: int, resi
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Image.open, refusing images over the pixel limit (Pillow itself only warns below twice it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except UnidentifiedImageError:
+            if os.path.getsize(path) == 0:
+                raise ValueError("empty file (0 bytes)") from None
+            raise
+
+
 def read_image(path: str | os.PathLike, size: tuple[int, int], channels: int, resize: int | None = None) -> np.ndarray:
-    """Open, decode and prepare one image file; raises OSError/ValueError for bad files."""
-    with Image.open(path) as image:
+    """Open, decode and prepare one image file; raises one of DECODE_ERRORS for bad files."""
+    with open_image(path) as image:
         short = resize or max(size)
         image.draft("RGB" if channels == 3 else "L", (short, short))  # JPEG: decode at a reduced scale
         return prepare_image(image, size, channels, resize)
@@ -81,17 +96,19 @@ def decode_files(
     for i, path in enumerate(paths):
         try:
             out[i] = read_image(path, size, channels, resize)
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
+        except DECODE_ERRORS as err:
             bad.append((i, describe_error(err)))
     return out, bad
 
 
 def describe_error(err: BaseException) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if isinstance(err, Image.DecompressionBombError):
-        return "image too large (decompression-bomb guard)"
+    if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return f"image too large: over {Image.MAX_IMAGE_PIXELS:,} pixels (decompression-bomb guard)"
     if isinstance(err, PermissionError):
         return "permission denied"
     if "cannot identify image file" in text:
         return "not an image Pillow can read"
+    if "truncated" in text.lower():
+        return "truncated image file"
     return text

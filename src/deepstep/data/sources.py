@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deepstep.data.decode import open_image
 from deepstep.data.folders import (
     ImageFolderLayout,
     archive_stem,
@@ -59,7 +60,7 @@ class ImageSplit:
     def open(self, i: int) -> Image.Image:
         """Image `i` as a Pillow image (for grids and checks)."""
         if self.files is not None:
-            return Image.open(self.files[i])
+            return open_image(self.files[i])
         return Image.fromarray(self.pixels[i])
 
     def name(self, i: int) -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
-from deepstep.data.decode import describe_error, to_model_mode
+from deepstep.data.decode import DECODE_ERRORS, describe_error, open_image, to_model_mode
 from deepstep.data.sources import ImageSplit
 from deepstep.errors import DeepstepError
 
@@ -63,10 +63,10 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            with Image.open(self.files[i]) as image:
+            with open_image(self.files[i]) as image:
                 image = to_model_mode(ImageOps.exif_transpose(image), self.channels)
                 return self.transform(image), int(self.labels[i])
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        except DECODE_ERRORS as err:
             return None, f"{self.files[i]}: {describe_error(err)}"
 
 
@@ -142,7 +142,7 @@ def sample_stats(
     split: ImageSplit, size: tuple[int, int], resize: int | None, channels: int, count: int = 1000, seed: int = 0
 ):
     """Mean and std per channel of a seeded sample of up to `count` images, as the model sees them."""
-    from deepstep.data.decode import read_image
+    from deepstep.data.decode import DECODE_ERRORS, read_image
 
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(split), size=min(count, len(split)), replace=False)
@@ -150,7 +150,7 @@ def sample_stats(
     for i in picks:
         try:
             arrays.append(read_image(Path(split.files[i]), size, channels, resize))
-        except (OSError, ValueError, SyntaxError):
+        except DECODE_ERRORS:
             continue
     if not arrays:
         raise DeepstepError("no readable training images to compute the normalisation from")

@@ -714,11 +714,11 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def read_for_model(path: Path, prep: Preprocessing) -> np.ndarray:
-    from deepstep.data.decode import describe_error, read_image
+    from deepstep.data.decode import DECODE_ERRORS, describe_error, read_image
 
     try:
         return read_image(path, prep.size, prep.channels, prep.resize)
-    except (OSError, ValueError, SyntaxError) as err:
+    except DECODE_ERRORS as err:
         raise DeepstepError(f"{path}: {describe_error(err)}; give a JPEG, PNG, BMP, GIF, WebP or TIFF image") from None
 
 
@@ -819,13 +819,13 @@ def show_images(
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(part), size=min(n, len(part)), replace=False)
     images, labels = [], []
-    from deepstep.data.decode import to_model_mode
+    from deepstep.data.decode import DECODE_ERRORS, to_model_mode
 
     for i in picks:
         try:
             with part.open(int(i)) as image:
                 images.append(np.asarray(to_model_mode(image, 3)))
-        except (OSError, ValueError, SyntaxError):
+        except DECODE_ERRORS:
             continue
         labels.append(source.classes[int(part.labels[i])])
     from deepstep.plots import plot_image_grid
