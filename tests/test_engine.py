@@ -169,6 +169,6 @@ def test_a_truncated_checkpoint_names_the_intact_one_to_use_instead(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(
         CheckpointError,
-        match=r"last-e0002.safetensors is damaged .*; the best checkpoint \(epoch 1\) is intact: use --checkpoint best",
+        match=r"last-e0002.safetensors is damaged .*; the best checkpoint \(epoch 1\) is intact \(evaluate, predict and export take --checkpoint best\)",
     ):
         load_weights(tmp_path, "last", nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)))

@@ -96,7 +96,10 @@ def _intact_other(folder: Path, damaged: str) -> str:
             record = read_json(pointer)
             files = [record[key] for key in ("weights", "state_tensors") if key in record]
             if all(sha256_of(folder / f["file"]) == f["sha256"] for f in files):
-                return f"the {kind} checkpoint (epoch {record.get('epoch')}) is intact: use --checkpoint {kind}"
+                return (
+                    f"the {kind} checkpoint (epoch {record.get('epoch')}) is intact "
+                    f"(evaluate, predict and export take --checkpoint {kind})"
+                )
         except (OSError, ValueError, KeyError):
             continue
     return "no other checkpoint of this run is intact"

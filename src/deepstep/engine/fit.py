@@ -17,6 +17,7 @@ from deepstep.engine.distributed import SINGLE, Ranks
 from deepstep.engine.loop import Meter, Progress, Step, evaluate, train_one_epoch
 from deepstep.engine.precision import Precision
 from deepstep.engine.run_dir import RunDir
+from deepstep.errors import DeepstepError
 
 
 @dataclass
@@ -192,6 +193,8 @@ def fit(
                 checkpoint_every=training.checkpoint_every,
                 on_checkpoint=checkpoint,
             )
+        except DeepstepError as err:  # a non-finite loss: say in which epoch
+            raise DeepstepError(f"epoch {epoch}: {err}") from None
         finally:
             bar.close()
         seconds = partial["seconds"] + time.perf_counter() - start
