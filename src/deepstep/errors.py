@@ -20,6 +20,10 @@ class CheckpointError(DeepstepError):
     """A checkpoint that is missing, incomplete or does not match what asks for it."""
 
 
+class NonFiniteLoss(DeepstepError):
+    """The training loss became NaN or inf (too high a learning rate, fp16 overflow)."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' (did you mean a or b?)' for the choices closest to `name`, else ''."""
     scored = sorted(

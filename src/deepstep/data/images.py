@@ -248,6 +248,8 @@ class ImageBatches:
         # Crop padding: an eighth of the side (4 pixels at 32x32, as in the CIFAR recipes).
         side = min(self.images.shape[2:]) if self.images.ndim == 4 else 1
         self.padding = max(1, min(round(side / 8), side - 1))
+        # Sized as float32 (16 MB of uint8): kept as it was when chunks were normalised whole, since
+        # the chunk size fixes how the augmentation draws fall, and so a seed's results.
         image_bytes = 4 * self.images[0].numel() if len(self.images) else 1
         self.chunk = max(1, chunk_bytes // (image_bytes * batch_size)) * batch_size
 

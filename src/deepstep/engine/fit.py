@@ -17,7 +17,7 @@ from deepstep.engine.distributed import SINGLE, Ranks
 from deepstep.engine.loop import Meter, Progress, Step, evaluate, train_one_epoch
 from deepstep.engine.precision import Precision
 from deepstep.engine.run_dir import RunDir
-from deepstep.errors import DeepstepError
+from deepstep.errors import NonFiniteLoss
 
 
 @dataclass
@@ -193,8 +193,8 @@ def fit(
                 checkpoint_every=training.checkpoint_every,
                 on_checkpoint=checkpoint,
             )
-        except DeepstepError as err:  # a non-finite loss: say in which epoch
-            raise DeepstepError(f"epoch {epoch}: {err}") from None
+        except NonFiniteLoss as err:  # the loop does not know the epoch; a failed save passes through as it is
+            raise NonFiniteLoss(f"epoch {epoch}: {err}") from None
         finally:
             bar.close()
         seconds = partial["seconds"] + time.perf_counter() - start

@@ -16,7 +16,7 @@ from torch import nn
 
 from deepstep.engine.distributed import SINGLE, Ranks, reduce_sums
 from deepstep.engine.precision import Precision
-from deepstep.errors import DeepstepError
+from deepstep.errors import NonFiniteLoss
 
 Step = Callable[[nn.Module, Any], dict[str, torch.Tensor]]
 
@@ -141,7 +141,7 @@ def train_one_epoch(
 
 def _check_finite(loss_sum: float, where: str) -> None:
     if not math.isfinite(loss_sum):
-        raise DeepstepError(
+        raise NonFiniteLoss(
             f"the training loss became {loss_sum} {where}; lower --lr or use --precision 32. "
             "The last good checkpoint is kept"
         )
