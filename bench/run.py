@@ -18,6 +18,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -92,52 +93,77 @@ def _decoded(spec: str):
     return pixels.images, pixels.labels, mean, std
 
 
+def take_turns(contenders: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, list[float]]:
+    """Each contender's epoch seconds over `rounds` turns, in an order that rotates every round, so
+    that the machine's drift over minutes falls on all of them alike rather than on whoever ran last."""
+    seconds: dict[str, list[float]] = {key: [] for key in contenders}
+    names = list(contenders)
+    for turn in range(rounds):
+        shift = turn % len(names)
+        for key in names[shift:] + names[:shift]:
+            seconds[key] += contenders[key]()
+    return seconds
+
+
+def _deepstep_epochs(spec: str, mean, std, *, model_name: str, batch_size: int, precision: str) -> list[float]:
+    import deepstep
+
+    out = ROOT / "bench" / "results" / f"overhead-{model_name}-{batch_size}-{precision}-{time.time_ns()}"
+    run = deepstep.train(
+        data=spec,
+        model=model_name,
+        batch_size=batch_size,
+        precision=precision,
+        epochs=1,
+        val_split=0.0,
+        lr=0.01,
+        optimizer="sgd",
+        momentum=0.9,
+        mean=mean,
+        std=std,
+        out=str(out),
+        verbose=False,
+    )
+    return [row["seconds"] for row in run.metrics]
+
+
 def bench_overhead(quick: bool) -> dict:
     """Epochs of deepstep train against the hand-written floor loop (and Lightning, if installed),
     on the same decoded images: lenet on all of CIFAR-10 (the sample with --quick), resnet-cifar on
     the shipped sample (a resnet epoch at batch 4 on 50,000 images would take minutes per row).
 
-    Each contender runs `epochs` epochs and its fastest epoch counts (as `timeit` takes the best
-    run): on a shared 2-core machine one epoch's time varies by up to 20% from run to run."""
-    import deepstep
+    The contenders take turns, one epoch each (see take_turns), and each one's fastest epoch counts
+    (as `timeit` takes the best run): on a shared 2-core machine an epoch's time varies by up to 20%."""
     from bench.floor import floor_epochs, lightning_epochs
     from deepstep.engine.precision import cpu_has_fast_bf16
 
+    try:
+        import lightning  # noqa: F401
+    except ImportError:
+        has_lightning = False
+    else:
+        has_lightning = True
     full_spec = "cifar10-sample" if quick else cifar_folder(quick)[0]
-    epochs = 1 if quick else 3
+    rounds = 1 if quick else 3
     rows, skipped = [], []
     for model, spec in (("lenet", full_spec), ("resnet-cifar", "cifar10-sample")):
         images, labels, mean, std = _decoded(spec)
+        data = (images, labels, mean, std)
         for batch_size in (128, 4):
             for precision in ("32", "bf16"):
                 if precision == "bf16" and not cpu_has_fast_bf16():
                     skipped.append(f"{model} b{batch_size} bf16")
                     continue
-                common = {"model_name": model, "batch_size": batch_size, "precision": precision, "epochs": epochs}
-                floor = floor_epochs(images, labels, mean, std, **common)
-                out = ROOT / "bench" / "results" / f"overhead-{model}-{batch_size}-{precision}-{int(time.time())}"
-                run = deepstep.train(
-                    data=spec,
-                    model=model,
-                    batch_size=batch_size,
-                    precision=precision,
-                    epochs=epochs,
-                    val_split=0.0,
-                    lr=0.01,
-                    optimizer="sgd",
-                    momentum=0.9,
-                    mean=mean,
-                    std=std,
-                    out=str(out),
-                    verbose=False,
-                )
-                ours = [row["seconds"] for row in run.metrics]
-                try:
-                    lightning = lightning_epochs(images, labels, mean, std, **common)
-                except ImportError:
-                    lightning = None
-                floor_s, deepstep_s = min(floor), min(ours)
-                lightning_s = min(lightning) if lightning else None
+                common = {"model_name": model, "batch_size": batch_size, "precision": precision}
+                contenders = {
+                    "floor": partial(floor_epochs, *data, epochs=1, **common),
+                    "deepstep": partial(_deepstep_epochs, spec, mean, std, **common),
+                }
+                if has_lightning:
+                    contenders["lightning"] = partial(lightning_epochs, *data, epochs=1, **common)
+                seconds = take_turns(contenders, rounds)
+                floor_s, deepstep_s = min(seconds["floor"]), min(seconds["deepstep"])
+                lightning_s = min(seconds["lightning"]) if has_lightning else None
                 rows.append(
                     {
                         "model": model,
@@ -149,14 +175,14 @@ def bench_overhead(quick: bool) -> dict:
                         "deepstep/floor": deepstep_s / floor_s,
                         "lightning_s": lightning_s,
                         "lightning/deepstep": lightning_s / deepstep_s if lightning_s else None,
-                        "epochs_s": {"floor": floor, "deepstep": ours, "lightning": lightning},
+                        "epochs_s": seconds,
                     }
                 )
                 print_table("overhead (so far)", {"rows": rows[-1:]})
     result = {
         "rows": rows,
-        "note": f"best of {epochs} epoch(s) each; lightning_s is empty when lightning is not installed "
-        "(pip install -e '.[bench]')",
+        "note": f"best of {rounds} turn(s) of one epoch each, contenders alternating; lightning_s is empty "
+        "when lightning is not installed (pip install -e '.[bench]')",
     }
     if skipped:  # emulated bf16 is 5-10x slower than fp32: nobody trains so, and --precision auto does not
         result["skipped"] = f"{', '.join(skipped)}: this CPU has no AMX/AVX-512-BF16"
