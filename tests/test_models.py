@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from deepstep.errors import DeepstepError
 from deepstep.models import check_input, create_model, get_model_spec, list_models, trace_shapes
@@ -81,3 +83,55 @@ def test_an_unknown_model_argument_lists_the_known_ones():
 def test_the_resnet_width_option_changes_the_channels():
     narrow, wide = create_model("resnet-cifar", width=8), create_model("resnet-cifar", width=16)
     assert narrow.fc.in_features == 64 and wide.fc.in_features == 128
+
+
+def _patch_moment(outputs: torch.Tensor) -> torch.Tensor:
+    """The second-moment matrix of a conv's outputs over every image and position: (C, C)."""
+    flat = outputs.permute(1, 0, 2, 3).reshape(outputs.shape[1], -1).double()
+    return flat @ flat.T / flat.shape[1]
+
+
+def test_the_whitening_layer_decorrelates_the_patches_it_was_set_from():
+    from deepstep.models.airbench import whitening_weights
+
+    generator = torch.Generator().manual_seed(0)
+    # Smooth images: neighbouring pixels and the three channels are strongly correlated.
+    coarse = torch.randn(200, 1, 8, 8, generator=generator)
+    images = torch.nn.functional.interpolate(coarse, size=32, mode="bilinear").repeat(1, 3, 1, 1)
+    images = images + 0.3 * torch.randn(200, 3, 32, 32, generator=generator)
+    before = _patch_moment(torch.nn.functional.unfold(images, 2).view(200, 12, 31, 31))
+    assert before[0, 1] / before[0, 0] > 0.5  # neighbouring pixels correlated to start with
+    weights = whitening_weights(images, patch=2)
+    assert weights.shape == (24, 3, 2, 2)
+    assert torch.equal(weights[12:], -weights[:12])  # each direction and its negative
+    moment = _patch_moment(torch.nn.functional.conv2d(images, weights[:12]))
+    assert torch.allclose(moment, torch.eye(12, dtype=torch.float64), atol=0.02)
+
+
+@pytest.mark.parametrize("in_memory", ["yes", "no"])  # decoded in memory, or read from the files
+def test_training_airbench_sets_its_whitening_layer_from_the_data_and_keeps_it(image_folder, in_memory):
+    import deepstep
+    from deepstep.engine.run_dir import RunDir
+    from deepstep.tasks.image_classification import load_trained
+
+    run = deepstep.train(
+        data=str(image_folder),
+        model="airbench",
+        model_args={"width": 8},
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        val_split=0.0,  # so that the train part is every file of train/
+        in_memory=in_memory,
+        out="runs/air",
+        verbose=False,
+    )
+    model = load_trained(RunDir.open(run.path)).model
+    files = sorted((image_folder / "train").rglob("*.png"))
+    pixels = torch.from_numpy(np.stack([np.asarray(Image.open(f)) for f in files])).permute(0, 3, 1, 2)
+    norm = run.info["data"]["normalization"]
+    mean, std = torch.tensor(norm["mean"]).view(1, 3, 1, 1), torch.tensor(norm["std"]).view(1, 3, 1, 1)
+    x = (pixels.float() / 255 - mean) / std
+    # After two epochs, the first layer still whitens the training images it was set from.
+    moment = _patch_moment(torch.nn.functional.conv2d(x, model.whiten.weight[:12]))
+    assert torch.allclose(moment, torch.eye(12, dtype=torch.float64), atol=0.02)

@@ -138,10 +138,11 @@ class FileBatches:
             yield x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
 
 
-def sample_stats(
+def sample_images(
     split: ImageSplit, size: tuple[int, int], resize: int | None, channels: int, count: int = 1000, seed: int = 0
-):
-    """Mean and std per channel of a seeded sample of up to `count` images, as the model sees them."""
+) -> np.ndarray:
+    """A seeded sample of up to `count` readable images of `split` as the model sees them, uint8
+    (N, C, H, W); unreadable ones are left out."""
     from deepstep.data.decode import DECODE_ERRORS, read_image
 
     rng = np.random.default_rng(seed)
@@ -153,8 +154,15 @@ def sample_stats(
         except DECODE_ERRORS:
             continue
     if not arrays:
-        raise DeepstepError("no readable training images to compute the normalisation from")
-    stack = np.stack(arrays).astype(np.float64) / 255
+        raise DeepstepError(f"none of {len(picks)} images sampled from the train part could be read")
+    return np.stack(arrays)
+
+
+def sample_stats(
+    split: ImageSplit, size: tuple[int, int], resize: int | None, channels: int, count: int = 1000, seed: int = 0
+):
+    """Mean and std per channel of a seeded sample of up to `count` images, as the model sees them."""
+    stack = sample_images(split, size, resize, channels, count, seed).astype(np.float64) / 255
     mean = stack.mean(axis=(0, 2, 3))
     std = stack.std(axis=(0, 2, 3))
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in np.maximum(std, 1e-6)]

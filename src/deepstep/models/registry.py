@@ -67,4 +67,4 @@ def create_model(name: str, **args: Any) -> nn.Module:
 
 def _load_builtin_models() -> None:
     # Importing the modules runs their @register_model decorators.
-    from deepstep.models import cifar, resnet_cifar, rnn, torchvision_models  # noqa: F401
+    from deepstep.models import airbench, cifar, resnet_cifar, rnn, torchvision_models  # noqa: F401

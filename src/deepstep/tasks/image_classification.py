@@ -22,7 +22,7 @@ from deepstep.data.folders import find_images
 from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize
 from deepstep.data.sources import ImageSource, ImageSplit, default_data_dir, open_image_source
 from deepstep.data.splits import stratified_split
-from deepstep.data.streaming import FileBatches, eval_transform, sample_stats, train_transform
+from deepstep.data.streaming import FileBatches, eval_transform, sample_images, sample_stats, train_transform
 from deepstep.engine import distributed
 from deepstep.engine.backends import KernelChoice, apply_kernels, choose_cpu_kernels, set_cpu_threads
 from deepstep.engine.fit import Monitor, Training, fit, resume
@@ -389,6 +389,25 @@ def with_pretrained_preprocessing(config: TrainConfig) -> TrainConfig:
     )
 
 
+DATA_INIT_IMAGES = 5000
+
+
+def init_from_data(model: nn.Module, data: TrainingData, seed: int, log: Log) -> None:
+    """A model with a data-dependent start (airbench's whitening layer) gets a seeded sample of up to
+    5,000 normalised train images: the same on every rank, so the ranks start alike."""
+    init = getattr(model, "init_from_data", None)
+    if init is None:
+        return
+    prep, train = data.prep, data.train
+    if isinstance(train, Pixels):
+        count = min(DATA_INIT_IMAGES, len(train.images))
+        picks = np.sort(np.random.default_rng(seed).choice(len(train.images), size=count, replace=False))
+        images = train.images[torch.from_numpy(picks)]
+    else:
+        images = torch.from_numpy(sample_images(train, prep.size, prep.resize, prep.channels, DATA_INIT_IMAGES, seed))
+    log(init(prep.normalize(images)))
+
+
 def build_model(config: TrainConfig, model_args: dict[str, Any], log: Log):
     """The model to train and, with --freeze-backbone, what freezes it.
 
@@ -442,6 +461,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
     model, freeze, backbone = build_model(config, model_args, log)
+    if not config.pretrained and not config.resume:  # a resumed run's checkpoint holds what it computed
+        init_from_data(model, data, config.seed, log)
     model = model.to(device)
     kernels = _choose_kernels(model, precision, config.batch_size, device)
     model = distributed.wrap(model, ranks, device, compile=config.compile)

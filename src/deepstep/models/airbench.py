@@ -1,0 +1,91 @@
+"""An airbench-style network for 32x32 images (after Keller Jordan's airbench94, 2024).
+
+whitening conv 2x2 (fixed) -> GELU -> 3 x [conv, max-pool, BN, GELU, conv, BN, GELU] -> max-pool
+-> linear; block widths w, 4w, 4w with `width` = w (airbench94: 64, 256, 256).
+
+The first layer is not learned: `init_from_data` sets it from the training images, so that it
+whitens their 2x2 patches (each output channel is one principal direction of the patches,
+scaled to unit variance, and its negative: 2 x 12 channels for 3-channel images). The network
+then starts from decorrelated inputs, which is much of why airbench trains in so few epochs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from deepstep.models.registry import register_model
+
+
+class ConvGroup(nn.Sequential):
+    """conv 3x3, max-pool 2 (before the normalisation, so it runs on a quarter of the pixels),
+    BN, GELU, conv 3x3, BN, GELU."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(
+            nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+            nn.MaxPool2d(2),
+            nn.BatchNorm2d(c_out),
+            nn.GELU(),
+            nn.Conv2d(c_out, c_out, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.GELU(),
+        )
+
+
+def whitening_weights(images: torch.Tensor, patch: int, eps: float = 5e-4, chunk: int = 500) -> torch.Tensor:
+    """Conv weights (2 * C*patch*patch, C, patch, patch) that whiten the patch x patch patches of
+    `images` (N, C, H, W): the eigenvectors of the patches' second-moment matrix divided by the
+    square root of their eigenvalues, largest first, followed by their negatives."""
+    channels = images.shape[1]
+    size = channels * patch * patch
+    moment = torch.zeros(size, size, dtype=torch.float64)
+    count = 0
+    for start in range(0, len(images), chunk):  # in chunks: all patches of 5,000 images would be 230 MB
+        x = images[start : start + chunk].to(torch.float64)
+        # (N, C, H', W', p, p) -> (N * H' * W', C * p * p), in the conv weight's (C, p, p) order
+        patches = x.unfold(2, patch, 1).unfold(3, patch, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, size)
+        moment += patches.T @ patches
+        count += len(patches)
+    values, vectors = torch.linalg.eigh(moment / count)  # ascending
+    values, vectors = values.flip(0), vectors.flip(1)
+    scaled = (vectors.T / torch.sqrt(values.clamp(min=0) + eps).unsqueeze(1)).reshape(size, channels, patch, patch)
+    return torch.cat([scaled, -scaled]).to(torch.float32)
+
+
+class Airbench(nn.Module):
+    def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3, scale: float = 1 / 9):
+        super().__init__()
+        whiten_width = 2 * in_channels * 2 * 2
+        self.whiten = nn.Conv2d(in_channels, whiten_width, kernel_size=2, padding=0, bias=True)  # (B, 24, 31, 31)
+        self.whiten.weight.requires_grad_(False)  # set by init_from_data; its bias is learned
+        self.act = nn.GELU()
+        self.block1 = ConvGroup(whiten_width, width)  # (B, w, 15, 15)
+        self.block2 = ConvGroup(width, 4 * width)  # (B, 4w, 7, 7)
+        self.block3 = ConvGroup(4 * width, 4 * width)  # (B, 4w, 3, 3)
+        self.pool = nn.AdaptiveMaxPool2d(1)  # (B, 4w, 1, 1)
+        self.flatten = nn.Flatten()  # (B, 4w)
+        self.fc = nn.Linear(4 * width, num_classes, bias=False)
+        self.scale = scale  # small logits at the start keep the first steps stable
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor) -> str:
+        """Set the whitening layer from normalised training images (N, C, H, W); says what it did."""
+        patch = self.whiten.kernel_size[0]
+        self.whiten.weight.copy_(whitening_weights(images, patch))
+        self.whiten.bias.zero_()
+        return f"whitening layer set from the {patch}x{patch} patches of {len(images):,} training images"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block3(self.block2(self.block1(self.act(self.whiten(x)))))
+        return self.fc(self.flatten(self.pool(x))) * self.scale
+
+
+@register_model(
+    "airbench",
+    input_size=(3, 32, 32),
+    description="airbench94-style net for 32x32 images: fixed whitening layer set from the data, "
+    "conv-pool-BN-GELU blocks; width option",
+)
+def airbench(num_classes: int = 10, width: int = 64) -> nn.Module:
+    return Airbench(num_classes, width)
