@@ -216,9 +216,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epochs": 25,
     },
     # The airbench94-style net (whitening layer from the data, widths 64/256/256) with cifar-fast's
-    # optimisation, for GPUs: 6x the multiply-adds of width 24, which trains at ~850 img/s on a 2-core
-    # AVX2 CPU. Not tuned on a GPU yet: these settings trained `--model-arg width=24` to 86.6% test
-    # (87.9% with --tta) in 20 epochs on that CPU.
+    # optimisation, for GPUs (~200 img/s on a 2-core AVX2 CPU). Not tuned on a GPU yet: these settings
+    # trained `--model-arg width=24` to 86.6% test (87.9% with --tta) in 20 epochs on that CPU, as
+    # resnet-cifar width 16 in the same time (86.8%, 87.9%); see the README.
     "cifar-airbench": {
         "model": "airbench",
         "batch_size": 256,
