@@ -183,6 +183,21 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
+# How the CIFAR recipes train: chosen for resnet-cifar on the validation part (batch 256 vs 512,
+# lr 0.2-0.8, weight decay, label smoothing); see the README.
+CIFAR_OPTIMISATION: dict[str, Any] = {
+    "batch_size": 256,
+    "optimizer": "sgd",
+    "lr": 0.4,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "schedule": "onecycle",
+    "warmup": 0.2,
+    "label_smoothing": 0.2,
+    "augment": True,
+}
+
 # Named presets of config values (`--recipe NAME`); a recipe sits between the defaults
 # and the config file, so anything in it can still be overridden.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -199,40 +214,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "precision": "32",
         "val_split": 0.0,
     },
-    # resnet-cifar on CIFAR-10 within 10 minutes of a 2-core CPU (bf16): chosen on the validation
-    # part (batch 256 vs 512, lr 0.2-0.8, weight decay, label smoothing); see the README.
-    "cifar-fast": {
-        "model": "resnet-cifar",
-        "batch_size": 256,
-        "optimizer": "sgd",
-        "lr": 0.4,
-        "momentum": 0.9,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "schedule": "onecycle",
-        "warmup": 0.2,
-        "label_smoothing": 0.2,
-        "augment": True,
-        "epochs": 25,
-    },
-    # The airbench94-style net (whitening layer from the data, widths 64/256/256) with cifar-fast's
-    # optimisation, for GPUs (~200 img/s on a 2-core AVX2 CPU). Not tuned on a GPU yet: these settings
-    # trained `--model-arg width=24` to 86.6% test (87.9% with --tta) in 20 epochs on that CPU, as
+    # resnet-cifar on CIFAR-10 within 10 minutes of a 2-core AVX-512/AMX CPU (bf16).
+    "cifar-fast": {"model": "resnet-cifar", **CIFAR_OPTIMISATION, "epochs": 25},
+    # The airbench94-style net (whitening layer from the data, widths 64/256/256), for GPUs (~200
+    # img/s on a 2-core AVX2 CPU). Not tuned on a GPU yet: these settings trained
+    # `--model-arg width=24` to 86.6% test (87.9% with --tta) in 20 epochs on that CPU, as
     # resnet-cifar width 16 in the same time (86.8%, 87.9%); see the README.
-    "cifar-airbench": {
-        "model": "airbench",
-        "batch_size": 256,
-        "optimizer": "sgd",
-        "lr": 0.4,
-        "momentum": 0.9,
-        "nesterov": True,
-        "weight_decay": 5e-4,
-        "schedule": "onecycle",
-        "warmup": 0.2,
-        "label_smoothing": 0.2,
-        "augment": True,
-        "epochs": 15,
-    },
+    "cifar-airbench": {"model": "airbench", **CIFAR_OPTIMISATION, "epochs": 15},
 }
 
 
