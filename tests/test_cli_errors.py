@@ -1,5 +1,6 @@
 """Every input error a user can make gets one line on stderr, exit code 2 and no traceback."""
 
+import os
 import subprocess
 import sys
 
@@ -53,6 +54,16 @@ def test_a_text_file_passed_to_predict(trained_run, tmp_path):
     text = tmp_path / "readme.txt"
     text.write_text("hello")
     assert_one_line_error(deepstep("predict", str(trained_run), str(text)), "readme.txt: not an image")
+
+
+def test_a_missing_file_and_a_pipe_passed_to_predict(trained_run, tmp_path):
+    missing = deepstep("predict", str(trained_run), str(tmp_path / "nope.jpg"))
+    assert_one_line_error(missing, "nope.jpg does not exist")
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)  # opening it to decode would wait for a writer forever
+    assert_one_line_error(
+        deepstep("predict", str(trained_run), str(pipe)), "pipe.jpg is not a file or folder of images"
+    )
 
 
 def test_a_decompression_bomb_passed_to_predict(trained_run, tmp_path):
