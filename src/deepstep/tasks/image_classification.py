@@ -393,12 +393,13 @@ def with_pretrained_preprocessing(config: TrainConfig) -> TrainConfig:
 DATA_INIT_IMAGES = 5000
 
 
-def init_from_data(model: nn.Module, data: TrainingData, seed: int, log: Log) -> None:
+def init_from_data(model: nn.Module, data: TrainingData, seed: int) -> str | None:
     """A model with a data-dependent start (airbench's whitening layer) gets a seeded sample of up to
-    5,000 normalised train images: the same on every rank, so the ranks start alike."""
+    5,000 normalised train images: the same on every rank, so the ranks start alike. Returns what
+    the model says it did, or None for a model without one."""
     init = getattr(model, "init_from_data", None)
     if init is None:
-        return
+        return None
     prep, train = data.prep, data.train
     if isinstance(train, Pixels):
         count = min(DATA_INIT_IMAGES, len(train.images))
@@ -406,7 +407,7 @@ def init_from_data(model: nn.Module, data: TrainingData, seed: int, log: Log) ->
         images = train.images[torch.from_numpy(picks)]
     else:
         images = torch.from_numpy(sample_images(train, prep.size, prep.resize, prep.channels, DATA_INIT_IMAGES, seed))
-    log(init(prep.normalize(images)))
+    return init(prep.normalize(images))
 
 
 def build_model(config: TrainConfig, model_args: dict[str, Any], log: Log):
@@ -462,8 +463,9 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
     model, freeze, backbone = build_model(config, model_args, log)
+    initialised = None
     if not config.pretrained and not config.resume:  # a resumed run's checkpoint holds what it computed
-        init_from_data(model, data, config.seed, log)
+        initialised = init_from_data(model, data, config.seed)
     model = model.to(device)
     kernels = _choose_kernels(model, precision, config.batch_size, device)
     model = distributed.wrap(model, ranks, device, compile=config.compile)
@@ -515,6 +517,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
 
     def describe() -> dict[str, Any]:
         _log_start(log, config.model, data, setup, run)
+        if initialised:
+            log(initialised)
         return {
             "data": data.report,
             "model": {
