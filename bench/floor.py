@@ -28,7 +28,7 @@ def _setup(model_name: str, batch_size: int, precision: str, classes: int, seed:
     return model, prec, kernels
 
 
-def floor_epochs(
+def floor_epoch(
     images: torch.Tensor,
     labels: torch.Tensor,
     mean: list[float],
@@ -37,34 +37,30 @@ def floor_epochs(
     model_name: str,
     batch_size: int,
     precision: str,
-    epochs: int = 1,
     lr: float = 0.01,
     seed: int = 0,
-) -> list[float]:
-    """Seconds of each epoch of forward, loss, backward, SGD step over `images` (N, C, H, W) uint8."""
+) -> float:
+    """Seconds for one epoch of forward, loss, backward, SGD step over `images` (N, C, H, W) uint8."""
     model, prec, kernels = _setup(model_name, batch_size, precision, int(labels.max()) + 1, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     mean_t = torch.tensor(mean).view(1, -1, 1, 1)
     std_t = torch.tensor(std).view(1, -1, 1, 1)
     memory_format = torch.channels_last if kernels.channels_last else torch.contiguous_format
     model.train()
-    seconds = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        order = torch.randperm(len(images))
-        for i in range(0, len(images), batch_size):
-            index = order[i : i + batch_size]
-            x = ((images[index].float() / 255 - mean_t) / std_t).contiguous(memory_format=memory_format)
-            with prec.autocast():
-                loss = F.cross_entropy(model(x), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        seconds.append(time.perf_counter() - start)
-    return seconds
+    start = time.perf_counter()
+    order = torch.randperm(len(images))
+    for i in range(0, len(images), batch_size):
+        index = order[i : i + batch_size]
+        x = ((images[index].float() / 255 - mean_t) / std_t).contiguous(memory_format=memory_format)
+        with prec.autocast():
+            loss = F.cross_entropy(model(x), labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
 
 
-def lightning_epochs(
+def lightning_epoch(
     images: torch.Tensor,
     labels: torch.Tensor,
     mean: list[float],
@@ -73,12 +69,12 @@ def lightning_epochs(
     model_name: str,
     batch_size: int,
     precision: str,
-    epochs: int = 1,
     lr: float = 0.01,
     seed: int = 0,
-) -> list[float]:
-    """Seconds of each epoch of the same loop under Lightning's Trainer (a TensorDataset + DataLoader,
-    as its docs do it); raises ImportError when lightning is not installed."""
+) -> float:
+    """Seconds for one epoch of the same loop under Lightning's Trainer (a TensorDataset + DataLoader,
+    as its docs do it), timed from the epoch's start, not the Trainer's set-up; raises ImportError
+    when lightning is not installed."""
     import lightning as L
 
     model, _, kernels = _setup(model_name, batch_size, precision, int(labels.max()) + 1, seed)
@@ -103,20 +99,17 @@ def lightning_epochs(
             return torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9)
 
     class EpochTimer(L.Callback):
-        def __init__(self):
-            self.seconds: list[float] = []
-
         def on_train_epoch_start(self, trainer, module):
             self.start = time.perf_counter()
 
         def on_train_epoch_end(self, trainer, module):
-            self.seconds.append(time.perf_counter() - self.start)
+            self.seconds = time.perf_counter() - self.start
 
     timer = EpochTimer()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        max_epochs=epochs,
+        max_epochs=1,
         precision="bf16-mixed" if precision == "bf16" else "32-true",
         logger=False,
         enable_checkpointing=False,

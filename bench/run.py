@@ -97,19 +97,20 @@ def _decoded(spec: str):
     return pixels.images, pixels.labels, mean, std
 
 
-def take_turns(contenders: dict[str, Callable[[], list[float]]], rounds: int) -> dict[str, list[float]]:
-    """Each contender's epoch seconds over `rounds` turns, in an order that rotates every round, so
-    that the machine's drift over minutes falls on all of them alike rather than on whoever ran last."""
+def take_turns(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Each contender's epoch seconds, one epoch a turn for `rounds` turns, in an order that rotates
+    every round, so that the machine's drift over minutes falls on all of them alike rather than on
+    whoever ran last."""
     seconds: dict[str, list[float]] = {key: [] for key in contenders}
     names = list(contenders)
     for turn in range(rounds):
         shift = turn % len(names)
         for key in names[shift:] + names[:shift]:
-            seconds[key] += contenders[key]()
+            seconds[key].append(contenders[key]())
     return seconds
 
 
-def _deepstep_epochs(spec: str, mean, std, *, model_name: str, batch_size: int, precision: str) -> list[float]:
+def _deepstep_epoch(spec: str, mean, std, *, model_name: str, batch_size: int, precision: str) -> float:
     import deepstep
 
     out = ROOT / "bench" / "results" / f"overhead-{model_name}-{batch_size}-{precision}-{time.time_ns()}"
@@ -128,7 +129,7 @@ def _deepstep_epochs(spec: str, mean, std, *, model_name: str, batch_size: int, 
         out=str(out),
         verbose=False,
     )
-    return [row["seconds"] for row in run.metrics]
+    return run.metrics[0]["seconds"]
 
 
 def bench_overhead(quick: bool) -> dict:
@@ -138,7 +139,7 @@ def bench_overhead(quick: bool) -> dict:
 
     The contenders take turns, one epoch each (see take_turns), and each one's fastest epoch counts
     (as `timeit` takes the best run): on a shared 2-core machine an epoch's time varies by up to 20%."""
-    from bench.floor import floor_epochs, lightning_epochs
+    from bench.floor import floor_epoch, lightning_epoch
     from deepstep.engine.precision import cpu_has_fast_bf16
 
     try:
@@ -160,11 +161,11 @@ def bench_overhead(quick: bool) -> dict:
                     continue
                 common = {"model_name": model, "batch_size": batch_size, "precision": precision}
                 contenders = {
-                    "floor": partial(floor_epochs, *data, epochs=1, **common),
-                    "deepstep": partial(_deepstep_epochs, spec, mean, std, **common),
+                    "floor": partial(floor_epoch, *data, **common),
+                    "deepstep": partial(_deepstep_epoch, spec, mean, std, **common),
                 }
                 if has_lightning:
-                    contenders["lightning"] = partial(lightning_epochs, *data, epochs=1, **common)
+                    contenders["lightning"] = partial(lightning_epoch, *data, **common)
                 seconds = take_turns(contenders, rounds)
                 floor_s, deepstep_s = min(seconds["floor"]), min(seconds["deepstep"])
                 lightning_s = min(seconds["lightning"]) if has_lightning else None

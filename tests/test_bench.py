@@ -14,7 +14,7 @@ def test_contenders_take_turns_in_a_rotating_order():
     def contender(name):
         def run():
             calls.append(name)
-            return [float(len(calls))]
+            return float(len(calls))
 
         return run
 
