@@ -66,3 +66,18 @@ def test_a_center_crop_after_resizing_keeps_the_middle(tmp_path):
     Image.fromarray(image).save(tmp_path / "band.png")
     out = read_image(tmp_path / "band.png", (20, 20), 3, resize=20)  # 40x80 -> 20x40 -> middle 20x20
     assert out[:, :, 5:15].mean() > 200 and out[:, :, :3].mean() < 30
+
+
+def test_a_streamed_exif_rotated_photo_is_turned_upright(tmp_path):
+    from deepstep.data.sources import ImageSplit
+    from deepstep.data.streaming import ImageFiles, eval_transform
+
+    image = Image.new("RGB", (20, 10), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 10, 10))  # white left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: rotate 90 degrees clockwise to view
+    image.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    split = ImageSplit(labels=np.array([0]), files=[tmp_path / "turned.jpg"])
+    x, label = ImageFiles(split, eval_transform((20, 10), 20, [0.0], [1.0]), channels=1)[0]
+    assert x.shape == (1, 20, 10) and label == 0
+    assert x[0, :10].mean() > 0.8 and x[0, 10:].mean() < 0.2  # white moved to the top

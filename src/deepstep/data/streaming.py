@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import ImageOps
 
-from deepstep.data.decode import DECODE_ERRORS, describe_error, open_image, to_model_mode
+from deepstep.data.decode import DECODE_ERRORS, describe_error, open_image, to_model_mode, upright
 from deepstep.data.sources import ImageSplit
 from deepstep.errors import DeepstepError
 
@@ -64,7 +63,7 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             with open_image(self.files[i]) as image:
-                image = to_model_mode(ImageOps.exif_transpose(image), self.channels)
+                image = to_model_mode(upright(image), self.channels)
                 return self.transform(image), int(self.labels[i])
         except DECODE_ERRORS as err:
             return None, f"{self.files[i]}: {describe_error(err)}"
