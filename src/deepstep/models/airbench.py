@@ -16,6 +16,8 @@ from torch import nn
 
 from deepstep.models.registry import register_model
 
+WHITEN_PATCH = 2  # the whitening layer's kernel: 2x2 patches
+
 
 class ConvGroup(nn.Sequential):
     """conv 3x3, max-pool 2 (before the normalisation, so it runs on a quarter of the pixels),
@@ -56,8 +58,8 @@ def whitening_weights(images: torch.Tensor, patch: int, eps: float = 5e-4, chunk
 class Airbench(nn.Module):
     def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3, scale: float = 1 / 9):
         super().__init__()
-        whiten_width = 2 * in_channels * 2 * 2
-        self.whiten = nn.Conv2d(in_channels, whiten_width, kernel_size=2, padding=0, bias=True)  # (B, 24, 31, 31)
+        whiten_width = 2 * in_channels * WHITEN_PATCH * WHITEN_PATCH  # each direction and its negative
+        self.whiten = nn.Conv2d(in_channels, whiten_width, kernel_size=WHITEN_PATCH, bias=True)  # (B, 24, 31, 31)
         self.whiten.weight.requires_grad_(False)  # set by init_from_data; its bias is learned
         self.act = nn.GELU()
         self.block1 = ConvGroup(whiten_width, width)  # (B, w, 15, 15)
@@ -71,10 +73,9 @@ class Airbench(nn.Module):
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor) -> str:
         """Set the whitening layer from normalised training images (N, C, H, W); says what it did."""
-        patch = self.whiten.kernel_size[0]
-        self.whiten.weight.copy_(whitening_weights(images, patch))
+        self.whiten.weight.copy_(whitening_weights(images, WHITEN_PATCH))
         self.whiten.bias.zero_()
-        return f"whitening layer set from the {patch}x{patch} patches of {len(images):,} training images"
+        return f"whitening layer set from the {WHITEN_PATCH}x{WHITEN_PATCH} patches of {len(images):,} training images"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(self.act(self.whiten(x)))))
