@@ -29,6 +29,16 @@ def write_images(
             Image.fromarray(class_image(cls, rng, size)).save(folder / name / f"{i:03d}.{ext}")
 
 
+def write_turned_photo(path: Path) -> None:
+    """A 20x10 JPEG, white left half, whose EXIF says the camera was turned (orientation 6: rotate
+    90 degrees clockwise to view): upright it is 10x20 with the white half on top."""
+    image = Image.new("RGB", (20, 10), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(path, exif=exif, quality=95)
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own data cache, torch hub cache and working folder (runs/ lands there)."""

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import write_turned_photo
 from deepstep.data import folders as folders_module
 from deepstep.data import images as images_module
 from deepstep.data.decode import read_image
@@ -134,11 +135,7 @@ def test_a_fully_transparent_image_is_white_not_its_hidden_colour(tmp_path):
 
 
 def test_an_exif_rotated_photo_is_turned_upright(tmp_path):
-    image = Image.new("RGB", (20, 10), (0, 0, 0))
-    image.paste((255, 255, 255), (0, 0, 10, 10))  # white left half
-    exif = Image.Exif()
-    exif[0x0112] = 6  # the camera was turned: rotate 90 degrees clockwise to view
-    image.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    write_turned_photo(tmp_path / "turned.jpg")
     upright = read_image(tmp_path / "turned.jpg", (20, 10), 1)  # (1, 20, 10) after rotation
     assert upright[0, :10].mean() > 200 and upright[0, 10:].mean() < 50  # white moved to the top
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import train_lenet, write_images
+from conftest import train_lenet, write_images, write_turned_photo
 from deepstep.cli import main
 
 
@@ -72,11 +72,7 @@ def test_a_streamed_exif_rotated_photo_is_turned_upright(tmp_path):
     from deepstep.data.sources import ImageSplit
     from deepstep.data.streaming import ImageFiles, eval_transform
 
-    image = Image.new("RGB", (20, 10), (0, 0, 0))
-    image.paste((255, 255, 255), (0, 0, 10, 10))  # white left half
-    exif = Image.Exif()
-    exif[0x0112] = 6  # the camera was turned: rotate 90 degrees clockwise to view
-    image.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    write_turned_photo(tmp_path / "turned.jpg")
     split = ImageSplit(labels=np.array([0]), files=[tmp_path / "turned.jpg"])
     x, label = ImageFiles(split, eval_transform((20, 10), 20, [0.0], [1.0]), channels=1)[0]
     assert x.shape == (1, 20, 10) and label == 0
