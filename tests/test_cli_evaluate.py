@@ -1,7 +1,11 @@
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from deepstep.cli import main
+from deepstep.errors import DeepstepError
 
 
 def test_evaluate_writes_accuracy_loss_per_class_and_a_confusion_matrix(trained_run, capsys):
@@ -61,15 +65,45 @@ def test_the_human_readable_report_lists_every_class(trained_run, capsys):
 
 
 def test_flip_tta_averages_each_image_with_its_mirror_and_is_recorded(trained_run, capsys):
-    import torch
-
-    from deepstep.tasks.image_classification import FlipAveraged
+    from deepstep.tasks.image_classification import ViewAveraged
 
     model = torch.nn.Conv2d(1, 1, (1, 3), bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[[[1.0, 0.0, 0.0]]]]))  # looks at the leftmost pixel only
     x = torch.tensor([[[[1.0, 2.0, 3.0]]]])
-    assert FlipAveraged(model)(x).item() == 2.0  # (1 + 3) / 2
+    assert ViewAveraged(model)(x).item() == 2.0  # (1 + 3) / 2
     assert main(["evaluate", str(trained_run), "--tta", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["tta"] is True
-    assert json.loads((trained_run / "evaluations.json").read_text())[0]["tta"] is True
+    assert json.loads(capsys.readouterr().out)["tta"] == "flip"
+    assert json.loads((trained_run / "evaluations.json").read_text())[0]["tta"] == "flip"
+
+
+class SquaredPixel(torch.nn.Module):
+    """A model whose one logit is the square of one pixel: not linear, so each view counts."""
+
+    def __init__(self, row: int, col: int):
+        super().__init__()
+        self.row, self.col = row, col
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0, self.row, self.col, None] ** 2
+
+
+def test_translate_tta_adds_the_image_moved_a_pixel_up_left_and_down_right_with_edges_reflected():
+    from deepstep.tasks.image_classification import ViewAveraged
+
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)  # pixel (i, j) holds 4i + j
+    # Pixel (1, 1): itself 5 and mirrored 6; moved up-left 10 and 11; moved down-right 0 and 1.
+    inner = ViewAveraged(SquaredPixel(1, 1), "flip-translate")(x).item()
+    assert inner == (25 + 36) / 4 + (100 + 121) / 8 + (0 + 1) / 8
+    # Pixel (0, 0) moved down-right comes from the reflected row and column: 5 (and 6 mirrored), not 0.
+    corner = ViewAveraged(SquaredPixel(0, 0), "flip-translate")(x).item()
+    assert corner == (0 + 9) / 4 + (25 + 36) / 8 + (25 + 36) / 8
+
+
+def test_translate_tta_is_recorded_by_name_and_an_unknown_mode_is_refused(trained_run, capsys):
+    from deepstep.tasks.image_classification import evaluate_run
+
+    assert main(["evaluate", str(trained_run), "--split", "val", "--tta-translate", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta"] == "flip-translate"
+    with pytest.raises(DeepstepError, match="--tta 'flip-translat' is not one of flip, flip-translate.*flip-translate"):
+        evaluate_run(trained_run, "val", tta="flip-translat")

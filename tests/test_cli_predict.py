@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from deepstep.cli import main
@@ -63,7 +64,8 @@ def test_the_plot_draws_each_image_beside_its_probabilities(trained_run, image_f
     assert "circle/000.png" in capsys.readouterr().out
 
 
-def test_predict_with_flip_tta_still_gives_a_distribution(trained_run, image_folder, capsys):
-    assert main(["predict", str(trained_run), str(image_folder / "test" / "circle"), "--tta", "--json"]) == 0
+@pytest.mark.parametrize("flag", ["--tta", "--tta-translate"])
+def test_predict_with_tta_still_gives_a_distribution(flag, trained_run, image_folder, capsys):
+    assert main(["predict", str(trained_run), str(image_folder / "test" / "circle"), flag, "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert len(results) == 6 and all(abs(sum(t["probability"] for t in r["top_k"]) - 1) < 1e-5 for r in results)

@@ -55,13 +55,13 @@ class Run:
         *,
         force: bool = False,
         checkpoint: str = "best",
-        tta: bool = False,
+        tta: bool | str | None = None,
         baselines: bool | list[str] = False,
         backtest: bool = False,
         verbose: bool = True,
     ) -> dict[str, Any]:
         """The run's metrics on `split`; the test split once per run. Images: accuracy, loss, per-class
-        accuracy, confusion matrix (`tta`: flip averaging). Forecasting: MAE, RMSE, MAPE, sMAPE, MASE
+        accuracy, confusion matrix (`tta`: "flip" or "flip-translate" averaging). Forecasting: MAE, RMSE, MAPE, sMAPE, MASE
         (`baselines`, `backtest`). Sequences: accuracy, precision, recall, F1, ROC AUC."""
         task = self.task
         if task == "forecasting":
@@ -93,7 +93,7 @@ class Run:
         top_k: int = 5,
         plot: str | Path | None = None,
         checkpoint: str = "best",
-        tta: bool = False,
+        tta: bool | str | None = None,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """Top-k classes with softmax probabilities for each image file (or folder of images); the
         class of each sequence CSV; or, for a forecasting run (no inputs), the steps after its data."""
@@ -227,7 +227,7 @@ class Pretrained:
         *,
         top_k: int = 5,
         plot: str | Path | None = None,
-        tta: bool = False,
+        tta: bool | str | None = None,
     ) -> list[dict[str, Any]]:
         """Top-k ImageNet label names with softmax probabilities for each image (or folder)."""
         from deepstep.tasks.image_classification import predict_pretrained

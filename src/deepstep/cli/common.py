@@ -19,3 +19,18 @@ def print_json(obj: Any) -> None:
 
 def progress_enabled(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def add_tta_options(parser: argparse.ArgumentParser) -> None:
+    """--tta and --tta-translate, for evaluate and predict; read back by `tta_mode`."""
+    parser.add_argument("--tta", action="store_true", help="average each image's logits with its mirror image's")
+    parser.add_argument(
+        "--tta-translate",
+        action="store_true",
+        help="--tta, and also average in the image moved one pixel up-left and one down-right, each mirrored too",
+    )
+
+
+def tta_mode(args: argparse.Namespace) -> str | None:
+    """The test-time augmentation the flags ask for, by the name the Python API takes."""
+    return "flip-translate" if args.tta_translate else "flip" if args.tta else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deepstep.cli.common import formatter, print_json, progress_enabled
+from deepstep.cli.common import add_tta_options, formatter, print_json, progress_enabled, tta_mode
 
 EXAMPLES = """\
 examples:
@@ -70,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", metavar="RUN", help="a run folder written by `deepstep train`")
     parser.add_argument("--split", default="test", choices=("test", "val"), help="default test")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="default best (by val accuracy)")
-    parser.add_argument("--tta", action="store_true", help="average each image's logits with its mirror image's")
+    add_tta_options(parser)
     parser.add_argument("--force", action="store_true", help="evaluate the test part again (recorded)")
     parser.add_argument("--data-dir", metavar="DIR", help="data cache, if not the one used in training")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         args.split,
         force=args.force,
         checkpoint=args.checkpoint,
-        tta=args.tta,
+        tta=tta_mode(args),
         data_dir=args.data_dir,
         log=(lambda m: None) if quiet else print,
         progress=progress_enabled(args) and not quiet,

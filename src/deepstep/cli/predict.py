@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from deepstep.cli.common import formatter, print_json
+from deepstep.cli.common import add_tta_options, formatter, print_json, tta_mode
 
 EXAMPLES = """\
 examples:
@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--top-k", type=int, default=5, metavar="K", help="how many classes to list per image (default 5)"
     )
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    parser.add_argument("--tta", action="store_true", help="average each image's logits with its mirror image's")
+    add_tta_options(parser)
     parser.add_argument(
         "--json", action="store_true", help="print a JSON list: file, label, top_k [{label, probability}]"
     )
@@ -74,15 +74,16 @@ def run(args: argparse.Namespace) -> int:
             return _forecast(args)
         if task == "sequence-classification":
             return _sequences(args)
+    tta = tta_mode(args)
     if args.pretrained:
-        results = predict_pretrained(args.model, args.inputs, top_k=args.top_k, plot=args.plot, tta=args.tta)
+        results = predict_pretrained(args.model, args.inputs, top_k=args.top_k, plot=args.plot, tta=tta)
     elif len(args.inputs) < 2:
         raise DeepstepError(
             f"give a run folder and at least one image: `deepstep predict RUN IMAGE` (got {args.inputs[0]!r})"
         )
     else:
         results = predict_run(
-            args.inputs[0], args.inputs[1:], top_k=args.top_k, checkpoint=args.checkpoint, plot=args.plot, tta=args.tta
+            args.inputs[0], args.inputs[1:], top_k=args.top_k, checkpoint=args.checkpoint, plot=args.plot, tta=tta
         )
     if args.json:
         print_json(results)

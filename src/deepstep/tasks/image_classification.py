@@ -30,7 +30,7 @@ from deepstep.engine.fit import Monitor, Training, fit, resume
 from deepstep.engine.loop import Step, evaluate
 from deepstep.engine.precision import Precision, resolve_device, resolve_precision
 from deepstep.engine.run_dir import RunDir
-from deepstep.errors import DeepstepError
+from deepstep.errors import DeepstepError, did_you_mean
 from deepstep.hardware import available_cores
 from deepstep.models import check_input, create_model, get_model_spec
 from deepstep.models.shapes import format_size
@@ -83,15 +83,41 @@ def classification_step(label_smoothing: float = 0.0) -> Step:
     return step
 
 
-class FlipAveraged(nn.Module):
-    """Test-time augmentation: the mean of the logits for each image and its mirror image."""
+TTA_MODES = ("flip", "flip-translate")
 
-    def __init__(self, model: nn.Module):
+
+def tta_mode(tta: bool | str | None) -> str | None:
+    """The test-time augmentation asked for: None, "flip" (also for True) or "flip-translate"."""
+    if tta is None or tta is False:
+        return None
+    if tta is True:
+        return "flip"
+    if tta not in TTA_MODES:
+        raise DeepstepError(f"--tta {tta!r} is not one of {', '.join(TTA_MODES)}" + did_you_mean(str(tta), TTA_MODES))
+    return tta
+
+
+class ViewAveraged(nn.Module):
+    """Test-time augmentation: each image's logits averaged over views of it. `flip`: the image and
+    its mirror image. `flip-translate` (airbench's level 2): half that, and a quarter each the same
+    for the image moved one pixel up-left and one pixel down-right, the uncovered edge reflected."""
+
+    def __init__(self, model: nn.Module, mode: str = "flip"):
         super().__init__()
         self.model = model
+        self.mode = mode
+
+    def mirrored(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x) + self.model(x.flip(3))) / 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        return (self.model(x) + self.model(x.flip(3))) / 2
+        if self.mode == "flip":
+            return self.mirrored(x)
+        height, width = x.shape[2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")  # (B, C, H + 2, W + 2)
+        up_left = padded[:, :, 2:, 2:]
+        down_right = padded[:, :, :height, :width]
+        return self.mirrored(x) / 2 + (self.mirrored(up_left) + self.mirrored(down_right)) / 4
 
 
 # ---- model input and pre-processing ------------------------------------------------------------
@@ -617,17 +643,18 @@ def evaluate_run(
     *,
     force: bool = False,
     checkpoint: str = "best",
-    tta: bool = False,
+    tta: bool | str | None = None,
     data_dir: str | None = None,
     log: Log = print,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Loss, accuracy, per-class accuracy and confusion matrix on `split` (test or val);
-    with `tta`, each image's logits are averaged with its mirror image's.
+    with `tta` ("flip" or "flip-translate"), each image's logits are averaged over views of it.
 
     The test split is measured once per run; a second measurement needs `force` and is recorded.
     """
     run = RunDir.open(run_path)
+    tta = tta_mode(tta)
     if split not in ("test", "val"):
         raise DeepstepError(
             f"--split {split!r}: evaluate measures 'test' or 'val' (the train part is reported by training)"
@@ -641,7 +668,7 @@ def evaluate_run(
     batches = make_batches(part, trained.prep, batch_size=256, device=device, workers=config.workers)
     model = trained.model.to(device)
     if tta:
-        model = FlipAveraged(model)
+        model = ViewAveraged(model, tta)
     means, kept = evaluate(
         model, classification_step(), batches, resolve_precision("32", device), keep=("output", "target")
     )
@@ -658,7 +685,7 @@ def evaluate_run(
         "time": now(),
     }
     title = f"{split}: accuracy {result['accuracy']:.2%} ({result['images']} images)" + (
-        " with flip TTA" if tta else ""
+        f" with {tta} TTA" if tta else ""
     )
     matrix = np.asarray(result["confusion_matrix"])
     result["files"] = save_confusion(run.path, split, matrix, trained.classes, title)
@@ -762,7 +789,7 @@ def predict_run(
     checkpoint: str = "best",
     plot: str | Path | None = None,
     batch_size: int = 64,
-    tta: bool = False,
+    tta: bool | str | None = None,
 ) -> list[dict[str, Any]]:
     """Class and softmax probabilities for each image, with the run's own pre-processing."""
     if top_k < 1:
@@ -781,7 +808,7 @@ def predict_pretrained(
     top_k: int = 5,
     plot: str | Path | None = None,
     batch_size: int = 16,
-    tta: bool = False,
+    tta: bool | str | None = None,
 ) -> list[dict[str, Any]]:
     """ImageNet top-k label names and probabilities from torchvision's pretrained `model_name`,
     with the weights' own pre-processing (resize the short side, center-crop, normalise)."""
@@ -804,12 +831,13 @@ def classify_files(
     top_k: int,
     plot: str | Path | None,
     batch_size: int,
-    tta: bool,
+    tta: bool | str | None,
 ) -> list[dict[str, Any]]:
     """Softmax over the model's outputs for each image file: the top-k classes, best first."""
+    tta = tta_mode(tta)
     files = image_files(inputs)
     top_k = min(top_k, len(classes))
-    model = FlipAveraged(model) if tta else model
+    model = ViewAveraged(model, tta) if tta else model
     images = np.stack([read_for_model(f, prep) for f in files])
     results = []
     with torch.inference_mode():
