@@ -11,6 +11,18 @@ from safetensors.torch import load_file
 
 from deepstep.cli import main
 
+# Two ranks, one thread each; deepstep's CLI as the module each rank runs.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "deepstep"]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    """One thread per rank, and torchrun's log folders in the test's own tmp folder instead of /tmp."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+
+
+def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*TORCHRUN, *args], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+
 
 def _last(run: str) -> tuple[dict, list]:
     record = json.loads(Path(run, "checkpoints", "last.json").read_text())
@@ -18,19 +30,11 @@ def _last(run: str) -> tuple[dict, list]:
     return weights, Path(run, "metrics.csv").read_text().splitlines()
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(image_folder):
+def test_two_processes_match_one_process_with_the_same_global_batch(image_folder, tmp_path):
     common = ["train", "--data", str(image_folder), "--model", "lenet", "--epochs", "2", "--val-split", "0.2"]
     common += ["--precision", "32", "--device", "cpu", "--lr", "0.05", "--augment", "--quiet"]
     assert main([*common, "--batch-size", "16", "--out", "runs/one"]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    done = subprocess.run(
-        [*torchrun, "-m", "deepstep", *common, "--batch-size", "8", "--out", "runs/two"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _torchrun([*common, "--batch-size", "8", "--out", "runs/two"], tmp_path)
     assert done.returncode == 0, done.stderr[-8000:]
     assert done.stdout.count("run folder: runs/two") == 1  # only rank 0 speaks
     one, one_rows = _last("runs/one")
@@ -46,81 +50,42 @@ def test_two_processes_match_one_process_with_the_same_global_batch(image_folder
             assert abs(float(a[column]) - float(b[column])) < 1e-4, column
 
 
-def test_a_second_run_into_the_same_folder_is_refused_on_every_rank(image_folder):
+def test_a_second_run_into_the_same_folder_is_refused_on_every_rank(image_folder, tmp_path):
     args = ["train", "--data", str(image_folder), "--epochs", "1", "--device", "cpu", "--quiet", "--out", "runs/taken"]
     assert main(args) == 0
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    done = subprocess.run(
-        [*torchrun, "-m", "deepstep", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    done = _torchrun(args, tmp_path)
     assert done.returncode != 0 and "already holds a run" in done.stderr
 
 
-def test_a_two_process_run_resumes_under_torchrun_to_the_uninterrupted_result(image_folder):
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "deepstep",
-    ]
+def test_a_two_process_run_resumes_under_torchrun_to_the_uninterrupted_result(image_folder, tmp_path):
     common = ["train", "--data", str(image_folder), "--model", "lenet", "--batch-size", "8", "--precision", "32"]
     common += ["--device", "cpu", "--augment", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def torchrun_train(*args):
-        done = subprocess.run([*torchrun, *common, *args], env=env, capture_output=True, text=True, timeout=300)
+    for args in (
+        [*common, "--epochs", "3", "--out", "runs/whole"],
+        [*common, "--epochs", "1", "--out", "runs/parts"],
+        ["train", "--out", "runs/parts", "--resume", "--epochs", "3", "--quiet"],
+    ):
+        done = _torchrun(args, tmp_path)
         assert done.returncode == 0, done.stderr[-8000:]
-
-    torchrun_train("--epochs", "3", "--out", "runs/whole")
-    torchrun_train("--epochs", "1", "--out", "runs/parts")
-    done = subprocess.run(
-        [*torchrun, "train", "--out", "runs/parts", "--resume", "--epochs", "3", "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-8000:]
     whole, whole_rows = _last("runs/whole")
     parts, parts_rows = _last("runs/parts")
     assert all(torch.equal(whole[k], parts[k]) for k in whole)
     assert len(parts_rows) == 4 and json.loads(Path("runs/parts/run.json").read_text())["resumes"][0]["from_epoch"] == 1
 
 
-def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_weights(image_folder):
+def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_weights(image_folder, tmp_path):
     import signal
     import time
 
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "deepstep",
-    ]
     common = ["train", "--data", str(image_folder), "--model", "lenet", "--batch-size", "2", "--precision", "32"]
     common += ["--device", "cpu", "--augment", "--checkpoint-every", "2", "--epochs", "6", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [*torchrun, *common, "--out", "runs/whole"], env=env, capture_output=True, text=True, timeout=300
-    )
+    done = _torchrun([*common, "--out", "runs/whole"], tmp_path)
     assert done.returncode == 0, done.stderr[-8000:]
 
     # Kill the launcher and both ranks once a mid-epoch checkpoint of epoch 3 or later is on disk.
     victim = subprocess.Popen(
-        [*torchrun, *common, "--out", "runs/killed"],
-        env=env,
+        [*TORCHRUN, *common, "--out", "runs/killed"],
+        env=_env(tmp_path),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -137,13 +102,7 @@ def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_weights(image_fo
         time.sleep(0.005)
     victim.wait(timeout=60)
     assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    done = subprocess.run(
-        [*torchrun, "train", "--out", "runs/killed", "--resume", "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _torchrun(["train", "--out", "runs/killed", "--resume", "--quiet"], tmp_path)
     assert done.returncode == 0, done.stderr[-8000:]
     whole, whole_rows = _last("runs/whole")
     killed, killed_rows = _last("runs/killed")
