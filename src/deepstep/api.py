@@ -61,8 +61,9 @@ class Run:
         verbose: bool = True,
     ) -> dict[str, Any]:
         """The run's metrics on `split`; the test split once per run. Images: accuracy, loss, per-class
-        accuracy, confusion matrix (`tta`: "flip" or "flip-translate" averaging). Forecasting: MAE, RMSE, MAPE, sMAPE, MASE
-        (`baselines`, `backtest`). Sequences: accuracy, precision, recall, F1, ROC AUC."""
+        accuracy, confusion matrix (`tta`: "flip" or "flip-translate" averaging). Forecasting: MAE,
+        RMSE, MAPE, sMAPE, MASE (`baselines`, `backtest`). Sequences: accuracy, precision, recall, F1,
+        ROC AUC."""
         task = self.task
         if task == "forecasting":
             from deepstep.tasks.forecasting import evaluate_run as evaluate_forecast
