@@ -87,6 +87,14 @@ def test_a_batch_size_that_is_not_positive(size):
     assert_one_line_error(train("--batch-size", size), f"--batch-size must be a positive integer, got {size}")
 
 
+@pytest.mark.parametrize(
+    ("padding", "message"),
+    [("-1", "--crop-padding must be a number of pixels >= 0, got -1"), ("32", "too large for 32x32 model inputs")],
+)
+def test_a_crop_padding_that_cannot_work(padding, message, image_folder):
+    assert_one_line_error(train("--data", str(image_folder), "--augment", "--crop-padding", padding), message)
+
+
 def test_an_input_size_the_model_cannot_take(image_folder):
     assert_one_line_error(
         train("--data", str(image_folder), "--image-size", "64"), "lenet cannot take input 3x64x64", "layer fc1"

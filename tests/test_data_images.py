@@ -163,6 +163,17 @@ def test_random_crop_flip_returns_shifted_or_flipped_crops_of_the_padded_image()
     assert not torch.equal(out, images)
 
 
+@pytest.mark.parametrize(("crop_padding", "shifts"), [(None, {0, 1, 2}), (1, {0, 1}), (0, {0})])
+def test_augmented_crops_move_at_most_crop_padding_pixels(crop_padding, shifts):
+    rows = torch.arange(16, dtype=torch.uint8).view(1, 1, 16, 1).expand(1, 3, 16, 16)  # pixel (i, j) holds i
+    pixels = Pixels(rows.repeat(400, 1, 1, 1), torch.zeros(400, dtype=torch.int64), [])
+    batches = ImageBatches(
+        pixels, batch_size=100, mean=[0.0] * 3, std=[1 / 255] * 3, shuffle=True, augment=True, crop_padding=crop_padding
+    )
+    centre_rows = torch.cat([x[:, 0, 8, 8] for x, _ in batches]).round().long()
+    assert set((centre_rows - 8).abs().tolist()) == shifts  # default: an eighth of the side, 2 at 16x16
+
+
 def _pixels(n):
     return Pixels(
         torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous(), torch.arange(n), []

@@ -77,6 +77,7 @@ class TrainConfig:
     warmup: float = 0.0
     label_smoothing: float = 0.0
     augment: bool = False
+    crop_padding: int | None = None
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -150,6 +151,8 @@ class TrainConfig:
             raise DeepstepError(
                 f"--checkpoint-every must be a number of steps >= 0 (0: each epoch's end), got {self.checkpoint_every}"
             )
+        if self.crop_padding is not None and self.crop_padding < 0:
+            raise DeepstepError(f"--crop-padding must be a number of pixels >= 0, got {self.crop_padding}")
         if self.workers < 0:
             raise DeepstepError(f"--workers must be >= 0 (0: one per core), got {self.workers}")
         return self

@@ -259,7 +259,16 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         "augment",
         {
             "action": argparse.BooleanOptionalAction,
-            "help": "random crop (4-pixel reflect padding) and horizontal flip, on whole batches",
+            "help": "random crop within a reflected border (--crop-padding) and horizontal flip, on whole batches "
+            "(images streamed from disk: a random resized crop and flip)",
+        },
+    ),
+    (
+        "crop-padding",
+        {
+            "type": _int,
+            "metavar": "P",
+            "help": "--augment: the crop moves up to P pixels each way (default an eighth of the side: 4 at 32x32)",
         },
     ),
     (

@@ -226,6 +226,7 @@ class ImageBatches:
         std: list[float],
         shuffle: bool = False,
         augment: bool = False,
+        crop_padding: int | None = None,
         seed: int = 0,
         device: torch.device | str = "cpu",
         channels_last: bool = False,
@@ -245,9 +246,11 @@ class ImageBatches:
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
         self.channels_last = channels_last
-        # Crop padding: an eighth of the side (4 pixels at 32x32, as in the CIFAR recipes).
+        # Crop padding: by default an eighth of the side (4 pixels at 32x32, as in the classic CIFAR
+        # recipes); reflect padding needs it below the side.
         side = min(self.images.shape[2:]) if self.images.ndim == 4 else 1
-        self.padding = max(1, min(round(side / 8), side - 1))
+        default = max(1, round(side / 8))
+        self.padding = min(default if crop_padding is None else crop_padding, side - 1)
         # Sized as float32 (16 MB of uint8): kept as it was when chunks were normalised whole, since
         # the chunk size fixes how the augmentation draws fall, and so a seed's results.
         image_bytes = 4 * self.images[0].numel() if len(self.images) else 1

@@ -65,6 +65,7 @@ RESUME_MUST_MATCH = (
     "mean",
     "std",
     "augment",
+    "crop_padding",
     "resize",
     "pretrained",
 )
@@ -345,6 +346,7 @@ def make_batches(
     device: torch.device,
     train: bool = False,
     augment: bool = False,
+    crop_padding: int | None = None,
     seed: int = 0,
     workers: int = 0,
     strict: bool = False,
@@ -358,6 +360,7 @@ def make_batches(
             std=prep.std,
             shuffle=train,
             augment=augment and train,
+            crop_padding=crop_padding,
             seed=seed,
             device=device,
         )
@@ -469,6 +472,11 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     if config.pretrained:
         config = with_pretrained_preprocessing(config)
     channels, size = model_input(config.model, config.image_size)
+    if config.crop_padding is not None and config.crop_padding >= min(size):
+        raise DeepstepError(
+            f"--crop-padding {config.crop_padding} is too large for {size[0]}x{size[1]} model inputs: "
+            f"at most {min(size) - 1} pixels"
+        )
     ranks = distributed.from_environment()
     device = distributed.init(ranks, resolve_device(config.device))
     log, progress = distributed.quiet_unless_main(log), progress and ranks.main
@@ -483,6 +491,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     data = prepare_training_data(config, channels, size, log, progress)
     if ranks.main:
         distributed.barrier(ranks)
+    if config.augment and config.crop_padding is not None and not isinstance(data.train, Pixels):
+        log("note: --crop-padding is for images held in memory; streamed ones get a random resized crop")
     model_args = {"num_classes": len(data.source.classes), **config.model_args}
     parameters = check_model_fits(config.model, model_args, channels, size)
     run, changes = start_run(config, data.source.name, RESUME_MUST_MATCH, ranks, log)
@@ -502,6 +512,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         device=device,
         train=True,
         augment=config.augment,
+        crop_padding=config.crop_padding,
         seed=config.seed,
         workers=config.workers,
         strict=config.strict,
