@@ -491,7 +491,9 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     data = prepare_training_data(config, channels, size, log, progress)
     if ranks.main:
         distributed.barrier(ranks)
-    if config.augment and config.crop_padding is not None and not isinstance(data.train, Pixels):
+    if config.crop_padding is not None and not config.augment:
+        log("note: --crop-padding does nothing without --augment")
+    elif config.crop_padding is not None and not isinstance(data.train, Pixels):
         log("note: --crop-padding is for images held in memory; streamed ones get a random resized crop")
     model_args = {"num_classes": len(data.source.classes), **config.model_args}
     parameters = check_model_fits(config.model, model_args, channels, size)
