@@ -15,14 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from deepstep.data.decode import read_image
+from deepstep.data.decode import DECODE_ERRORS, read_image
 from deepstep.data.sequences import read_numbers
 from deepstep.data.series import load_series
 from deepstep.errors import DeepstepError
 
 EXAMPLES = int(os.environ.get("DEEPSTEP_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
-IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what decode_files catches
 
 
 def _valid(fmt: str) -> bytes:
@@ -58,7 +57,7 @@ def _decode(data: bytes, suffix: str = ".img") -> None:
         f.flush()
         try:
             array = read_image(f.name, (32, 32), 3)
-        except IMAGE_ERRORS:
+        except DECODE_ERRORS:  # what decode_files, predict and the streamed path catch
             return
     assert array.shape == (3, 32, 32) and array.dtype == np.uint8
 
