@@ -22,7 +22,7 @@ def progress_enabled(args: argparse.Namespace) -> bool:
 
 
 def add_tta_options(parser: argparse.ArgumentParser) -> None:
-    """--tta and --tta-translate, for evaluate and predict; read back by `tta_mode`."""
+    """--tta and --tta-translate, for evaluate and predict; read back by `tta_from_flags`."""
     parser.add_argument("--tta", action="store_true", help="average each image's logits with its mirror image's")
     parser.add_argument(
         "--tta-translate",
@@ -31,6 +31,6 @@ def add_tta_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def tta_mode(args: argparse.Namespace) -> str | None:
+def tta_from_flags(args: argparse.Namespace) -> str | None:
     """The test-time augmentation the flags ask for, by the name the Python API takes."""
     return "flip-translate" if args.tta_translate else "flip" if args.tta else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deepstep.cli.common import add_tta_options, formatter, print_json, progress_enabled, tta_mode
+from deepstep.cli.common import add_tta_options, formatter, print_json, progress_enabled, tta_from_flags
 
 EXAMPLES = """\
 examples:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         args.split,
         force=args.force,
         checkpoint=args.checkpoint,
-        tta=tta_mode(args),
+        tta=tta_from_flags(args),
         data_dir=args.data_dir,
         log=(lambda m: None) if quiet else print,
         progress=progress_enabled(args) and not quiet,

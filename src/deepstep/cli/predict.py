@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from deepstep.cli.common import add_tta_options, formatter, print_json, tta_mode
+from deepstep.cli.common import add_tta_options, formatter, print_json, tta_from_flags
 
 EXAMPLES = """\
 examples:
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             return _forecast(args)
         if task == "sequence-classification":
             return _sequences(args)
-    tta = tta_mode(args)
+    tta = tta_from_flags(args)
     if args.pretrained:
         results = predict_pretrained(args.model, args.inputs, top_k=args.top_k, plot=args.plot, tta=tta)
     elif len(args.inputs) < 2:
