@@ -212,3 +212,76 @@ def test_the_same_seed_gives_the_same_batches():
         return torch.cat([x for x, _ in b])
 
     assert torch.equal(epoch(3), epoch(3)) and not torch.equal(epoch(3), epoch(4))
+
+
+def _mirrored_by_epoch(batches: ImageBatches, images: torch.Tensor, epochs: range) -> dict[int, torch.Tensor]:
+    """For each epoch, which images (each one's label is its index) came out mirrored."""
+    mirrored = {}
+    for epoch in epochs:
+        batches.set_epoch(epoch)
+        seen = torch.zeros(len(images), dtype=torch.bool)
+        for x, y in batches:
+            x = x.round().to(torch.uint8)  # mean 0, std 1/255: the pixels as they were
+            for out, i in zip(x, y.tolist(), strict=True):
+                assert torch.equal(out, images[i]) or torch.equal(out, images[i].flip(2))
+                seen[i] = not torch.equal(out, images[i])
+        mirrored[epoch] = seen
+    return mirrored
+
+
+@pytest.mark.parametrize("alternate", [True, False])
+def test_the_alternating_flip_mirrors_each_image_in_every_other_epoch(alternate):
+    images = torch.randint(0, 256, (64, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    batches = ImageBatches(
+        Pixels(images, torch.arange(64), []),
+        batch_size=10,
+        mean=[0.0] * 3,
+        std=[1 / 255] * 3,
+        shuffle=True,
+        augment=True,
+        crop_padding=0,  # flips only: each output is the image or its mirror
+        alternate_flip=alternate,
+    )
+    mirrored = _mirrored_by_epoch(batches, images, range(1, 5))
+    assert 10 < int(mirrored[1].sum()) < 54  # the first epoch's are drawn at random
+    alternated = [torch.equal(mirrored[e + 1], ~mirrored[e]) for e in (1, 2, 3)]
+    assert alternated == [alternate] * 3  # random flips: 64 images all alternating by chance is 2^-64
+
+
+def test_the_alternating_flip_depends_on_the_epoch_not_on_how_many_passes_came_before():
+    images = torch.randint(0, 256, (40, 3, 6, 6), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+
+    def batches():
+        pixels = Pixels(images, torch.arange(40), [])
+        return ImageBatches(
+            pixels, batch_size=8, mean=[0.0] * 3, std=[1 / 255] * 3, shuffle=True, augment=True, alternate_flip=True
+        )
+
+    whole = batches()
+    for epoch in (1, 2):
+        whole.set_epoch(epoch)
+        list(whole)
+    state = whole.state_dict()
+    whole.set_epoch(3)
+    expected = [x for x, _ in whole]
+    resumed = batches()  # a new process: same seed, the generator as the last checkpoint saved it
+    resumed.load_state_dict(state)
+    resumed.set_epoch(3)
+    assert all(torch.equal(a, b) for a, b in zip(expected, [x for x, _ in resumed], strict=True))
+
+
+def test_training_tells_the_train_batches_each_epoch(image_folder, monkeypatch):
+    from deepstep.cli import main
+
+    epochs = []
+    original = ImageBatches.set_epoch
+
+    def spy(self, epoch):
+        if self.shuffle:  # the train batches
+            epochs.append(epoch)
+        original(self, epoch)
+
+    monkeypatch.setattr(ImageBatches, "set_epoch", spy)
+    args = ["train", "--data", str(image_folder), "--epochs", "3", "--augment", "--alternate-flip", "--quiet"]
+    assert main([*args, "--out", "runs/alt"]) == 0
+    assert epochs == [1, 2, 3]

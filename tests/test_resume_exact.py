@@ -51,10 +51,11 @@ def _stop_after_checkpoint(monkeypatch, nth: int) -> None:
     monkeypatch.setattr(fit_module, "_save_last", save_then_stop)
 
 
-@pytest.mark.parametrize("precision", ["32", "bf16"])
-def test_an_image_run_stopped_mid_epoch_resumes_to_identical_weights(image_folder, monkeypatch, precision):
+@pytest.mark.parametrize(("precision", "flip"), [("32", []), ("bf16", []), ("32", ["--alternate-flip"])])
+def test_an_image_run_stopped_mid_epoch_resumes_to_identical_weights(image_folder, monkeypatch, precision, flip):
     # bf16 autocast on the CPU is as deterministic as fp32: the same kernels on the same inputs.
-    args = ["train", "--data", str(image_folder), "--epochs", "3", "--batch-size", "8", "--augment"]
+    # The alternating flip mirrors by the epoch's number: the resumed epoch 2 must know it is the second.
+    args = ["train", "--data", str(image_folder), "--epochs", "3", "--batch-size", "8", "--augment", *flip]
     args += ["--precision", precision, "--checkpoint-every", "2", "--quiet"]
     assert main([*args, "--out", "runs/whole"]) == 0
     with monkeypatch.context() as scoped:

@@ -78,6 +78,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool = False
     crop_padding: int | None = None
+    alternate_flip: bool = False
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0

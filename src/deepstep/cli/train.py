@@ -272,6 +272,14 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "alternate-flip",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "--augment: flip each image in every other epoch (at random in the first) instead of at random "
+            "each epoch (airbench's derandomised flip; images held in memory)",
+        },
+    ),
+    (
         "precision",
         {
             "choices": PRECISIONS,

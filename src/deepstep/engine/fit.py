@@ -155,6 +155,8 @@ def fit(
     for epoch in range(state.epoch + 1, epochs + 1):
         if training.before_epoch is not None:
             training.before_epoch(epoch)
+        if hasattr(training.train_batches, "set_epoch"):  # as a DistributedSampler is told the epoch
+            training.train_batches.set_epoch(epoch)
         partial = state.partial or {
             "batches": getattr(training.train_batches, "state_dict", dict)(),
             "lr": training.optimizer.param_groups[0]["lr"],

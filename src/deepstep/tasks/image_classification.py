@@ -66,6 +66,7 @@ RESUME_MUST_MATCH = (
     "std",
     "augment",
     "crop_padding",
+    "alternate_flip",
     "resize",
     "pretrained",
 )
@@ -347,6 +348,7 @@ def make_batches(
     train: bool = False,
     augment: bool = False,
     crop_padding: int | None = None,
+    alternate_flip: bool = False,
     seed: int = 0,
     workers: int = 0,
     strict: bool = False,
@@ -361,6 +363,7 @@ def make_batches(
             shuffle=train,
             augment=augment and train,
             crop_padding=crop_padding,
+            alternate_flip=alternate_flip,
             seed=seed,
             device=device,
         )
@@ -495,6 +498,10 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         log("note: --crop-padding does nothing without --augment")
     elif config.crop_padding is not None and not isinstance(data.train, Pixels):
         log("note: --crop-padding is for images held in memory; streamed ones get a random resized crop")
+    if config.alternate_flip and not config.augment:
+        log("note: --alternate-flip does nothing without --augment")
+    elif config.alternate_flip and not isinstance(data.train, Pixels):
+        log("note: --alternate-flip is for images held in memory; streamed ones are flipped at random")
     model_args = {"num_classes": len(data.source.classes), **config.model_args}
     parameters = check_model_fits(config.model, model_args, channels, size)
     run, changes = start_run(config, data.source.name, RESUME_MUST_MATCH, ranks, log)
@@ -515,6 +522,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         train=True,
         augment=config.augment,
         crop_padding=config.crop_padding,
+        alternate_flip=config.alternate_flip,
         seed=config.seed,
         workers=config.workers,
         strict=config.strict,
