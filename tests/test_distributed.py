@@ -112,3 +112,22 @@ def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_weights(image_fo
         for column, x, y in zip(header, a.split(","), b.split(","), strict=True):
             if column in ("train_loss", "train_acc", "val_loss", "val_acc"):
                 assert abs(float(x) - float(y)) < 1e-5, column
+
+
+def test_rank_slices_split_each_global_batch_and_pass_the_epoch_to_the_batches():
+    from deepstep.data.images import ImageBatches, Pixels
+    from deepstep.engine.distributed import Ranks, RankSlices
+
+    def batches():
+        images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
+        pixels = Pixels(images, torch.arange(10), [])
+        return ImageBatches(pixels, batch_size=4, mean=[0.0] * 3, std=[1.0] * 3, shuffle=True, augment=True)
+
+    whole = [y for _, y in batches()]
+    ranks = [RankSlices(batches(), Ranks(rank=r, world=2, local=r)) for r in (0, 1)]
+    for sliced in ranks:
+        sliced.set_epoch(3)  # what fit does before each epoch: it reaches the batches underneath
+        assert sliced.batches.epoch == 3
+    first, second = ([y for _, y in sliced] for sliced in ranks)
+    assert [len(y) for y in first] == [2, 2, 1] == [len(y) for y in second]  # global batches of 4, 4, 2
+    assert all(torch.equal(torch.cat([a, b]), w) for a, b, w in zip(first, second, whole, strict=True))
