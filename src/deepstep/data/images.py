@@ -255,7 +255,8 @@ class ImageBatches:
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
         self.channels_last = channels_last
-        # Drawn from a generator of its own, so that a resumed run draws the same ones again.
+        # Which images the first epoch mirrors: fixed by the seed alone (as the validation split is),
+        # whatever state a resume gives the order-and-crop generator.
         self.first_flips = None
         if alternate_flip and augment:
             first = torch.rand(len(self.images), generator=torch.Generator().manual_seed(seed)) < 0.5
