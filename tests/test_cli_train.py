@@ -160,3 +160,15 @@ def test_grey_models_get_grey_resized_images(image_folder):
     )
     record = json.loads(Path("runs/grey/checkpoints/best.json").read_text())
     assert record["input_size"] == [1, 20, 20] and len(record["normalization"]["mean"]) == 1
+
+
+def test_augment_options_that_cannot_apply_say_so(image_folder, capsys):
+    args = ["train", "--data", str(image_folder), "--epochs", "1", "--crop-padding", "2", "--alternate-flip"]
+    assert main([*args, "--out", "runs/plain"]) == 0
+    out = capsys.readouterr().out
+    assert "note: --crop-padding does nothing without --augment" in out
+    assert "note: --alternate-flip does nothing without --augment" in out
+    assert main([*args, "--augment", "--in-memory", "no", "--out", "runs/streamed"]) == 0
+    out = capsys.readouterr().out
+    assert "note: --crop-padding is for images held in memory; streamed ones get a random resized crop" in out
+    assert "note: --alternate-flip is for images held in memory; streamed ones are flipped at random" in out

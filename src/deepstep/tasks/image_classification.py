@@ -494,14 +494,14 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     data = prepare_training_data(config, channels, size, log, progress)
     if ranks.main:
         distributed.barrier(ranks)
-    if config.crop_padding is not None and not config.augment:
-        log("note: --crop-padding does nothing without --augment")
-    elif config.crop_padding is not None and not isinstance(data.train, Pixels):
-        log("note: --crop-padding is for images held in memory; streamed ones get a random resized crop")
-    if config.alternate_flip and not config.augment:
-        log("note: --alternate-flip does nothing without --augment")
-    elif config.alternate_flip and not isinstance(data.train, Pixels):
-        log("note: --alternate-flip is for images held in memory; streamed ones are flipped at random")
+    for flag, given, streamed in (  # --augment's options for images held in memory
+        ("--crop-padding", config.crop_padding is not None, "get a random resized crop"),
+        ("--alternate-flip", config.alternate_flip, "are flipped at random"),
+    ):
+        if given and not config.augment:
+            log(f"note: {flag} does nothing without --augment")
+        elif given and not isinstance(data.train, Pixels):
+            log(f"note: {flag} is for images held in memory; streamed ones {streamed}")
     model_args = {"num_classes": len(data.source.classes), **config.model_args}
     parameters = check_model_fits(config.model, model_args, channels, size)
     run, changes = start_run(config, data.source.name, RESUME_MUST_MATCH, ranks, log)
