@@ -1,7 +1,9 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
+import pytest
 import torch
 
 from deepstep.cli import main
@@ -41,3 +43,41 @@ def test_torchscript_export_to_a_chosen_file(trained_run, tmp_path, capsys):
 def test_export_of_a_missing_run_is_one_line(capsys):
     assert main(["export", "no-such-run"]) == 2
     assert "run folder no-such-run does not exist" in capsys.readouterr().err
+
+
+def _onnx_run(path, x: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    [got] = session.run(None, {"input": x.astype(np.float32)})
+    return got
+
+
+@pytest.mark.parametrize("relative", ["--relative", "--no-relative"])
+def test_an_exported_forecaster_forecasts_from_raw_values_as_predict_does(seasonal_csv, relative, capsys):
+    train = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--lookback", "12", "--horizon", "6"]
+    assert main([*train, "--test-size", "12", "--epochs", "3", "--hidden", "8", relative, "--out", "runs/f"]) == 0
+    assert main(["export", "runs/f"]) == 0
+    side = json.loads(Path("runs/f/export/model.onnx.json").read_text())
+    assert side["task"] == "forecasting" and side["target"] == "Sales"
+    assert side["input"]["shape"] == ["batch", 12, 1] and side["output"]["shape"] == ["batch", 6]
+    capsys.readouterr()
+    assert main(["predict", "runs/f", "--json"]) == 0
+    expected = [row["value"] for row in json.loads(capsys.readouterr().out)["forecast"]]
+    sales = np.loadtxt(seasonal_csv, delimiter=",", skiprows=1, usecols=1)
+    got = _onnx_run("runs/f/export/model.onnx", sales[-12:].reshape(1, 12, 1))
+    np.testing.assert_allclose(got[0], expected, rtol=1e-4)  # in Sales' own units, no scaling outside
+
+
+def test_an_exported_sequence_classifier_takes_raw_sequences_of_any_length(sequence_folder, capsys):
+    train = ["train", "--data", str(sequence_folder), "--hidden", "8", "--epochs", "2", "--bidirectional"]
+    assert main([*train, "--out", "runs/s", "--quiet"]) == 0
+    assert main(["export", "runs/s", "--format", "onnx"]) == 0
+    side = json.loads(Path("runs/s/export/model.onnx.json").read_text())
+    assert side["classes"] == ["-1", "1"] and side["input"]["shape"] == ["batch", "time", 2]
+    for name in ("seq_1.csv", "seq_2.csv"):  # two lengths
+        csv_path = sequence_folder / "dataset" / name
+        capsys.readouterr()
+        assert main(["predict", "runs/s", str(csv_path), "--json"]) == 0
+        expected = json.loads(capsys.readouterr().out)[0]["probabilities"]["1"]
+        rows = np.loadtxt(csv_path, delimiter=",", comments="#")
+        [[logit]] = _onnx_run("runs/s/export/model.onnx", rows[None])
+        assert abs(1 / (1 + np.exp(-logit)) - expected) < 1e-5

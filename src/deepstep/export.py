@@ -1,12 +1,16 @@
 """Export a trained run's model to ONNX or TorchScript, checked by running the exported file.
 
-Beside the file goes FILE.json: the classes, the input's name and shape, and the pre-processing
-(resize, crop, mean, std), so that a consumer needs nothing else of deepstep.
+Beside the file goes FILE.json: the classes (or the forecast target), the input's name, shape and
+meaning, and the pre-processing, so that a consumer needs nothing else of deepstep. Image models
+take normalised images (FILE.json says how to make them); sequence models take raw values, their
+standardisation being part of the exported model.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +26,38 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # fp32: the exported model's outputs may differ from PyTorch's by at most this
 
 
+@dataclass
+class Exportable:
+    """What one task hands to the exporter: the module to write, the batches it is traced with and
+    checked on, which input axes may vary, and what FILE.json says about its input and output."""
+
+    model: nn.Module  # fp32, eval mode
+    example: torch.Tensor  # traced with
+    check: torch.Tensor  # compared with PyTorch on (another batch size; for sequences another length)
+    axes: dict[int, str]  # the input's variable axes: {0: "batch"}, and {1: "time"} for sequences
+    output: str  # the output's name in the file
+    record: dict[str, Any]  # model, classes or target, input, output and pre-processing, for FILE.json
+
+
 def export_run(
     run_path: str | Path, fmt: str = "onnx", out: str | Path | None = None, checkpoint: str = "best"
 ) -> dict[str, Any]:
     """Write the run's model as `fmt`, run it on a batch and compare with PyTorch; returns the
     record also written to OUT.json (with `max_abs_diff`)."""
-    from deepstep.tasks.image_classification import load_trained
-
     if fmt not in FORMATS:
         raise DeepstepError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     run = RunDir.open(run_path)
-    trained = load_trained(run, checkpoint)
-    model = trained.model.float().eval()
-    prep = trained.prep
+    task = run.read_json("run.json", {}).get("task", "image-classification")
+    if task not in TASKS:
+        raise DeepstepError(f"{run.path} is a {task} run, which export does not know; it exports {', '.join(TASKS)}")
+    exportable = TASKS[task](run, checkpoint)
     out = Path(out) if out else run.path / "export" / f"model{FORMATS[fmt]}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    input_shape = (prep.channels, *prep.size)
-    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
-    check = torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        expected = model(check).numpy()
+        expected = exportable.model(exportable.check).numpy()
     temporary = out.with_name(out.name + ".partial")
     try:
-        got = EXPORTERS[fmt](model, example, temporary, check)
+        got = EXPORTERS[fmt](exportable, temporary)
     except DeepstepError:
         temporary.unlink(missing_ok=True)
         raise
@@ -55,35 +68,176 @@ def export_run(
             f"the exported {fmt} model differs from PyTorch by {difference:.3g} (limit {TOLERANCE}); nothing was written"
         )
     temporary.replace(out)
+    check = {"batch": len(exportable.check), "max_abs_diff": difference, "tolerance": TOLERANCE}
     record = {
         "format": fmt,
         "file": out.name,
         "run": str(run.path),
         "checkpoint": checkpoint,
-        "model": trained.record["model"],
-        "classes": trained.classes,
-        "input": {"name": "input", "shape": ["batch", *input_shape], "dtype": "float32"},
-        "output": {"name": "logits", "shape": ["batch", len(trained.classes)], "probabilities": "softmax over dim 1"},
-        "preprocessing": {
-            "steps": [
-                "convert to RGB" if prep.channels == 3 else "convert to grayscale",
-                f"scale the short side to {prep.resize}" if prep.resize else "scale the short side to cover the crop",
-                f"center-crop to {prep.size[0]}x{prep.size[1]}",
-                "to float in [0, 1], channels first",
-                "subtract mean, divide by std (per channel)",
-            ],
-            "resize": prep.resize,
-            "crop": list(prep.size),
-            "mean": prep.mean,
-            "std": prep.std,
-        },
-        "check": {"batch": len(check), "max_abs_diff": difference, "tolerance": TOLERANCE},
+        "task": task,
+        **exportable.record,
+        "check": check,
     }
     write_json(out.with_name(out.name + ".json"), record)
     return {**record, "path": str(out)}
 
 
-def _onnx(model: nn.Module, example: torch.Tensor, path: Path, check: torch.Tensor) -> np.ndarray:
+def _images(run: RunDir, checkpoint: str) -> Exportable:
+    """The classifier as trained: normalised images in, logits out; the pre-processing is written down."""
+    from deepstep.tasks.image_classification import load_trained
+
+    trained = load_trained(run, checkpoint)
+    prep = trained.prep
+    input_shape = (prep.channels, *prep.size)
+    scale = f"scale the short side to {prep.resize}" if prep.resize else "scale the short side to cover the crop"
+    return Exportable(
+        model=trained.model.float().eval(),
+        example=torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0)),
+        check=torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(1)),
+        axes={0: "batch"},
+        output="logits",
+        record={
+            "model": trained.record["model"],
+            "classes": trained.classes,
+            "input": {"name": "input", "shape": ["batch", *input_shape], "dtype": "float32"},
+            "output": {
+                "name": "logits",
+                "shape": ["batch", len(trained.classes)],
+                "probabilities": "softmax over dim 1",
+            },
+            "preprocessing": {
+                "steps": [
+                    "convert to RGB" if prep.channels == 3 else "convert to grayscale",
+                    scale,
+                    f"center-crop to {prep.size[0]}x{prep.size[1]}",
+                    "to float in [0, 1], channels first",
+                    "subtract mean, divide by std (per channel)",
+                ],
+                "resize": prep.resize,
+                "crop": list(prep.size),
+                "mean": prep.mean,
+                "std": prep.std,
+            },
+        },
+    )
+
+
+class Standardised(nn.Module):
+    """A sequence model with its standardisation inside: raw values in, (x - mean) / std to the
+    net; for forecasts, the net's scaled output back to the target's units (and, for a relative
+    net, added to the last observed value, as `predict_scaled` does)."""
+
+    def __init__(self, net: nn.Module, mean, std, forecast: bool = False, relative: bool = False):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.forecast, self.relative = forecast, relative
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, F) in the data's own units
+        scaled = (x - self.mean) / self.std
+        out = self.net(scaled)  # (B, outputs)
+        if not self.forecast:
+            return out
+        if self.relative:
+            out = out + scaled[:, -1:, 0]
+        return out * self.std[0] + self.mean[0]  # (B, horizon) in the target's units
+
+
+def _forecasting(run: RunDir, checkpoint: str) -> Exportable:
+    """The forecaster with its scaling inside: the last `lookback` rows in, the next `horizon` values out."""
+    from deepstep.tasks.runs import load_model
+
+    net, record = load_model(run, checkpoint)
+    scaler, columns = record["scaler"], record["columns"]
+    lookback, horizon, features = record["lookback"], record["horizon"], len(columns)
+    relative = record.get("relative", False)
+    model = Standardised(net.float(), scaler["mean"], scaler["std"], forecast=True, relative=relative)
+
+    def rows(batch: int, seed: int) -> torch.Tensor:  # inputs at the data's scale
+        z = torch.randn(batch, lookback, features, generator=torch.Generator().manual_seed(seed))
+        return z * model.std + model.mean
+
+    return Exportable(
+        model=model.eval(),
+        example=rows(2, 0),
+        check=rows(8, 1),
+        axes={0: "batch"},
+        output="forecast",
+        record={
+            "model": record["model"],
+            "target": columns[0],
+            "input": {
+                "name": "input",
+                "shape": ["batch", lookback, features],
+                "dtype": "float32",
+                "columns": columns,
+                "meaning": f"the last {lookback} rows of these columns, oldest first, in the data's own units",
+            },
+            "output": {
+                "name": "forecast",
+                "shape": ["batch", horizon],
+                "meaning": f"the next {horizon} values of {columns[0]}, in its own units",
+            },
+            "preprocessing": {
+                "steps": ["none: the standardisation fitted on the train span is part of the model"],
+                "mean": scaler["mean"],
+                "std": scaler["std"],
+            },
+        },
+    )
+
+
+def _sequence_classification(run: RunDir, checkpoint: str) -> Exportable:
+    """The classifier with its standardisation inside: one sequence per batch row, any length."""
+    from deepstep.tasks.runs import load_model
+
+    net, record = load_model(run, checkpoint)
+    norm, classes, features = record["normalization"], record["classes"], record["features"]
+    model = Standardised(net.float(), norm["mean"], norm["std"])
+
+    def sequences(batch: int, steps: int, seed: int) -> torch.Tensor:
+        z = torch.randn(batch, steps, features, generator=torch.Generator().manual_seed(seed))
+        return z * model.std + model.mean
+
+    binary = record["model"]["args"].get("num_classes") == 1  # one logit for two classes
+    return Exportable(
+        model=model.eval(),
+        example=sequences(2, 12, 0),
+        check=sequences(8, 21, 1),  # another length: the time axis is variable
+        axes={0: "batch", 1: "time"},
+        output="logits",
+        record={
+            "model": record["model"],
+            "classes": classes,
+            "input": {
+                "name": "input",
+                "shape": ["batch", "time", features],
+                "dtype": "float32",
+                "meaning": "sequences in the data's own units; sequences of different lengths go in separate calls",
+            },
+            "output": {
+                "name": "logits",
+                "shape": ["batch", 1 if binary else len(classes)],
+                "probabilities": f"sigmoid: the probability of {classes[1]!r}" if binary else "softmax over dim 1",
+            },
+            "preprocessing": {
+                "steps": ["none: the standardisation fitted on the train part is part of the model"],
+                "mean": norm["mean"],
+                "std": norm["std"],
+            },
+        },
+    )
+
+
+TASKS: dict[str, Callable[[RunDir, str], Exportable]] = {
+    "image-classification": _images,
+    "forecasting": _forecasting,
+    "sequence-classification": _sequence_classification,
+}
+
+
+def _onnx(exportable: Exportable, path: Path) -> np.ndarray:
     try:
         import onnx
         import onnxruntime
@@ -92,28 +246,28 @@ def _onnx(model: nn.Module, example: torch.Tensor, path: Path, check: torch.Tens
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on tracing and deprecations
         torch.onnx.export(
-            model,
-            (example,),
+            exportable.model,
+            (exportable.example,),
             str(path),
             input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=[exportable.output],
+            dynamic_axes={"input": exportable.axes, exportable.output: {0: "batch"}},
             opset_version=17,
             dynamo=False,  # the TorchScript-based exporter: no onnxscript needed, works on torch >= 2.5
         )
     onnx.checker.check_model(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"input": check.numpy()})[0]
+    return session.run([exportable.output], {"input": exportable.check.numpy()})[0]
 
 
-def _torchscript(model: nn.Module, example: torch.Tensor, path: Path, check: torch.Tensor) -> np.ndarray:
+def _torchscript(exportable: Exportable, path: Path) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation note
-        traced = torch.jit.trace(model, example)
+        traced = torch.jit.trace(exportable.model, exportable.example)
         torch.jit.save(traced, str(path))
         loaded = torch.jit.load(str(path))
     with torch.inference_mode():
-        return loaded(check).numpy()
+        return loaded(exportable.check).numpy()
 
 
 EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript}

@@ -1,5 +1,5 @@
-"""deepstep export: a trained run's model as ONNX or TorchScript, checked against PyTorch
-after export, with its classes and pre-processing written beside it (FILE.json)."""
+"""deepstep export: a trained run's model (images or sequences) as ONNX or TorchScript, checked
+against PyTorch after export, with its input, output and pre-processing written beside it (FILE.json)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ EXAMPLES = """\
 examples:
   deepstep export runs/lenet-cifar10-sample                        # -> RUN/export/model.onnx
   deepstep export runs/lenet-cifar10-sample --format torchscript --out lenet.pt
+  deepstep export runs/lstm-airline-passengers      # raw values in, the forecast in the data's units out
 
 ONNX needs onnx and onnxruntime: pip install 'deepstep[export]'.
 """
@@ -42,5 +43,5 @@ def run(args: argparse.Namespace) -> int:
         check = record["check"]
         print(f"{record['format']}: {record['path']}")
         print(f"checked on a batch of {check['batch']}: max abs difference from PyTorch {check['max_abs_diff']:.2e}")
-        print(f"classes and pre-processing: {record['path']}.json")
+        print(f"input, output and pre-processing: {record['path']}.json")
     return 0
