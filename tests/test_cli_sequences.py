@@ -164,3 +164,28 @@ def test_a_sequence_run_resumes_to_the_same_weights_as_an_uninterrupted_one(sequ
 
     full, resumed = weights("runs/full"), weights("runs/half")
     assert all((full[k] == resumed[k]).all() for k in full)
+
+
+def test_a_precision_the_cpu_cannot_run_an_lstm_in_is_refused_before_a_run_folder_exists(
+    seasonal_csv, monkeypatch, capsys
+):
+    import torch
+
+    from deepstep.engine import precision
+
+    # oneDNN has no bf16 LSTM on CPUs without AVX-512-BF16 / AMX; here every CPU is made one
+    monkeypatch.setattr(
+        precision, "_recurrent_error", lambda kind, device, name: "no bf16 LSTM" if kind is torch.nn.LSTM else None
+    )
+    train = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--lookback", "12", "--horizon", "3"]
+    args = [*train, "--test-size", "12", "--epochs", "1", "--hidden", "4", "--precision", "bf16"]
+    assert main([*args, "--out", "runs/lstm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "deepstep train: error: --precision bf16: this cpu cannot run LSTM in bf16 (no bf16 LSTM); use --precision 32"
+    )
+    assert not Path("runs/lstm").exists()
+    assert main([*args, "--model", "gru", "--out", "runs/gru", "--quiet"]) == 0
+    auto = precision.Precision("bf16", "cpu", "auto: bf16 autocast, this CPU has AMX/AVX-512-BF16")
+    fallback = precision.supported_by(auto, torch.nn.LSTM(2, 3))
+    assert fallback.name == "32" and fallback.reason == "auto: fp32 (this cpu cannot run LSTM in bf16)"

@@ -83,3 +83,25 @@ def test_a_pickle_disguised_as_a_checkpoint_never_runs(image_folder, capsys):
     assert main(["export", "runs/bait", "--format", "onnx"]) == 2
     assert not Path("pwned").exists()
     assert "runs/bait/checkpoints" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_in_the_same_folder(seasonal_csv, monkeypatch, capsys):
+    import deepstep.engine.fit as fit_module
+
+    def interrupted(*args, **kwargs):  # Ctrl-C during the first epoch
+        raise KeyboardInterrupt
+
+    train = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--lookback", "12", "--horizon", "3"]
+    args = [*train, "--test-size", "12", "--epochs", "2", "--hidden", "4", "--out", "runs/f"]
+    with monkeypatch.context() as patch:
+        patch.setattr(fit_module, "fit", interrupted)
+        assert main(args) == 130
+    assert Path("runs/f/run.json").is_file() and not Path("runs/f/checkpoints/last.json").exists()
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    assert "runs/f has no checkpoint to resume: its run stopped before its first one" in capsys.readouterr().err
+    assert main(args) == 0  # nothing finished was there to lose
+    assert "runs/f: its earlier run stopped before its first checkpoint; starting it again" in capsys.readouterr().out
+    assert Path("runs/f/checkpoints/last.json").is_file()
+    assert main(args) == 2  # now it holds a checkpoint, and is kept
+    assert "already holds a run" in capsys.readouterr().err

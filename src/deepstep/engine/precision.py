@@ -80,3 +80,41 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
             "--precision bf16; this CPU has no AMX/AVX-512-BF16, so bf16 is emulated: expect it slower than 32",
         )
     return Precision(requested, kind, f"--precision {requested}")
+
+
+def supported_by(precision: Precision, model: torch.nn.Module) -> Precision:
+    """`precision`, checked against the model's recurrent layers, which oneDNN may not run in a
+    lower precision (the LSTM in bf16 on a CPU without AVX-512-BF16 / AMX fails at the first
+    step). `auto` falls back to fp32; an explicit --precision is refused in one line."""
+    if precision.name == "32":
+        return precision
+    for kind in sorted({type(m) for m in model.modules() if isinstance(m, torch.nn.RNNBase)}, key=str):
+        error = _recurrent_error(kind, precision.device_type, precision.name)
+        if not error:
+            continue
+        if precision.reason.startswith("auto"):
+            return Precision(
+                "32",
+                precision.device_type,
+                f"auto: fp32 (this {precision.device_type} cannot run {kind.__name__} in {precision.name})",
+            )
+        raise DeepstepError(
+            f"--precision {precision.name}: this {precision.device_type} cannot run {kind.__name__} in {precision.name} "
+            f"({error}); use --precision 32"
+        )
+    return precision
+
+
+@functools.cache
+def _recurrent_error(kind: type, device_type: str, name: str) -> str | None:
+    """The first line of the error a tiny `kind` layer raises under autocast, or None if it runs."""
+    with torch.random.fork_rng(devices=[]):  # the probe's initialisation leaves the seeded stream alone
+        layer = kind(1, 1, batch_first=True).to(device_type)
+    try:
+        with torch.autocast(device_type, dtype=DTYPES[name]):
+            layer(torch.zeros(1, 2, 1, device=device_type))
+    except RuntimeError as err:
+        return (
+            str(err).strip().splitlines()[0].split(". ")[0]
+        )  # its first sentence (oneDNN then points at ONEDNN_VERBOSE)
+    return None

@@ -54,12 +54,17 @@ class RunDir:
 
     @classmethod
     def create(cls, path: str | os.PathLike) -> RunDir:
-        """A new run folder; refuses one that already holds a run, whose checkpoints would be lost."""
+        """A new run folder; refuses one that holds a checkpoint, which would be lost. A run that
+        stopped before its first checkpoint (a failed start) left nothing to keep or resume, so
+        its folder is started again."""
         run = cls(path)
-        if run.exists() or run.checkpoints.exists():
+        if run.has_checkpoint():
             raise DeepstepError(f"{run.path} already holds a run: use --resume to continue it, or choose another --out")
         run.path.mkdir(parents=True, exist_ok=True)
         return run
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
 
     @property
     def lock_file(self) -> Path:

@@ -75,6 +75,8 @@ def start_run(
             note = run.lock()  # a second process training into this folder is refused
             if note:
                 log(f"{run.path}: {note}")
+            if not config.resume and run.exists():
+                log(f"{run.path}: its earlier run stopped before its first checkpoint; starting it again")
             path = run.path
         except DeepstepError as err:  # every rank stops with it, rather than wait for rank 0
             error = str(err)
@@ -90,6 +92,11 @@ def open_run_for_resume(config: TrainConfig, must_match: Sequence[str]) -> tuple
     if not config.out:
         raise DeepstepError("--resume needs --out RUN, the run folder to continue")
     run = RunDir.open(config.out)
+    if not run.has_checkpoint():
+        raise DeepstepError(
+            f"{run.path} has no checkpoint to resume: its run stopped before its first one; "
+            "leave out --resume to start it again"
+        )
     before, now_ = run.read_config(), config.to_dict()
     blocking = [flag(k) for k in must_match if before.get(flag(k)) != now_.get(flag(k))]
     if blocking:
@@ -244,18 +251,17 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     from deepstep.engine import distributed
     from deepstep.engine.backends import set_cpu_threads
     from deepstep.engine.fit import Training, fit, resume
-    from deepstep.engine.precision import resolve_device, resolve_precision
+    from deepstep.engine.precision import resolve_device, resolve_precision, supported_by
     from deepstep.models import create_model, get_model_spec
 
     ranks = distributed.from_environment()
     device = distributed.init(ranks, resolve_device(config.device))
-    precision = resolve_precision(config.precision, device)
     threads = set_cpu_threads() if device.type == "cpu" else None
-    run, changes = start_run(config, job.source_name, must_match, ranks, log)
     seed_everything(config.seed)
-    model = distributed.wrap(
-        create_model(config.model, **job.model_args).to(device), ranks, device, compile=config.compile
-    )
+    net = create_model(config.model, **job.model_args).to(device)
+    precision = supported_by(resolve_precision(config.precision, device), net)  # before a run folder exists
+    run, changes = start_run(config, job.source_name, must_match, ranks, log)
+    model = distributed.wrap(net, ranks, device, compile=config.compile)
     for batches in (job.train_batches, job.val_batches):
         if batches is not None:
             batches.tensors = [t.to(device) for t in batches.tensors]
