@@ -84,7 +84,8 @@ def _show_image(ax, image: np.ndarray) -> None:
         image = image.transpose(1, 2, 0)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
-    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+    grey = {"cmap": "gray", "vmin": 0, "vmax": 255} if image.ndim == 2 else {}  # not stretched to its own range
+    ax.imshow(image, interpolation="nearest", **grey)
     ax.set_xticks([])
     ax.set_yticks([])
 
