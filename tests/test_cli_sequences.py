@@ -92,6 +92,16 @@ def test_baseline_runs_on_its_own_with_the_same_spans(seasonal_csv, capsys):
     assert result["baselines"]["seasonal_naive"]["mae"] < result["baselines"]["naive"]["mae"]
 
 
+def test_the_arima_search_shows_progress_and_the_table_keeps_its_columns(seasonal_csv, capsys):
+    args = ["baseline", "--data", str(seasonal_csv), "--target", "Sales", "--horizon", "6", "--test-size", "12"]
+    assert main([*args, "--order", "0,1,1", "--seasonal-order", "0,1,1"]) == 0
+    out, err = capsys.readouterr()
+    assert "choosing the SARIMA orders by AIC on 84 steps" in err  # minutes with a season of 24: say so
+    rows = [line for line in out.splitlines() if line.split()[0] in ("naive", "seasonal_naive", "sarima")]
+    assert len(rows) == 3 and len({len(row) for row in rows}) == 1  # 4 significant digits, zeros kept
+    assert "sarima: SARIMA(0, 1, 1)(0, 1, 1)12 (AIC" in out and "1 order tried)" in out
+
+
 def test_missing_values_without_fill_are_a_one_line_error(tmp_path, capsys):
     path = tmp_path / "gap.csv"
     path.write_text("Month,Sales\n" + "".join(f"2000-{m:02d},{'' if m == 5 else m}\n" for m in range(1, 13)))

@@ -141,10 +141,11 @@ def _run_forecast(args: argparse.Namespace) -> int:
 def print_forecast_table(rows: dict, notes: dict) -> None:
     print(f"  {'':<16}{'MAE':>10}{'RMSE':>10}{'MAPE %':>9}{'sMAPE %':>9}{'MASE':>7}")
     for name, m in rows.items():
-        print(f"  {name:<16}{m['mae']:>10.4g}{m['rmse']:>10.4g}{m['mape']:>9.2f}{m['smape']:>9.2f}{m['mase']:>7.3f}")
+        print(f"  {name:<16}{m['mae']:>#10.4g}{m['rmse']:>#10.4g}{m['mape']:>9.2f}{m['smape']:>9.2f}{m['mase']:>7.3f}")
     for name, note in notes.items():
         if isinstance(note, dict):
-            note = f"{note['model']} (AIC {note['aic']:.1f}, {note['orders_tried']} orders tried)"
+            tried = note["orders_tried"]
+            note = f"{note['model']} (AIC {note['aic']:.1f}, {tried} order{'s' if tried > 1 else ''} tried)"
         print(f"  {name}: {note}")
 
 

@@ -221,6 +221,7 @@ def evaluate_run(
     order: tuple[int, int, int] | None = None,
     seasonal_order: tuple[int, int, int] | None = None,
     log: Log = print,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """MAE, RMSE, MAPE (%), sMAPE (%) and MASE of the run's forecasts on the test (once) or
     validation span, in the series' units, with the baselines on the same origins if asked
@@ -259,6 +260,7 @@ def evaluate_run(
             names=baseline_names(baselines),
             order=order,
             seasonal_order=seasonal_order,
+            progress=progress,
         )
         forecasts.update(extra)
     metrics = {name: forecast_metrics(truth, f, scale) for name, f in forecasts.items()}
@@ -326,6 +328,7 @@ def baseline_report(
     baselines: bool | Sequence[str] = True,
     order=None,
     seasonal_order=None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """The baselines alone, on the spans and origins a run with `config` would be measured on."""
     data = prepare(config)
@@ -338,7 +341,15 @@ def baseline_report(
     y = data.target
     truth = y[starts[:, None] + np.arange(H)[None, :]]
     forecasts, notes = run_baselines(
-        y, fit_end, starts, H, data.season, names=baseline_names(baselines), order=order, seasonal_order=seasonal_order
+        y,
+        fit_end,
+        starts,
+        H,
+        data.season,
+        names=baseline_names(baselines),
+        order=order,
+        seasonal_order=seasonal_order,
+        progress=progress,
     )
     scale = mase_scale(y[: spans.val_start], data.season)
     return {
