@@ -199,3 +199,19 @@ def test_a_precision_the_cpu_cannot_run_an_lstm_in_is_refused_before_a_run_folde
     auto = precision.Precision("bf16", "cpu", "auto: bf16 autocast, this CPU has AMX/AVX-512-BF16")
     fallback = precision.supported_by(auto, torch.nn.LSTM(2, 3))
     assert fallback.name == "32" and fallback.reason == "auto: fp32 (this cpu cannot run LSTM in bf16)"
+
+
+def test_options_a_task_has_no_use_for_are_refused_not_ignored(seasonal_csv, sequence_folder, capsys):
+    _forecast(seasonal_csv, "--epochs", "1")
+    assert main(["evaluate", "runs/f", "--split", "val", "--tta"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "deepstep evaluate: error: --tta does not apply to runs/f (forecasting); leave it out"
+    )
+    train = ["train", "--data", str(sequence_folder), "--hidden", "4", "--epochs", "1", "--quiet", "--out", "runs/s"]
+    assert main(train) == 0
+    assert main(["evaluate", "runs/s", "--split", "val", "--baselines", "--backtest"]) == 2
+    assert "--baselines, --backtest do not apply to runs/s (sequence-classification)" in capsys.readouterr().err
+    seq = str(sequence_folder / "dataset" / "seq_1.csv")
+    assert main(["predict", "runs/s", seq, "--plot", "p.png"]) == 2
+    assert "--plot does not apply to runs/s" in capsys.readouterr().err
+    assert main(["predict", "runs/s", seq]) == 0  # without it, the same command works

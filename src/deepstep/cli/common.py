@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -34,3 +35,14 @@ def add_tta_options(parser: argparse.ArgumentParser) -> None:
 def tta_from_flags(args: argparse.Namespace) -> str | None:
     """The test-time augmentation the flags ask for, by the name the Python API takes."""
     return "flip-translate" if args.tta_translate else "flip" if args.tta else None
+
+
+def refuse_options(args: argparse.Namespace, names: Sequence[str], run: str, task: str) -> None:
+    """A one-line error for options given that the run's task has no use for, rather than
+    ignoring them silently (`names`: the options' dests, whose defaults are None or False)."""
+    from deepstep.errors import DeepstepError
+
+    given = ["--" + name.replace("_", "-") for name in names if getattr(args, name, None) not in (None, False)]
+    if given:
+        verb, it = ("does", "it") if len(given) == 1 else ("do", "them")
+        raise DeepstepError(f"{', '.join(given)} {verb} not apply to {run} ({task}); leave {it} out")

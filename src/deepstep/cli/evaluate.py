@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from deepstep.cli.common import add_tta_options, formatter, print_json, progress_enabled, tta_from_flags
+from deepstep.cli.common import (
+    add_tta_options,
+    formatter,
+    print_json,
+    progress_enabled,
+    refuse_options,
+    tta_from_flags,
+)
 
 EXAMPLES = """\
 examples:
@@ -82,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     from deepstep.tasks import run_task
 
     task = run_task(args.run_dir)
+    tta, forecast = ("tta", "tta_translate"), ("baselines", "backtest", "order", "seasonal_order")
+    unused = {"image-classification": forecast, "forecasting": tta, "sequence-classification": tta + forecast}
+    refuse_options(args, unused[task], args.run_dir, task)
     if task == "forecasting":
         return _run_forecast(args)
     if task == "sequence-classification":

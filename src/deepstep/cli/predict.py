@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from deepstep.cli.common import add_tta_options, formatter, print_json, tta_from_flags
+from deepstep.cli.common import add_tta_options, formatter, print_json, refuse_options, tta_from_flags
 
 EXAMPLES = """\
 examples:
@@ -70,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
         from deepstep.tasks import run_task
 
         task = run_task(args.inputs[0])
+        unused = {
+            "image-classification": ("out",),
+            "forecasting": ("tta", "tta_translate"),
+            "sequence-classification": ("tta", "tta_translate", "plot", "out"),
+        }
+        refuse_options(args, unused[task], args.inputs[0], task)
         if task == "forecasting":
             return _forecast(args)
         if task == "sequence-classification":
