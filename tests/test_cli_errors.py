@@ -41,6 +41,11 @@ def test_a_folder_with_no_class_subfolders(tmp_path):
     assert_one_line_error(train("--data", str(tmp_path / "loose")), "no class subfolders", "ImageFolder layout")
 
 
+def test_a_folder_of_one_class(tmp_path):
+    write_images(tmp_path / "cats", 4, np.random.default_rng(0), classes=("cat",))
+    assert_one_line_error(train("--data", str(tmp_path / "cats")), "cats has one class (cat)", "at least two")
+
+
 def test_a_corrupt_jpeg_is_skipped_with_a_warning_and_named_with_strict(image_folder, tmp_path):
     bad = image_folder / "train" / "square" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0garbage")

@@ -282,6 +282,10 @@ def prepare_training_data(
 ) -> TrainingData:
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
     source = open_image_source(config.data, data_dir, config.test_split)
+    if len(source.classes) < 2:
+        raise DeepstepError(
+            f"{config.data} has one class ({source.classes[0]}): a classifier needs at least two, one folder each"
+        )
     in_memory = holds_in_memory(config.in_memory, len(source.splits["train"]), channels, size)
     if not in_memory and source.splits["train"].files is None:
         in_memory = True  # a torchvision dataset is in memory already

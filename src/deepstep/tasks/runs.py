@@ -152,7 +152,8 @@ def finish(run: RunDir, info: dict[str, Any], state: FitState, monitor: Monitor,
     else:
         value = f"{state.best:.2%}" if monitor.name.endswith("acc") else f"{state.best:.4g}"
         best = f"best {monitor.name.replace('_', ' ')} {value} at epoch {state.best_epoch}"
-    log(f"done: {state.epoch} epochs, {train_seconds:.1f} s of training; {best}")
+    epochs = f"{state.epoch} epoch{'' if state.epoch == 1 else 's'}"
+    log(f"done: {epochs}, {train_seconds:.1f} s of training; {best}")
     log(f"curves: {curves}; checkpoints: {run.checkpoints}; next: deepstep evaluate {run.path}")
 
 
