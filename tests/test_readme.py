@@ -13,9 +13,12 @@ def _code_block(after_heading: str, language: str) -> str:
 
 
 def test_the_python_api_example_runs(capsys):
-    exec(compile(_code_block("## Python API", "python"), "README.md", "exec"), {})
+    names = {}
+    exec(compile(_code_block("## Python API", "python"), "README.md", "exec"), names)
     out = capsys.readouterr().out
     assert "test accuracy" in out and Path("runs/api-example/test.json").is_file()
+    rows = names["run"].metrics
+    assert [row["epoch"] for row in rows] == [1, 2] and all(type(row["epoch"]) is int for row in rows)
 
 
 def test_ci_runs_the_readme_test_command():

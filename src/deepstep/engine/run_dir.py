@@ -148,11 +148,16 @@ class RunDir:
         write_text(self.path / "metrics.csv", buffer.getvalue())
 
     def read_metrics(self) -> list[dict[str, float]]:
+        """metrics.csv's rows: the epoch as an int, every other column a float (None where empty)."""
         path = self.path / "metrics.csv"
         if not path.is_file():
             return []
         with open(path, newline="", encoding="utf-8") as f:
-            return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(f)]
+            rows = [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(f)]
+        for row in rows:
+            if row.get("epoch") is not None:
+                row["epoch"] = int(row["epoch"])
+        return rows
 
 
 def _alive(pid: Any) -> bool:
