@@ -107,3 +107,16 @@ def test_translate_tta_is_recorded_by_name_and_an_unknown_mode_is_refused(traine
     assert json.loads(capsys.readouterr().out)["tta"] == "flip-translate"
     with pytest.raises(DeepstepError, match="--tta 'flip-translat' is not one of flip, flip-translate.*flip-translate"):
         evaluate_run(trained_run, "val", tta="flip-translat")
+
+
+def test_a_run_trained_on_a_relative_path_is_evaluated_from_another_folder(image_folder, monkeypatch, capsys):
+    from conftest import train_lenet
+
+    monkeypatch.chdir(image_folder.parent)
+    assert train_lenet(Path(image_folder.name), "--epochs", "1", out="runs/rel") == 0
+    monkeypatch.chdir(image_folder)  # where image_folder.name does not exist
+    capsys.readouterr()
+    assert main(["evaluate", str(image_folder.parent / "runs" / "rel"), "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["split"] == "val"
+    config = (image_folder.parent / "runs" / "rel" / "config.yaml").read_text()
+    assert f"data: {image_folder}\n" in config

@@ -158,6 +158,11 @@ class TrainConfig:
             raise DeepstepError(f"--workers must be >= 0 (0: one per core), got {self.workers}")
         return self
 
+    def with_absolute_paths(self) -> TrainConfig:
+        """The config with its file paths made absolute (a --data that is a built-in name stays as
+        it is), so that the run folder's config.yaml finds the data from any working folder."""
+        return dataclasses.replace(self, **{k: absolute_path(k, getattr(self, k)) for k in PATH_OPTIONS})
+
     def to_dict(self) -> dict[str, Any]:
         """The config with flag names as keys, as written to config.yaml and read back by --config."""
         return {_flag(k): v for k, v in dataclasses.asdict(self).items()}
@@ -165,6 +170,17 @@ class TrainConfig:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+PATH_OPTIONS = ("data", "data_dir", "group_file")
+
+
+def absolute_path(name: str, value: Any) -> Any:
+    """`value` of option `name` as an absolute path if it is one: --data and --group-file only if
+    they exist as given (else they name a built-in dataset, or a file inside the data)."""
+    if name not in PATH_OPTIONS or not value or (name != "data_dir" and not Path(value).exists()):
+        return value
+    return os.path.abspath(value)  # not resolve(): the user's own path, symlinks and all
 
 
 def _positive_int(config: TrainConfig, name: str) -> None:

@@ -57,7 +57,7 @@ def resolve_train_config(file_values: dict | None, flags: dict | None):
     file_values, flags = file_values or {}, flags or {}
     data = flags.get("data", file_values.get("data", TrainConfig.data))
     task = infer_task(str(data), flags.get("task", file_values.get("task", "auto")))
-    return resolve_config(file_values, flags, task=task)
+    return resolve_config(file_values, flags, task=task).with_absolute_paths()
 
 
 def train(config, log=print, progress: bool = True) -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepstep.config import TrainConfig
+from deepstep.config import PATH_OPTIONS, TrainConfig, absolute_path
 from deepstep.engine.fit import FitState, Monitor
 from deepstep.engine.loop import Step
 from deepstep.engine.run_dir import RunDir
@@ -98,6 +98,8 @@ def open_run_for_resume(config: TrainConfig, must_match: Sequence[str]) -> tuple
             "leave out --resume to start it again"
         )
     before, now_ = run.read_config(), config.to_dict()
+    for name in PATH_OPTIONS:  # a run from before paths were recorded absolute, resumed where it was made
+        before[flag(name)] = absolute_path(name, before.get(flag(name)))
     blocking = [flag(k) for k in must_match if before.get(flag(k)) != now_.get(flag(k))]
     if blocking:
         diffs = "; ".join(f"{k}: {before.get(k)!r} -> {now_.get(k)!r}" for k in blocking)
