@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,13 @@ def test_augment_options_that_cannot_apply_say_so(image_folder, capsys):
     out = capsys.readouterr().out
     assert "note: --crop-padding is for images held in memory; streamed ones get a random resized crop" in out
     assert "note: --alternate-flip is for images held in memory; streamed ones are flipped at random" in out
+
+
+def test_a_diverging_run_stops_with_advice_that_fits_what_it_had(image_folder, capsys):
+    assert _train(image_folder, "--epochs", "2", "--lr", "1e12") == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(
+        r"deepstep train: error: epoch 1: the training loss became (nan|inf) in this epoch; "
+        r"lower --lr \(no epoch had finished to keep\)",
+        err,
+    ), err

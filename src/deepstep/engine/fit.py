@@ -196,7 +196,9 @@ def fit(
                 on_checkpoint=checkpoint,
             )
         except NonFiniteLoss as err:  # the loop does not know the epoch; a failed save passes through as it is
-            raise NonFiniteLoss(f"epoch {epoch}: {err}") from None
+            advice = "lower --lr" if training.precision.name == "32" else "lower --lr or use --precision 32"
+            kept = "the last good checkpoint is kept" if run.has_checkpoint() else "no epoch had finished to keep"
+            raise NonFiniteLoss(f"epoch {epoch}: {err}; {advice} ({kept})") from None
         finally:
             bar.close()
         seconds = partial["seconds"] + time.perf_counter() - start

@@ -141,10 +141,7 @@ def train_one_epoch(
 
 def _check_finite(loss_sum: float, where: str) -> None:
     if not math.isfinite(loss_sum):
-        raise NonFiniteLoss(
-            f"the training loss became {loss_sum} {where}; lower --lr or use --precision 32. "
-            "The last good checkpoint is kept"
-        )
+        raise NonFiniteLoss(f"the training loss became {loss_sum} {where}")
 
 
 def evaluate(
