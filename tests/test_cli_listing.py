@@ -25,3 +25,20 @@ def test_models_takes_a_pattern(capsys):
     assert main(["models", "vgg*"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[1:3]] == ["vgg11", "vgg16"]
+
+
+def test_every_command_has_help_and_train_groups_its_options(capsys):
+    import pytest
+
+    from deepstep.cli import COMMANDS
+
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0 and f"usage: deepstep {command}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    headings = [line for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings[:3] == ["options:", "data:", "model:"] and "optimisation:" in headings
+    assert text.index("\n  --lookback") > text.index("\nsequences:") > text.index("\n  --image-size")

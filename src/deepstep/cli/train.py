@@ -328,6 +328,19 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+# --help lists OPTIONS under these headings, each starting at the flag named.
+GROUPS = {
+    "data": "data",
+    "model": "model",
+    "data-dir": "images and their pre-processing",
+    "target": "sequences",
+    "hidden": "recurrent models (rnn, lstm, gru)",
+    "epochs": "optimisation",
+    "augment": "augmentation (images)",
+    "precision": "device, precision and the run folder",
+}
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -337,9 +350,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=formatter,
     )
     parser.add_argument("--config", metavar="FILE", help="TOML or YAML file whose keys are these flags' names")
-    for flag, kwargs in OPTIONS:
-        parser.add_argument(f"--{flag}", default=argparse.SUPPRESS, **kwargs)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    group = parser
+    for flag, kwargs in OPTIONS:
+        if flag in GROUPS:
+            group = parser.add_argument_group(GROUPS[flag])
+        group.add_argument(f"--{flag}", default=argparse.SUPPRESS, **kwargs)
     parser.set_defaults(run=run)
 
 
