@@ -167,3 +167,13 @@ def test_an_infinite_value_is_refused_with_its_place(tmp_path):
     (tmp_path / "i.csv").write_text("Month,y\n2000-01,1\n2000-02,inf\n2000-03,3\n")
     with pytest.raises(DeepstepError, match=r"1 infinite value\(s\) \(y first at 2000-02-01"):
         load_series(str(tmp_path / "i.csv"), target="y")
+
+
+def test_a_column_that_numbers_the_rows_is_no_feature_of_all_nor_the_target_picked(tmp_path):
+    n = 8
+    path = write_monthly(tmp_path / "s.csv", [5, 3, 8, 1, 9, 2, 7, 4], extra={"No": range(1, n + 1), "temp": [2] * n})
+    series = load_series(str(path), target="Sales", features=["all"])
+    assert series.columns == ["Sales", "temp"] and "No" in series.report["left_out"]
+    assert load_series(str(path), target="Sales", features=["No"]).columns == ["Sales", "No"]  # named: used
+    with pytest.raises(DeepstepError, match=r"numeric columns: Sales, temp\)"):
+        load_series(str(path), target=None)

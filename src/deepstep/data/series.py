@@ -182,6 +182,15 @@ def _fill(frame, how: str, source: str, report: dict[str, Any]):
     return filled
 
 
+def _counts_rows(column) -> bool:
+    """An integer column that goes up by exactly 1 from row to row: a row number, not a measurement
+    (pollution.csv's 'No'); it would tell the model only where in the file a window is."""
+    if column.dtype.kind not in "iu" or len(column) < 3:
+        return False
+    steps = np.diff(column.to_numpy())
+    return bool((steps == 1).all())
+
+
 def load_series(
     spec: str,
     *,
@@ -205,8 +214,10 @@ def load_series(
     frame.columns = columns
     time_columns = [str(c) for c in time_columns]
     candidates = [c for c in columns if c not in time_columns]
+    counters = [c for c in candidates if _counts_rows(frame[c])]
     if target is None:
         numeric = [c for c in candidates if frame[c].dtype.kind in "iuf"]
+        numeric = [c for c in numeric if c not in counters] or numeric  # a row number is no target
         if len(numeric) != 1:
             raise DeepstepError(
                 f"{source}: say which column to forecast with --target (numeric columns: {', '.join(numeric) or 'none'})"
@@ -219,7 +230,11 @@ def load_series(
     if features is None or features == []:
         inputs = []
     elif features == ["all"]:
-        inputs = [c for c in candidates if c != target]
+        inputs = [c for c in candidates if c != target and c not in counters]
+        if counters:
+            report["left_out"] = {
+                c: "numbers the rows (1, 2, 3, ...); name it in --features to use it" for c in counters
+            }
     else:
         for f in features:
             if f not in candidates:

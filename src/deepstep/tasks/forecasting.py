@@ -148,6 +148,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         f"train {spans.val_start} / val {spans.test_start - spans.val_start} / test {spans.n - spans.test_start} steps "
         f"(test from {describe(spans.test_start)}; not used in training)"
     )
+    for column, why in r.get("left_out", {}).items():
+        log(f"--features all leaves out {column}: it {why}")
     if r.get("fill"):
         log(
             f"missing values {r['missing']} filled by {r['fill']['method']} ({r['fill']['rows_before']} -> {r['fill']['rows_after']} rows)"
