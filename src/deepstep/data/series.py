@@ -214,7 +214,7 @@ def load_series(
     frame.columns = columns
     time_columns = [str(c) for c in time_columns]
     candidates = [c for c in columns if c not in time_columns]
-    counters = [c for c in candidates if _counts_rows(frame[c])]
+    counters = [c for c in candidates if c != target and _counts_rows(frame[c])]
     if target is None:
         numeric = [c for c in candidates if frame[c].dtype.kind in "iuf"]
         numeric = [c for c in numeric if c not in counters] or numeric  # a row number is no target
@@ -230,7 +230,7 @@ def load_series(
     if features is None or features == []:
         inputs = []
     elif features == ["all"]:
-        inputs = [c for c in candidates if c != target and c not in counters]
+        inputs = [c for c in candidates if c != target and c not in counters]  # a named target stays
         if counters:
             report["left_out"] = {
                 c: "numbers the rows (1, 2, 3, ...); name it in --features to use it" for c in counters

@@ -107,14 +107,13 @@ def supported_by(precision: Precision, model: torch.nn.Module) -> Precision:
 
 @functools.cache
 def _recurrent_error(kind: type, device_type: str, name: str) -> str | None:
-    """The first line of the error a tiny `kind` layer raises under autocast, or None if it runs."""
+    """The first sentence of the error a tiny `kind` layer raises under autocast, or None if it runs."""
     with torch.random.fork_rng(devices=[]):  # the probe's initialisation leaves the seeded stream alone
         layer = kind(1, 1, batch_first=True).to(device_type)
     try:
         with torch.autocast(device_type, dtype=DTYPES[name]):
             layer(torch.zeros(1, 2, 1, device=device_type))
     except RuntimeError as err:
-        return (
-            str(err).strip().splitlines()[0].split(". ")[0]
-        )  # its first sentence (oneDNN then points at ONEDNN_VERBOSE)
+        first_line = str(err).strip().splitlines()[0]
+        return first_line.split(". ")[0]  # oneDNN's next sentence only points at ONEDNN_VERBOSE
     return None
