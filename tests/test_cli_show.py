@@ -23,3 +23,38 @@ def test_a_flat_grey_image_is_drawn_at_its_own_brightness(tmp_path):
     picture = Image.open(out).convert("L")
     centre = picture.getpixel((picture.width // 2, picture.height // 2))
     assert abs(centre - 128) <= 2  # not black (a flat image stretched to its own range) nor white
+
+
+def test_show_draws_a_series_columns_with_their_gaps(tmp_path, capsys):
+    from deepstep.data.series import read_columns
+
+    csv_path = tmp_path / "s.csv"
+    rows = [f"{i + 1},2000-{i % 12 + 1:02d}-01,{'' if i == 3 else i * 2.5},{i % 4}" for i in range(12)]
+    csv_path.write_text("No,Month,Sales,Stock\n" + "\n".join(rows) + "\n")
+    name, table = read_columns(str(csv_path))
+    assert name == "s" and list(table.columns) == ["Sales", "Stock"]  # No only numbers the rows
+    assert str(table.index[0].date()) == "2000-01-01" and table["Sales"].isna().sum() == 1  # the gap stays
+    out = tmp_path / "series.png"
+    assert main(["show", str(csv_path), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"series: {out}" and Image.open(out).size[1] > 300
+    assert main(["show", str(csv_path), "--split", "test"]) == 2
+    assert "--split does not apply to" in capsys.readouterr().err
+
+
+def test_show_draws_labelled_sequences_with_the_classes_taking_turns(sequence_folder, tmp_path, monkeypatch, capsys):
+    import deepstep.plots
+
+    drawn = {}
+
+    def record(sequences, labels, out, title=""):
+        drawn.update(sequences=sequences, labels=labels, title=title)
+        out.write_bytes(b"png")
+        return out
+
+    real = tmp_path / "real.png"
+    assert main(["show", str(sequence_folder), "--n", "6", "--out", str(real)]) == 0
+    assert capsys.readouterr().out.strip() == f"sequences: {real}" and Image.open(real).size[0] > 500
+    monkeypatch.setattr(deepstep.plots, "plot_sequence_grid", record)
+    assert main(["show", str(sequence_folder), "--n", "5", "--out", str(tmp_path / "q.png")]) == 0
+    assert [label.split(" #")[0] for label in drawn["labels"]] == ["-1", "1", "-1", "1", "-1"]
+    assert all(s.shape[1] == 2 for s in drawn["sequences"]) and drawn["title"].startswith("moves: 5 of 60 sequences")

@@ -171,12 +171,19 @@ def load_run(path: str | Path) -> Run:
 
 
 def show(
-    data: str, *, split: str = "train", n: int = 16, out: str | Path = "grid.png", data_dir: str | None = None
+    data: str,
+    *,
+    split: str = "train",
+    n: int = 16,
+    out: str | Path = "grid.png",
+    data_dir: str | None = None,
+    time: str | None = None,
 ) -> Path:
-    """Save a labelled grid of `n` images of a dataset split; returns the PNG's path."""
-    from deepstep.tasks.image_classification import show_images
+    """Save a picture of a dataset: a labelled grid of `n` images of a split, a series' columns
+    over time, or `n` labelled sequences; returns the PNG's path."""
+    from deepstep.tasks import show as show_data
 
-    return show_images(data, split=split, n=n, out=out, data_dir=data_dir)
+    return show_data(data, split=split, n=n, out=out, data_dir=data_dir, time=time)
 
 
 def summary(model: str | Path, input_size: str | tuple[int, ...] | None = None, **model_args: Any):

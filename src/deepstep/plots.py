@@ -126,6 +126,44 @@ def plot_image_grid(images: Sequence[np.ndarray], labels: Sequence[str], out: Pa
     return _save(fig, out)
 
 
+def plot_columns(table, out: Path, title: str = "", limit: int = 8) -> Path:
+    """Each column of a table (a pandas DataFrame) over its index, one panel each, the first
+    `limit` of them; gaps (NaN) stay gaps."""
+    columns = list(table.columns)[:limit]
+    fig = _figure(11, 1.2 + 1.8 * len(columns))
+    axes = fig.subplots(len(columns), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, column in zip(axes, columns, strict=True):
+        ax.plot(table.index, table[column].to_numpy(dtype=float), linewidth=0.8, color="black")
+        ax.set_ylabel(column)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out)
+
+
+def plot_sequence_grid(sequences: Sequence[np.ndarray], labels: Sequence[str], out: Path, title: str = "") -> Path:
+    """A labelled grid of sequences (each (T, F)): one panel each, one line per feature."""
+    n = len(sequences)
+    cols = min(4, max(1, math.ceil(math.sqrt(n))))
+    rows = math.ceil(n / cols)
+    fig = _figure(3.2 * cols, 2.2 * rows + (0.4 if title else 0))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, seq, label in zip(axes.flat, sequences, labels, strict=False):
+        ax.axis("on")
+        for f in range(seq.shape[1]):
+            ax.plot(seq[:, f], linewidth=0.9, label=f"feature {f}")
+        ax.set_title(f"{label} ({len(seq)} steps)", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if n and sequences[0].shape[1] <= 6:
+        axes.flat[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out)
+
+
 def plot_forecast(
     times: Sequence[Any],
     values: np.ndarray,

@@ -1,37 +1,51 @@
-"""deepstep show: a labelled grid of images from a dataset split."""
+"""deepstep show: look at the data before training: a labelled grid of images from a split, the
+columns of a series over time, or a grid of labelled sequences."""
 
 from __future__ import annotations
 
 import argparse
 
-from deepstep.cli.common import formatter
+from deepstep.cli.common import formatter, refuse_options
 
 EXAMPLES = """\
 examples:
   deepstep show cifar10-sample --n 16 --out grid.png
   deepstep show ../shared/data/cifar10-jpeg.tar.gz --split test --n 32 --out test-grid.png
+  deepstep show airline-passengers.csv --out series.png       # each numeric column over time
+  deepstep show IndoorMovement.zip --n 8 --out moves.png       # sequences, the classes taking turns
 """
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "show",
-        help="save a labelled grid of images from a dataset",
+        help="save a picture of a dataset: an image grid, a series' columns, or labelled sequences",
         description=__doc__,
         epilog=EXAMPLES,
         formatter_class=formatter,
     )
-    parser.add_argument("data", metavar="DATA", help="built-in dataset, image folder or archive")
-    parser.add_argument("--split", default="train", help="train, test (or val when the folder has one); default train")
-    parser.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    parser.add_argument(
+        "data", metavar="DATA", help="built-in dataset, image folder or archive, series CSV, or labelled sequences"
+    )
+    parser.add_argument("--split", help="images: train, test (or val when the folder has one); default train")
+    parser.add_argument("--n", type=int, default=16, help="number of images or sequences (default 16)")
     parser.add_argument("--out", default="grid.png", metavar="OUT.png", help="default grid.png")
+    parser.add_argument("--time", metavar="COL[,COL]", help="series: the time column(s), if not inferred")
     parser.add_argument("--data-dir", metavar="DIR", help="cache for downloads and unpacked archives")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepstep.tasks.image_classification import show_images
+    from deepstep.tasks import infer_task, show
 
-    out = show_images(args.data, split=args.split, n=args.n, out=args.out, data_dir=args.data_dir)
-    print(f"grid: {out}")
+    task = infer_task(args.data)
+    unused = {
+        "image-classification": ("time",),
+        "forecasting": ("split",),
+        "sequence-classification": ("split", "time"),
+    }
+    refuse_options(args, unused[task], args.data, task)
+    out = show(args.data, split=args.split or "train", n=args.n, out=args.out, data_dir=args.data_dir, time=args.time)
+    what = {"forecasting": "series", "sequence-classification": "sequences"}.get(task, "grid")
+    print(f"{what}: {out}")
     return 0

@@ -191,6 +191,26 @@ def _counts_rows(column) -> bool:
     return bool((steps == 1).all())
 
 
+def read_columns(spec: str, time: str | None = None):
+    """The table as it is, for looking at: (name, its numeric columns indexed by time where it has
+    one), gaps kept as NaN, a column that only numbers the rows left out."""
+    frame, name = _read_table(spec)
+    frame.columns = [str(c) for c in frame.columns]
+    time_columns = [str(c) for c in _time_columns(frame, time, spec)]
+    numeric = [
+        c
+        for c in frame.columns
+        if c not in time_columns and frame[c].dtype.kind in "iuf" and not _counts_rows(frame[c])
+    ]
+    if not numeric:
+        raise DeepstepError(f"{spec} has no numeric columns to show")
+    table = frame[numeric]
+    if time_columns:
+        table.index = _parse_time(frame, time_columns, spec)
+        table = table.sort_index()
+    return name, table
+
+
 def load_series(
     spec: str,
     *,
@@ -405,10 +425,10 @@ def future_times(series: Series, horizon: int) -> list[Any]:
 
 def future_index(series: Series, horizon: int) -> list[str]:
     """Labels of the `horizon` steps after the end of the series."""
-    return [_label(t) for t in future_times(series, horizon)]
+    return [time_label(t) for t in future_times(series, horizon)]
 
 
-def _label(t: Any) -> str:
+def time_label(t: Any) -> str:
     if hasattr(t, "normalize"):
         return str(t.date()) if t == t.normalize() else str(t)
     return str(t)
@@ -422,5 +442,5 @@ def describe_row(series: Series) -> Describe:
     import pandas as pd
 
     if isinstance(series.index, pd.DatetimeIndex):
-        return lambda i: _label(series.index[i])
+        return lambda i: time_label(series.index[i])
     return lambda i: f"step {i}"

@@ -60,6 +60,25 @@ def resolve_train_config(file_values: dict | None, flags: dict | None):
     return resolve_config(file_values, flags, task=task).with_absolute_paths()
 
 
+def show(
+    data: str,
+    *,
+    split: str = "train",
+    n: int = 16,
+    out: str | Path = "grid.png",
+    data_dir: str | None = None,
+    time: str | None = None,
+) -> Path:
+    """A picture of a dataset, by what it holds: a labelled grid of images from `split`, the
+    columns of a series over time, or `n` labelled sequences. Returns the PNG's path."""
+    task = infer_task(str(data))
+    if task == "forecasting":
+        return task_module(task).show_series(data, out=out, time=time)
+    if task == "sequence-classification":
+        return task_module(task).show_sequences(data, n=n, out=out, data_dir=data_dir)
+    return task_module(task).show_images(data, split=split, n=n, out=out, data_dir=data_dir)
+
+
 def train(config, log=print, progress: bool = True) -> Path:
     """Train `config` (a resolved TrainConfig) with its task's module; returns the run folder."""
     from deepstep.engine import distributed

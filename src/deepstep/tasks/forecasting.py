@@ -407,3 +407,20 @@ def predict_run(
         "forecast": [{"time": t, "value": float(v)} for t, v in zip(times, forecast, strict=True)],
         "files": {"csv": str(csv_path), "plot": str(png)},
     }
+
+
+# ---- show --------------------------------------------------------------------------------------
+
+
+def show_series(data: str, *, out: str | Path = "series.png", time: str | None = None) -> Path:
+    """The series as it is: each numeric column over time, gaps as gaps (`deepstep show`)."""
+    from deepstep.data.series import read_columns, time_label
+    from deepstep.plots import plot_columns
+
+    name, table = read_columns(data, time)
+    span = f"{time_label(table.index[0])} to {time_label(table.index[-1])}"
+    missing = int(table.isna().sum().sum())
+    title = f"{name}: {len(table):,} rows, {span}" + (f", {missing:,} missing value(s)" if missing else "")
+    if len(table.columns) > 8:
+        title += f" (the first 8 of {len(table.columns)} columns)"
+    return plot_columns(table, Path(out), title=title)

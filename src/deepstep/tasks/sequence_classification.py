@@ -5,6 +5,7 @@ classes, a softmax over the classes otherwise.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,28 @@ def predict_run(
         }
         for f, p in zip(files, probs, strict=True)
     ]
+
+
+# ---- show --------------------------------------------------------------------------------------
+
+
+def show_sequences(
+    data: str, *, n: int = 16, out: str | Path = "sequences.png", data_dir: str | None = None, seed: int = 0
+) -> Path:
+    """A labelled grid of `n` sequences drawn at random (seeded), each class in turn (`deepstep show`)."""
+    from deepstep.plots import plot_sequence_grid
+
+    if n < 1:
+        raise DeepstepError(f"--n must be at least 1, got {n}")
+    sequences = load_sequences(data, Path(data_dir) if data_dir else default_data_dir())
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(np.flatnonzero(sequences.labels == c)) for c in range(len(sequences.classes))]
+    turns = itertools.chain.from_iterable(itertools.zip_longest(*by_class))  # the classes take turns
+    picks = [int(i) for i in turns if i is not None][:n]
+    title = f"{sequences.name}: {len(picks)} of {len(sequences.sequences)} sequences, {sequences.features} features"
+    return plot_sequence_grid(
+        [sequences.sequences[i] for i in picks],
+        [f"{sequences.classes[int(sequences.labels[i])]} #{sequences.ids[i]}" for i in picks],
+        Path(out),
+        title=title,
+    )
