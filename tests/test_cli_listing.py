@@ -35,7 +35,8 @@ def test_every_command_has_help_and_train_groups_its_options(capsys):
     for command in COMMANDS:
         with pytest.raises(SystemExit) as done:
             main([command, "--help"])
-        assert done.value.code == 0 and f"usage: deepstep {command}" in capsys.readouterr().out
+        text = capsys.readouterr().out
+        assert done.value.code == 0 and f"usage: deepstep {command}" in text and "\nexamples:\n" in text
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out

@@ -9,7 +9,14 @@ from deepstep.cli.common import formatter, print_json
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "datasets", help="list the built-in datasets", description=__doc__, formatter_class=formatter
+        "datasets",
+        help="list the built-in datasets",
+        description=__doc__,
+        epilog="""examples:
+  deepstep datasets
+  deepstep datasets --json        # name, task and description of each
+""",
+        formatter_class=formatter,
     )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(run=run)

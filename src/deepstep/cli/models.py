@@ -8,7 +8,17 @@ from deepstep.cli.common import formatter, print_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("models", help="list the models", description=__doc__, formatter_class=formatter)
+    parser = subparsers.add_parser(
+        "models",
+        help="list the models",
+        description=__doc__,
+        epilog="""examples:
+  deepstep models                  # every model, its parameters and declared input
+  deepstep models 'resnet*'
+  deepstep models --pretrained     # torchvision models with ImageNet weights and their top-1 accuracy
+""",
+        formatter_class=formatter,
+    )
     parser.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'vgg*'")
     parser.add_argument("--pretrained", action="store_true", help="list the torchvision models with ImageNet weights")
     parser.add_argument("--json", action="store_true")

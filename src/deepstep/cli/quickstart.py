@@ -27,6 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "quickstart",
         help="the whole workflow offline on the shipped CIFAR-10 sample (about a minute)",
         description=__doc__,
+        epilog="""examples:
+  deepstep quickstart                       # 20 epochs, about 30 seconds on 2 CPU cores
+  deepstep quickstart --epochs 5 --out runs/first-look
+""",
         formatter_class=formatter,
     )
     parser.add_argument("--epochs", type=int, default=20, help="default 20")
