@@ -215,3 +215,16 @@ def test_options_a_task_has_no_use_for_are_refused_not_ignored(seasonal_csv, seq
     assert main(["predict", "runs/s", seq, "--plot", "p.png"]) == 2
     assert "--plot does not apply to runs/s" in capsys.readouterr().err
     assert main(["predict", "runs/s", seq]) == 0  # without it, the same command works
+
+
+def test_predict_takes_a_folder_of_sequence_csvs_and_leaves_the_labels_file_out(sequence_folder, capsys):
+    train = ["train", "--data", str(sequence_folder), "--hidden", "4", "--epochs", "1", "--quiet", "--out", "runs/s"]
+    assert main(train) == 0
+    capsys.readouterr()
+    assert main(["predict", "runs/s", str(sequence_folder / "dataset"), "--json"]) == 0
+    files = [Path(r["file"]).name for r in _json(capsys)]
+    assert len(files) == 60 and "targets.csv" not in files and files[0] == "seq_1.csv"
+    assert main(["predict", "runs/s", str(sequence_folder / "groups")]) == 2  # groups.csv is no sequence
+    assert "groups holds no sequence CSV files (named ..._<id>.csv)" in capsys.readouterr().err
+    assert main(["predict", "runs/s", "nowhere"]) == 2
+    assert "nowhere does not exist; give sequence CSV files" in capsys.readouterr().err

@@ -15,6 +15,7 @@ examples:
   deepstep predict --model vgg16 --pretrained photo.jpg     # ImageNet's 1000 classes
   deepstep predict runs/lstm-airline-passengers             # forecast: the next --horizon steps, CSV + plot
   deepstep predict runs/lstm-IndoorMovement seq_1.csv       # a sequence CSV: rows = time steps
+  deepstep predict runs/lstm-IndoorMovement new-moves/      # every ..._<id>.csv in a folder
 
 Grayscale, RGBA and palette images are converted to what the model takes.
 """
@@ -33,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="[RUN] INPUT",
         nargs="+",
         help="a run folder written by `deepstep train` (not with --model), then image files and/or folders "
-        "(sequence CSVs for a sequence run; nothing for a forecasting run)",
+        "(sequence CSVs or folders of them for a sequence run; nothing for a forecasting run)",
     )
     parser.add_argument("--model", metavar="M", help="with --pretrained: a torchvision model with ImageNet weights")
     parser.add_argument(

@@ -209,6 +209,29 @@ def evaluate_run(
     return result
 
 
+def sequence_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The CSV files given, and the sequence CSVs in the folders given: as in training, those
+    named ..._<id>.csv (so a labels or groups file beside them is left out), sorted."""
+    from deepstep.data.sequences import LABEL_FILE, TRAILING_ID
+
+    files: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            found = sorted(
+                f for f in given.glob("*.csv") if TRAILING_ID.search(f.stem) and not LABEL_FILE.search(f.stem)
+            )
+            if not found:
+                raise DeepstepError(f"{given} holds no sequence CSV files (named ..._<id>.csv)")
+            files.extend(found)
+        elif given.is_file():
+            files.append(given)
+        else:
+            raise DeepstepError(
+                f"{given} does not exist; give sequence CSV files (one row per time step) or folders of them"
+            )
+    return files
+
+
 def predict_run(
     run_path: str | Path, inputs: Sequence[str | Path], *, checkpoint: str = "best"
 ) -> list[dict[str, Any]]:
@@ -217,10 +240,7 @@ def predict_run(
 
     run = RunDir.open(run_path)
     model, record = load_model(run, checkpoint)
-    files = [Path(p) for p in inputs]
-    for f in files:
-        if not f.is_file():
-            raise DeepstepError(f"{f} does not exist; give sequence CSV files (one row per time step)")
+    files = sequence_files(inputs)
     sequences = [read_numbers(f) for f in files]
     for f, s in zip(files, sequences, strict=True):
         if s.ndim != 2 or s.shape[1] != record["features"] or len(s) == 0:
