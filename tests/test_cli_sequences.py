@@ -228,3 +228,13 @@ def test_predict_takes_a_folder_of_sequence_csvs_and_leaves_the_labels_file_out(
     assert "groups holds no sequence CSV files (named ..._<id>.csv)" in capsys.readouterr().err
     assert main(["predict", "runs/s", "nowhere"]) == 2
     assert "nowhere does not exist; give sequence CSV files" in capsys.readouterr().err
+
+
+def test_an_image_model_for_a_series_is_a_one_line_error_that_names_the_sequence_models(seasonal_csv, capsys):
+    args = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--epochs", "1", "--out", "runs/r"]
+    assert main([*args, "--recipe", "cifar-fast"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "deepstep train: error: resnet-cifar takes 3x32x32 inputs, not TIMExFEATURES sequences, so it cannot be "
+        "trained for forecasting; use --model rnn, lstm or gru"
+    )
+    assert not Path("runs/r").exists()

@@ -257,6 +257,12 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     from deepstep.engine.precision import resolve_device, resolve_precision, supported_by
     from deepstep.models import create_model, get_model_spec
 
+    spec = get_model_spec(config.model)
+    if len(spec.input_size) != 2:  # sequence models declare TIME x FEATURES
+        raise DeepstepError(
+            f"{config.model} takes {'x'.join(map(str, spec.input_size))} inputs, not TIMExFEATURES sequences, so it cannot be "
+            f"trained for {job.task}; use --model rnn, lstm or gru"
+        )
     ranks = distributed.from_environment()
     device = distributed.init(ranks, resolve_device(config.device))
     threads = set_cpu_threads() if device.type == "cpu" else None
