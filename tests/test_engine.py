@@ -172,3 +172,35 @@ def test_a_truncated_checkpoint_names_the_intact_one_to_use_instead(tmp_path):
         match=r"last-e0002.safetensors is damaged .*; the best checkpoint \(epoch 1\) is intact \(evaluate, predict and export take --checkpoint best\)",
     ):
         load_weights(tmp_path, "last", nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)))
+
+
+def test_lookahead_averages_ever_more_strongly_from_30_percent_of_the_steps_and_ends_epochs_on_the_slow_copy():
+    from deepstep.engine.optim import Lookahead
+
+    model = nn.Linear(1, 1, bias=False)
+    lookahead = Lookahead(model, total_steps=20, steps_per_epoch=10)
+
+    def weight(value=None):
+        with torch.no_grad():
+            if value is not None:
+                model.weight.fill_(value)
+            return model.weight.item()
+
+    weight(1.0)
+    lookahead.after_step(5)  # before 30% of 20 steps: nothing
+    assert lookahead.slow is None
+    lookahead.after_step(6)  # not a multiple of 5
+    assert lookahead.slow is None
+    weight(2.0)
+    lookahead.after_step(10)  # the slow copy starts from the model; an epoch ends on it
+    assert lookahead.slow[0].item() == 2.0 and weight() == 2.0
+    weight(4.0)
+    lookahead.after_step(15)
+    rho = 0.95**5 * (15 / 20) ** 3  # 0.33: still weak
+    slow = rho * 2.0 + (1 - rho) * 4.0
+    assert weight() == pytest.approx(slow)  # training goes on from the slow copy
+    weight(10.0)
+    lookahead.after_step(17)  # between updates the fast weights are free
+    assert weight() == 10.0
+    lookahead.after_step(20)  # the last update is the strongest, rho = 0.95**5, and the epoch ends on it
+    assert weight() == pytest.approx(0.95**5 * slow + (1 - 0.95**5) * 10.0)

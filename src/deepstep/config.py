@@ -76,6 +76,7 @@ class TrainConfig:
     schedule: str = "none"
     warmup: float = 0.0
     label_smoothing: float = 0.0
+    lookahead: bool = False
     augment: bool = False
     crop_padding: int | None = None
     alternate_flip: bool = False

@@ -256,6 +256,14 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("label-smoothing", {"type": float, "metavar": "F", "help": "cross-entropy label smoothing (default 0)"}),
     (
+        "lookahead",
+        {
+            "action": argparse.BooleanOptionalAction,
+            "help": "airbench's Lookahead: from 30%% of the steps on, every 5 steps average the weights into a slow "
+            "copy (ever more strongly) and go on from it; each epoch ends on the slow copy",
+        },
+    ),
+    (
         "augment",
         {
             "action": argparse.BooleanOptionalAction,

@@ -15,6 +15,7 @@ from torch import nn
 from deepstep.engine.checkpoint import load_state, load_weights, save_checkpoint
 from deepstep.engine.distributed import SINGLE, Ranks
 from deepstep.engine.loop import Meter, Progress, Step, evaluate, train_one_epoch
+from deepstep.engine.optim import Lookahead
 from deepstep.engine.precision import Precision
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import NonFiniteLoss
@@ -39,6 +40,8 @@ class Training:
     ranks: Ranks = SINGLE
     # Save `last` every this many steps inside an epoch too (0: at the end of each epoch only).
     checkpoint_every: int = 0
+    # --lookahead: the slow weights that training returns to (saved with `last`).
+    lookahead: Lookahead | None = None
 
     def __post_init__(self) -> None:
         self.scaler = self.precision.grad_scaler()
@@ -112,6 +115,8 @@ def resume(training: Training, run: RunDir) -> FitState:
     if state["scaler"]:
         training.scaler.load_state_dict(state["scaler"])
     restore_rng(state["rng"], training.train_batches)
+    if training.lookahead is not None and state.get("lookahead"):
+        training.lookahead.load_state_dict(state["lookahead"])
     return FitState(**state["fit"])
 
 
@@ -194,6 +199,7 @@ def fit(
                 start_step=state.step,
                 checkpoint_every=training.checkpoint_every,
                 on_checkpoint=checkpoint,
+                lookahead=training.lookahead,
             )
         except NonFiniteLoss as err:  # the loop does not know the epoch; a failed save passes through as it is
             advice = "lower --lr" if training.precision.name == "32" else "lower --lr or use --precision 32"
@@ -267,5 +273,6 @@ def _save_last(training: Training, state: FitState, run: RunDir, checkpoint_meta
             "scaler": training.scaler.state_dict(),
             "rng": rng,
             "fit": state.to_dict(),
+            "lookahead": training.lookahead.state_dict() if training.lookahead else None,
         },
     )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from deepstep.engine.distributed import SINGLE, Ranks, reduce_sums
+from deepstep.engine.optim import Lookahead
 from deepstep.engine.precision import Precision
 from deepstep.errors import NonFiniteLoss
 
@@ -108,6 +109,7 @@ def train_one_epoch(
     start_step: int = 0,
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[int, Meter], None] | None = None,
+    lookahead: Lookahead | None = None,
 ) -> tuple[dict[str, float], int]:
     """Forward, loss, backward and optimizer step over every batch; returns the epoch's means
     and the number of examples seen (by all ranks together).
@@ -127,6 +129,8 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if lookahead is not None:
+            lookahead.after_step(scheduler.last_epoch)  # the schedule counts the run's steps
         meter.update(result, batch_size_of(batch))
         if progress is not None:
             progress.step(meter)

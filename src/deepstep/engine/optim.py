@@ -95,3 +95,55 @@ def build_schedule(
     """A per-step schedule: the factor on the base learning rate after each optimizer step."""
     factor = SCHEDULES[name]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step, total_steps, warmup_steps))
+
+
+class Lookahead:
+    """airbench94's Lookahead: a slow copy of the weights that training keeps returning to.
+
+    From `start` x the total steps on, every `every` steps the model's floating-point state
+    (weights and batch-norm statistics) moves into the slow copy, slow = rho * slow + (1 - rho) *
+    fast, and training continues from the slow copy; rho = base**every * (t / total)**power grows
+    from almost 0 to 0.77, so the averaging is weak while the learning rate is high and strong at
+    the end. At the end of each epoch the model takes the slow copy, so that validation and
+    checkpoints see it. Measured in the README (`--lookahead`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        total_steps: int,
+        steps_per_epoch: int,
+        start: float = 0.3,
+        every: int = 5,
+        base: float = 0.95,
+        power: float = 3.0,
+    ):
+        self.model, self.total_steps, self.steps_per_epoch = model, total_steps, steps_per_epoch
+        self.start, self.every, self.base, self.power = start, every, base, power
+        self.slow: list[torch.Tensor] | None = None
+
+    def _state(self) -> list[torch.Tensor]:
+        return [v for v in self.model.state_dict().values() if v.dtype.is_floating_point]
+
+    @torch.no_grad()
+    def _pull(self, rho: float) -> None:
+        for slow, fast in zip(self.slow, self._state(), strict=True):
+            slow.lerp_(fast, 1 - rho)
+            fast.copy_(slow)
+
+    def after_step(self, step: int) -> None:
+        """After optimizer step number `step` (1-based, counted over the whole run)."""
+        if step >= self.start * self.total_steps and step % self.every == 0:
+            if self.slow is None:
+                self.slow = [v.detach().clone() for v in self._state()]
+            else:
+                self._pull(self.base**self.every * (step / self.total_steps) ** self.power)
+        if step % self.steps_per_epoch == 0 and self.slow is not None:
+            self._pull(1.0)  # the epoch ends on the slow copy
+
+    def state_dict(self) -> dict[str, list[torch.Tensor] | None]:
+        return {"slow": self.slow}
+
+    def load_state_dict(self, state: dict[str, list[torch.Tensor] | None]) -> None:
+        device = next(iter(self._state())).device
+        self.slow = None if state["slow"] is None else [t.to(device) for t in state["slow"]]

@@ -36,6 +36,7 @@ from deepstep.models import check_input, create_model, get_model_spec
 from deepstep.models.shapes import format_size
 from deepstep.tasks.metrics import save_confusion
 from deepstep.tasks.runs import (
+    build_lookahead,
     finish,
     load_model,
     now,
@@ -555,6 +556,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         before_epoch=freeze.set_epoch if freeze is not None else None,
         ranks=ranks,
         checkpoint_every=config.checkpoint_every,
+        lookahead=build_lookahead(config, model, len(train_batches)),
     )
     meta = {
         "task": TASK,

@@ -232,6 +232,13 @@ def optimization(
     return optimizer, build_schedule(config.schedule, optimizer, total_steps=total_steps, warmup_steps=warmup_steps)
 
 
+def build_lookahead(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
+    """The Lookahead of --lookahead over the run's steps, or None."""
+    from deepstep.engine.optim import Lookahead
+
+    return Lookahead(model, config.epochs * steps_per_epoch, steps_per_epoch) if config.lookahead else None
+
+
 @dataclass
 class Job:
     """What a task hands to `train_run`: its data as batches, its steps, and what to record."""
@@ -290,6 +297,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         precision,
         ranks=ranks,
         checkpoint_every=config.checkpoint_every,
+        lookahead=build_lookahead(config, model, len(job.train_batches)),
     )
     meta = {"task": job.task, "model": {"name": config.model, "args": job.model_args}, **job.meta}
     parameters = sum(p.numel() for p in model.parameters())
