@@ -108,16 +108,22 @@ def plot_predictions(items: Sequence[tuple[np.ndarray, str, list[dict[str, Any]]
     return _save(fig, out)
 
 
-def plot_image_grid(images: Sequence[np.ndarray], labels: Sequence[str], out: Path, title: str = "") -> Path:
-    """A labelled grid of images (each (H, W, C) or (C, H, W) uint8)."""
-    n = len(images)
-    cols = min(8, max(1, math.ceil(math.sqrt(n))))
+def _grid(n: int, max_cols: int, cell: tuple[float, float], title: str):
+    """A figure of about-square rows x cols panels (inches per panel: `cell`), all switched off
+    until drawn on; returns (figure, the panels in reading order)."""
+    cols = min(max_cols, max(1, math.ceil(math.sqrt(n))))
     rows = math.ceil(n / cols)
-    fig = _figure(1.6 * cols, 1.8 * rows + (0.4 if title else 0))
+    fig = _figure(cell[0] * cols, cell[1] * rows + (0.4 if title else 0))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, label in zip(axes.flat, images, labels, strict=False):
+    return fig, axes.flat
+
+
+def plot_image_grid(images: Sequence[np.ndarray], labels: Sequence[str], out: Path, title: str = "") -> Path:
+    """A labelled grid of images (each (H, W, C) or (C, H, W) uint8)."""
+    fig, panels = _grid(len(images), 8, (1.6, 1.8), title)
+    for ax, image, label in zip(panels, images, labels, strict=False):
         _show_image(ax, image)
         ax.axis("on")
         ax.set_title(label, fontsize=9)
@@ -143,22 +149,16 @@ def plot_columns(table, out: Path, title: str = "", limit: int = 8) -> Path:
 
 def plot_sequence_grid(sequences: Sequence[np.ndarray], labels: Sequence[str], out: Path, title: str = "") -> Path:
     """A labelled grid of sequences (each (T, F)): one panel each, one line per feature."""
-    n = len(sequences)
-    cols = min(4, max(1, math.ceil(math.sqrt(n))))
-    rows = math.ceil(n / cols)
-    fig = _figure(3.2 * cols, 2.2 * rows + (0.4 if title else 0))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, seq, label in zip(axes.flat, sequences, labels, strict=False):
+    fig, panels = _grid(len(sequences), 4, (3.2, 2.2), title)
+    for ax, seq, label in zip(panels, sequences, labels, strict=False):
         ax.axis("on")
         for f in range(seq.shape[1]):
             ax.plot(seq[:, f], linewidth=0.9, label=f"feature {f}")
         ax.set_title(f"{label} ({len(seq)} steps)", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    if n and sequences[0].shape[1] <= 6:
-        axes.flat[0].legend(fontsize=7)
+    if sequences and sequences[0].shape[1] <= 6:
+        panels[0].legend(fontsize=7)
     if title:
         fig.suptitle(title)
     return _save(fig, out)

@@ -212,6 +212,21 @@ def model_forecasts(model: nn.Module, record: dict[str, Any], data: ForecastData
     return scaler.inverse_target(pred)
 
 
+def span_origins(spans, split: str, lookback: int, horizon: int, backtest: bool) -> tuple[np.ndarray, int]:
+    """The forecast origins on the `split` span (every step with `backtest`, else one per
+    horizon) and the row where ARIMA's fit ends: the span's start, so it sees none of it."""
+    if split == "test":
+        starts = evaluation_origins(spans, lookback=lookback, horizon=horizon, backtest=backtest)
+        fit_end = spans.test_start
+    else:
+        step = 1 if backtest else horizon
+        starts = origins(spans.val_start, spans.test_start, lookback=lookback, horizon=horizon, stride=step)
+        fit_end = spans.val_start
+    if len(starts) == 0:
+        raise DeepstepError(f"the {split} span is shorter than the horizon: nothing to forecast")
+    return starts, fit_end
+
+
 def evaluate_run(
     run_path: str | Path,
     split: str = "test",
@@ -239,14 +254,7 @@ def evaluate_run(
         log(f"warning: the data at {config.data} changed since this run was trained")
     model, record = load_model(run, checkpoint)
     L, H, spans = record["lookback"], record["horizon"], data.spans
-    if split == "test":
-        starts = evaluation_origins(spans, lookback=L, horizon=H, backtest=backtest)
-        fit_end = spans.test_start
-    else:
-        starts = origins(spans.val_start, spans.test_start, lookback=L, horizon=H, stride=1 if backtest else H)
-        fit_end = spans.val_start
-    if len(starts) == 0:
-        raise DeepstepError(f"the {split} span is shorter than the horizon: nothing to forecast")
+    starts, fit_end = span_origins(spans, split, L, H, backtest)
     y = data.target
     truth = y[starts[:, None] + np.arange(H)[None, :]]
     scale = mase_scale(y[: spans.val_start], data.season)
@@ -335,11 +343,7 @@ def baseline_report(
     """The baselines alone, on the spans and origins a run with `config` would be measured on."""
     data = prepare(config)
     L, H, spans = config.lookback, config.horizon, data.spans
-    if split == "test":
-        starts, fit_end = evaluation_origins(spans, lookback=L, horizon=H, backtest=backtest), spans.test_start
-    else:
-        starts = origins(spans.val_start, spans.test_start, lookback=L, horizon=H, stride=1 if backtest else H)
-        fit_end = spans.val_start
+    starts, fit_end = span_origins(spans, split, L, H, backtest)
     y = data.target
     truth = y[starts[:, None] + np.arange(H)[None, :]]
     forecasts, notes = run_baselines(
