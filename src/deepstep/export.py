@@ -21,6 +21,7 @@ from torch import nn
 from deepstep.engine.files import write_json
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
+from deepstep.tasks.forecasting import predict_scaled
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 # fp32: the exported model's outputs may differ from PyTorch's by at most this, times the size of
@@ -128,8 +129,8 @@ def _images(run: RunDir, checkpoint: str) -> Exportable:
 
 class Standardised(nn.Module):
     """A sequence model with its standardisation inside: raw values in, (x - mean) / std to the
-    net; for forecasts, the net's scaled output back to the target's units (and, for a relative
-    net, added to the last observed value, as `predict_scaled` does)."""
+    net; for forecasts, the net's scaled forecast (`predict_scaled`, relative or not) back in the
+    target's units."""
 
     def __init__(self, net: nn.Module, mean, std, forecast: bool = False, relative: bool = False):
         super().__init__()
@@ -140,12 +141,14 @@ class Standardised(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, F) in the data's own units
         scaled = (x - self.mean) / self.std
-        out = self.net(scaled)  # (B, outputs)
         if not self.forecast:
-            return out
-        if self.relative:
-            out = out + scaled[:, -1:, 0]
-        return out * self.std[0] + self.mean[0]  # (B, horizon) in the target's units
+            return self.net(scaled)  # (B, outputs)
+        return predict_scaled(self.net, scaled, self.relative) * self.std[0] + self.mean[0]  # (B, horizon)
+
+    def raw_inputs(self, batch: int, steps: int, seed: int) -> torch.Tensor:
+        """Random (batch, steps, F) inputs at the data's scale, to trace and check with."""
+        z = torch.randn(batch, steps, len(self.mean), generator=torch.Generator().manual_seed(seed))
+        return z * self.std + self.mean
 
 
 def _forecasting(run: RunDir, checkpoint: str) -> Exportable:
@@ -157,15 +160,10 @@ def _forecasting(run: RunDir, checkpoint: str) -> Exportable:
     lookback, horizon, features = record["lookback"], record["horizon"], len(columns)
     relative = record.get("relative", False)
     model = Standardised(net.float(), scaler["mean"], scaler["std"], forecast=True, relative=relative)
-
-    def rows(batch: int, seed: int) -> torch.Tensor:  # inputs at the data's scale
-        z = torch.randn(batch, lookback, features, generator=torch.Generator().manual_seed(seed))
-        return z * model.std + model.mean
-
     return Exportable(
         model=model.eval(),
-        example=rows(2, 0),
-        check=rows(8, 1),
+        example=model.raw_inputs(2, lookback, seed=0),
+        check=model.raw_inputs(8, lookback, seed=1),
         axes={0: "batch"},
         output="forecast",
         record={
@@ -199,16 +197,11 @@ def _sequence_classification(run: RunDir, checkpoint: str) -> Exportable:
     net, record = load_model(run, checkpoint)
     norm, classes, features = record["normalization"], record["classes"], record["features"]
     model = Standardised(net.float(), norm["mean"], norm["std"])
-
-    def sequences(batch: int, steps: int, seed: int) -> torch.Tensor:
-        z = torch.randn(batch, steps, features, generator=torch.Generator().manual_seed(seed))
-        return z * model.std + model.mean
-
     binary = record["model"]["args"].get("num_classes") == 1  # one logit for two classes
     return Exportable(
         model=model.eval(),
-        example=sequences(2, 12, 0),
-        check=sequences(8, 21, 1),  # another length: the time axis is variable
+        example=model.raw_inputs(2, 12, seed=0),
+        check=model.raw_inputs(8, 21, seed=1),  # another length: the time axis is variable
         axes={0: "batch", 1: "time"},
         output="logits",
         record={
