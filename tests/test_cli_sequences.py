@@ -197,7 +197,7 @@ def test_a_precision_the_cpu_cannot_run_an_lstm_in_is_refused_before_a_run_folde
     assert not Path("runs/lstm").exists()
     assert main([*args, "--model", "gru", "--out", "runs/gru", "--quiet"]) == 0
     auto = precision.Precision("bf16", "cpu", "auto: bf16 autocast, this CPU has AMX/AVX-512-BF16")
-    fallback = precision.supported_by(auto, torch.nn.LSTM(2, 3))
+    fallback = precision.supported_by(auto, torch.nn.LSTM(2, 3), auto=True)
     assert fallback.name == "32" and fallback.reason == "auto: fp32 (this cpu cannot run LSTM in bf16)"
 
 

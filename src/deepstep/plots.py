@@ -132,7 +132,7 @@ def plot_image_grid(images: Sequence[np.ndarray], labels: Sequence[str], out: Pa
     return _save(fig, out)
 
 
-def plot_columns(table, out: Path, title: str = "", limit: int = 8) -> Path:
+def plot_columns(table, out: Path, title: str, limit: int) -> Path:
     """Each column of a table (a pandas DataFrame) over its index, one panel each, the first
     `limit` of them; gaps (NaN) stay gaps."""
     columns = list(table.columns)[:limit]

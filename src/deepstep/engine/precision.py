@@ -82,17 +82,17 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     return Precision(requested, kind, f"--precision {requested}")
 
 
-def supported_by(precision: Precision, model: torch.nn.Module) -> Precision:
+def supported_by(precision: Precision, model: torch.nn.Module, auto: bool) -> Precision:
     """`precision`, checked against the model's recurrent layers, which oneDNN may not run in a
     lower precision (the LSTM in bf16 on a CPU without AVX-512-BF16 / AMX fails at the first
-    step). `auto` falls back to fp32; an explicit --precision is refused in one line."""
+    step). A precision `auto` picked falls back to fp32; an explicit one is refused in one line."""
     if precision.name == "32":
         return precision
     for kind in sorted({type(m) for m in model.modules() if isinstance(m, torch.nn.RNNBase)}, key=str):
         error = _recurrent_error(kind, precision.device_type, precision.name)
         if not error:
             continue
-        if precision.reason.startswith("auto"):
+        if auto:
             return Precision(
                 "32",
                 precision.device_type,

@@ -416,6 +416,9 @@ def predict_run(
 # ---- show --------------------------------------------------------------------------------------
 
 
+SHOW_COLUMNS = 8  # panels in one `deepstep show` picture of a series
+
+
 def show_series(data: str, *, out: str | Path = "series.png", time: str | None = None) -> Path:
     """The series as it is: each numeric column over time, gaps as gaps (`deepstep show`)."""
     from deepstep.data.series import read_columns, time_label
@@ -425,6 +428,6 @@ def show_series(data: str, *, out: str | Path = "series.png", time: str | None =
     span = f"{time_label(table.index[0])} to {time_label(table.index[-1])}"
     missing = int(table.isna().sum().sum())
     title = f"{name}: {len(table):,} rows, {span}" + (f", {missing:,} missing value(s)" if missing else "")
-    if len(table.columns) > 8:
-        title += f" (the first 8 of {len(table.columns)} columns)"
-    return plot_columns(table, Path(out), title=title)
+    if len(table.columns) > SHOW_COLUMNS:
+        title += f" (the first {SHOW_COLUMNS} of {len(table.columns)} columns)"
+    return plot_columns(table, Path(out), title=title, limit=SHOW_COLUMNS)

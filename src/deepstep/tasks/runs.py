@@ -263,19 +263,21 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     from deepstep.engine.fit import Training, fit, resume
     from deepstep.engine.precision import resolve_device, resolve_precision, supported_by
     from deepstep.models import create_model, get_model_spec
+    from deepstep.models.shapes import format_size
 
     spec = get_model_spec(config.model)
     if len(spec.input_size) != 2:  # sequence models declare TIME x FEATURES
         raise DeepstepError(
-            f"{config.model} takes {'x'.join(map(str, spec.input_size))} inputs, not TIMExFEATURES sequences, so it cannot be "
-            f"trained for {job.task}; use --model rnn, lstm or gru"
+            f"{config.model} takes {format_size(spec.input_size)} inputs, not TIMExFEATURES sequences, so it "
+            f"cannot be trained for {job.task}; use --model rnn, lstm or gru"
         )
     ranks = distributed.from_environment()
     device = distributed.init(ranks, resolve_device(config.device))
     threads = set_cpu_threads() if device.type == "cpu" else None
     seed_everything(config.seed)
     net = create_model(config.model, **job.model_args).to(device)
-    precision = supported_by(resolve_precision(config.precision, device), net)  # before a run folder exists
+    precision = resolve_precision(config.precision, device)
+    precision = supported_by(precision, net, auto=config.precision == "auto")  # before a run folder exists
     run, changes = start_run(config, job.source_name, must_match, ranks, log)
     model = distributed.wrap(net, ranks, device, compile=config.compile)
     for batches in (job.train_batches, job.val_batches):
