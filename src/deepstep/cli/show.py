@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         "sequence-classification": ("split", "time"),
     }
     refuse_options(args, unused[task], args.data, task)
-    out = show(args.data, split=args.split or "train", n=args.n, out=args.out, data_dir=args.data_dir, time=args.time)
+    split = args.split or "train"
+    out = show(args.data, split=split, n=args.n, out=args.out, data_dir=args.data_dir, time=args.time, task=task)
     what = {"forecasting": "series", "sequence-classification": "sequences"}.get(task, "grid")
     print(f"{what}: {out}")
     return 0

@@ -68,10 +68,12 @@ def show(
     out: str | Path = "grid.png",
     data_dir: str | None = None,
     time: str | None = None,
+    task: str | None = None,
 ) -> Path:
-    """A picture of a dataset, by what it holds: a labelled grid of images from `split`, the
-    columns of a series over time, or `n` labelled sequences. Returns the PNG's path."""
-    task = infer_task(str(data))
+    """A picture of a dataset, by what it holds (`task`, inferred when not given): a labelled
+    grid of images from `split`, the columns of a series over time, or `n` labelled sequences.
+    Returns the PNG's path."""
+    task = task or infer_task(str(data))
     if task == "forecasting":
         return task_module(task).show_series(data, out=out, time=time)
     if task == "sequence-classification":
