@@ -89,3 +89,13 @@ def test_a_trained_run_is_summarised_with_its_own_input(trained_run, capsys):
     s = _summary(capsys, str(trained_run))
     assert s["model"] == "lenet" and s["input_size"] == [3, 32, 32]
     assert s["layers"][-1]["output_shape"] == [3]  # the generated folder has three classes
+
+
+def test_model_arguments_change_the_summarised_model(capsys):
+    narrow = _summary(capsys, "resnet-cifar", "--model-arg", "width=8")
+    default = _summary(capsys, "resnet-cifar")
+    assert narrow["layers"][0]["output_shape"][0] == 8 and default["layers"][0]["output_shape"][0] == 16
+    assert narrow["parameters"] < default["parameters"]
+    assert main(["summary", "resnet-cifar", "--model-arg", "depth=8"]) == 2
+    err = capsys.readouterr().err
+    assert "has no argument depth" in err and len(err.strip().splitlines()) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from deepstep.cli.common import formatter, print_json
+from deepstep.cli.common import formatter, key_value, print_json
 
 EXAMPLES = """\
 examples:
@@ -14,6 +14,7 @@ examples:
   deepstep summary lenet --input 3x64x64       # names the first layer that does not fit
   deepstep summary runs/lenet-cifar10-sample   # a trained run's model and input
   deepstep summary vgg16 --json
+  deepstep summary airbench --model-arg width=24       # a model argument, as train takes it
 """
 
 
@@ -29,6 +30,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--input", metavar="SIZE", help="one example's size, e.g. 3x32x32 (default: the declared input)"
     )
+    parser.add_argument(
+        "--model-arg",
+        dest="model_args",
+        metavar="KEY=VALUE",
+        type=key_value,
+        action="append",
+        default=[],
+        help="a model argument, as for train, e.g. width=32 (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(run=run)
 
@@ -37,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from deepstep.api import summary
     from deepstep.models.shapes import format_size
 
-    result = summary(args.model, args.input)
+    result = summary(args.model, args.input, **dict(args.model_args))
     if args.json:
         print_json(result.to_dict())
         return 0

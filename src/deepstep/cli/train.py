@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deepstep.cli.common import formatter, progress_enabled
+from deepstep.cli.common import formatter, key_value, progress_enabled
 from deepstep.config import DEVICES, FILLS, IN_MEMORY, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, TASKS, TrainConfig
 
 EXAMPLES = """\
@@ -29,18 +29,6 @@ def _floats(text: str) -> list[float]:
         return [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    import yaml
-
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key.strip().replace("-", "_"), yaml.safe_load(value)
-    except yaml.YAMLError:
-        return key.strip().replace("-", "_"), value
 
 
 def _names(text: str) -> list[str]:
@@ -76,7 +64,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {
             "dest": "model_args",
             "metavar": "KEY=VALUE",
-            "type": _key_value,
+            "type": key_value,
             "action": "append",
             "help": "a model argument, e.g. width=32 (repeatable)",
         },
