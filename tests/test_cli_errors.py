@@ -100,6 +100,22 @@ def test_a_crop_padding_that_cannot_work(padding, message, image_folder):
     assert_one_line_error(train("--data", str(image_folder), "--augment", "--crop-padding", padding), message)
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--lr-end-factor", "1.5", "--schedule", "onecycle"],
+            "--lr-end-factor is a fraction of --lr in [0, 1], got 1.5",
+        ),
+        (["--lr-end-factor", "0.1"], "--lr-end-factor sets where --schedule cosine or onecycle ends"),
+        (["--lr-start-factor", "0.2", "--schedule", "cosine"], "--lr-start-factor sets where the warm-up starts"),
+        (["--norm-lr-scale", "0"], "--norm-lr-scale must be positive, got 0.0"),
+    ],
+)
+def test_schedule_and_norm_options_that_cannot_work(flags, message):
+    assert_one_line_error(train(*flags), message)
+
+
 def test_an_input_size_the_model_cannot_take(image_folder):
     assert_one_line_error(
         train("--data", str(image_folder), "--image-size", "64"), "lenet cannot take input 3x64x64", "layer fc1"

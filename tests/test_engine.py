@@ -127,6 +127,44 @@ def test_every_schedule_starts_low_or_at_the_base_rate_and_ends_no_higher(name):
     assert max(rates) == pytest.approx(1.0)
 
 
+def _rates(name, steps, **factors):
+    opt = build_optimizer("sgd", nn.Linear(2, 2), lr=2.0, momentum=0.9, nesterov=False, weight_decay=0.0)
+    sched = build_schedule(name, opt, total_steps=steps, warmup_steps=0 if name == "onecycle" else 10, **factors)
+    rates = [opt.param_groups[0]["lr"]]
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+        rates.append(opt.param_groups[0]["lr"])
+    return rates
+
+
+@pytest.mark.parametrize("name", ["cosine", "onecycle"])
+def test_the_schedule_starts_and_ends_at_the_given_fractions_of_the_rate(name):
+    rates = _rates(name, 100, start_factor=0.2, end_factor=0.07)
+    warmup = 100 // 4 if name == "onecycle" else 10
+    assert rates[0] == pytest.approx(2.0 * (0.2 + 0.8 / warmup))  # the first step's rate, just above the start
+    assert max(rates) == pytest.approx(2.0) and rates[-1] == pytest.approx(2.0 * 0.07)
+    assert min(rates) == pytest.approx(2.0 * 0.07)  # never below the end
+    assert _rates(name, 100)[-1] == pytest.approx(0.0)  # the defaults: from and to zero
+
+
+def test_norm_biases_learn_faster_and_are_decayed_as_much_per_step_as_the_weights():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+
+    def groups(**kwargs):
+        opt = build_optimizer("sgd", model, lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.01, **kwargs)
+        return {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+
+    default, scaled = groups(), groups(norm_lr_scale=64.0)
+    bn, conv, fc = model[1], model[0], model[3]
+    assert default[id(bn.bias)] == (0.5, 0.0) and default[id(conv.weight)] == (0.5, 0.01)
+    lr, decay = scaled[id(bn.bias)]
+    assert lr == 32.0 and lr * decay == pytest.approx(0.5 * 0.01)  # 64x the rate, the weights' decay per step
+    for p in (bn.weight, conv.bias, fc.bias):  # other 1-d parameters: as before
+        assert scaled[id(p)] == default[id(p)] == (0.5, 0.0)
+    assert scaled[id(conv.weight)] == scaled[id(fc.weight)] == (0.5, 0.01)
+
+
 def test_weight_decay_skips_biases_and_norm_scales():
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     opt = build_optimizer("adamw", model, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.5)

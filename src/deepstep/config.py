@@ -75,6 +75,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "none"
     warmup: float = 0.0
+    lr_start_factor: float = 0.0
+    lr_end_factor: float = 0.0
+    norm_lr_scale: float = 1.0
     label_smoothing: float = 0.0
     lookahead: bool = False
     augment: bool = False
@@ -119,6 +122,19 @@ class TrainConfig:
                 raise DeepstepError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.weight_decay < 0:
             raise DeepstepError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        for name in ("lr_start_factor", "lr_end_factor"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise DeepstepError(f"--{_flag(name)} is a fraction of --lr in [0, 1], got {getattr(self, name)}")
+        if self.lr_start_factor and not (self.warmup or self.schedule == "onecycle"):
+            raise DeepstepError(
+                "--lr-start-factor sets where the warm-up starts: add --warmup F or --schedule onecycle"
+            )
+        if self.lr_end_factor and self.schedule not in ("cosine", "onecycle"):
+            raise DeepstepError(
+                f"--lr-end-factor sets where --schedule cosine or onecycle ends; --schedule {self.schedule} has no end"
+            )
+        if not self.norm_lr_scale > 0:
+            raise DeepstepError(f"--norm-lr-scale must be positive, got {self.norm_lr_scale}")
         if self.patience < 0:
             raise DeepstepError(f"--patience must be >= 0 (0 turns early stopping off), got {self.patience}")
         for name in ("mean", "std"):

@@ -242,6 +242,31 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "help": "fraction of training with a linear warm-up of the learning rate (default 0)",
         },
     ),
+    (
+        "lr-start-factor",
+        {
+            "type": float,
+            "metavar": "F",
+            "help": "the warm-up starts at F x --lr (default 0; airbench94: 0.2)",
+        },
+    ),
+    (
+        "lr-end-factor",
+        {
+            "type": float,
+            "metavar": "F",
+            "help": "--schedule onecycle or cosine ends at F x --lr (default 0; airbench94: 0.07)",
+        },
+    ),
+    (
+        "norm-lr-scale",
+        {
+            "type": float,
+            "metavar": "S",
+            "help": "the biases of normalisation layers learn at S x --lr, decayed per step as much as the "
+            "weights (default 1, not decayed; airbench94: 64)",
+        },
+    ),
     ("label-smoothing", {"type": float, "metavar": "F", "help": "cross-entropy label smoothing (default 0)"}),
     (
         "lookahead",

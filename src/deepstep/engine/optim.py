@@ -10,23 +10,41 @@ from torch import nn
 
 from deepstep.errors import DeepstepError
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)  # _NormBase: batch and instance norms
+
 
 def parameter_groups(
-    model: nn.Module, weight_decay: float, lr: float, scaled: list[nn.Parameter] = (), lr_scale: float = 1.0
+    model: nn.Module,
+    weight_decay: float,
+    lr: float,
+    scaled: list[nn.Parameter] = (),
+    lr_scale: float = 1.0,
+    norm_lr_scale: float = 1.0,
 ) -> list[dict]:
     """Weight decay on weights only: biases and norm scales (1-d tensors) are not decayed.
 
-    The `scaled` parameters (a pretrained backbone) learn at `lr_scale` x `lr`. Frozen parameters
-    are included: they have no gradient, so the optimizer skips them until they are unfrozen.
+    The `scaled` parameters (a pretrained backbone) learn at `lr_scale` x `lr`. With a
+    `norm_lr_scale` other than 1, the biases of normalisation layers learn at that multiple and
+    are decayed by as much per step as the weights (weight decay / norm_lr_scale): airbench94's
+    way of letting them move fast without growing. Frozen parameters are included: they have no
+    gradient, so the optimizer skips them until they are unfrozen.
     """
     scaled_ids = set(map(id, scaled))
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    norm_bias_ids = set()
+    if norm_lr_scale != 1.0:
+        norm_bias_ids = {id(m.bias) for m in model.modules() if isinstance(m, NORM_LAYERS) and m.bias is not None}
+    groups: dict[tuple[bool, bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
-        groups.setdefault((p.ndim > 1, id(p) in scaled_ids), []).append(p)
-    return [
-        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * (lr_scale if is_scaled else 1.0)}
-        for (decay, is_scaled), params in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))
-    ]
+        groups.setdefault((p.ndim > 1, id(p) in scaled_ids, id(p) in norm_bias_ids), []).append(p)
+
+    def group(decay: bool, is_scaled: bool, norm_bias: bool, params: list[nn.Parameter]) -> dict:
+        group_lr = lr * (lr_scale if is_scaled else 1.0)
+        if norm_bias:
+            return {"params": params, "weight_decay": weight_decay / norm_lr_scale, "lr": group_lr * norm_lr_scale}
+        return {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": group_lr}
+
+    order = sorted(groups, key=lambda key: (not key[0], key[1], key[2]))  # decayed weights first: the logged lr
+    return [group(*key, groups[key]) for key in order]
 
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -46,55 +64,70 @@ def build_optimizer(
     weight_decay: float,
     scaled: list[nn.Parameter] = (),
     lr_scale: float = 1.0,
+    norm_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """SGD uses momentum/nesterov; Adam and AdamW use their default betas."""
     if nesterov and (name != "sgd" or momentum <= 0):
         raise DeepstepError("--nesterov needs --optimizer sgd and a --momentum above 0")
-    return OPTIMIZERS[name](parameter_groups(model, weight_decay, lr, scaled, lr_scale), lr, momentum, nesterov)
+    groups = parameter_groups(model, weight_decay, lr, scaled, lr_scale, norm_lr_scale)
+    return OPTIMIZERS[name](groups, lr, momentum, nesterov)
 
 
-def _warmup(step: int, warmup_steps: int) -> float:
-    return (step + 1) / warmup_steps if step < warmup_steps else 1.0
+def _warmup(step: int, warmup_steps: int, start: float) -> float:
+    """From `start` x the base rate up to the base rate, linearly, over the warm-up steps."""
+    return start + (1 - start) * (step + 1) / warmup_steps if step < warmup_steps else 1.0
 
 
-def _constant(step: int, total: int, warmup: int) -> float:
-    return _warmup(step, warmup)
+def _constant(step: int, total: int, warmup: int, start: float, end: float) -> float:
+    return _warmup(step, warmup, start)
 
 
-def _step_decay(step: int, total: int, warmup: int) -> float:
+def _step_decay(step: int, total: int, warmup: int, start: float, end: float) -> float:
     """x0.1 at half and again at three quarters of training (the classic CIFAR schedule)."""
-    return _warmup(step, warmup) * (0.1 ** ((step >= total // 2) + (step >= 3 * total // 4)))
+    return _warmup(step, warmup, start) * (0.1 ** ((step >= total // 2) + (step >= 3 * total // 4)))
 
 
-def _cosine(step: int, total: int, warmup: int) -> float:
+def _cosine(step: int, total: int, warmup: int, start: float, end: float) -> float:
+    """After the warm-up, half a cosine from the base rate down to `end` x the base rate."""
     if step < warmup:
-        return _warmup(step, warmup)
+        return _warmup(step, warmup, start)
     progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _one_cycle(step: int, total: int, warmup: int) -> float:
-    """Linear up to the peak over the warm-up (a quarter of training by default), linear down to 0."""
+def _one_cycle(step: int, total: int, warmup: int, start: float, end: float) -> float:
+    """Linear up to the peak over the warm-up (a quarter of training by default), linear down to
+    `end` x the peak (airbench94: up from 0.2, down to 0.07)."""
     warmup = warmup or max(1, total // 4)
     if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
+        return _warmup(step, warmup, start)
+    return end + (1 - end) * max(0.0, (total - step) / max(1, total - warmup))
 
 
-SCHEDULES: dict[str, Callable[[int, int, int], float]] = {
+SCHEDULES: dict[str, Callable[[int, int, int, float, float], float]] = {
     "none": _constant,
     "step": _step_decay,
     "cosine": _cosine,
     "onecycle": _one_cycle,
 }
+ANNEALING = ("cosine", "onecycle")  # the schedules that --lr-end-factor applies to
 
 
 def build_schedule(
-    name: str, optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    start_factor: float = 0.0,
+    end_factor: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step schedule: the factor on the base learning rate after each optimizer step."""
+    """A per-step schedule: the factor on the base learning rate after each optimizer step. The
+    warm-up starts at `start_factor`; cosine and one-cycle end at `end_factor`."""
     factor = SCHEDULES[name]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step, total_steps, warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: factor(step, total_steps, warmup_steps, start_factor, end_factor)
+    )
 
 
 class Lookahead:

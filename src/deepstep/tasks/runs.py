@@ -226,10 +226,18 @@ def optimization(
         weight_decay=config.weight_decay,
         scaled=list(scaled),
         lr_scale=config.backbone_lr_scale,
+        norm_lr_scale=config.norm_lr_scale,
     )
     total_steps = config.epochs * steps_per_epoch
-    warmup_steps = int(config.warmup * total_steps)
-    return optimizer, build_schedule(config.schedule, optimizer, total_steps=total_steps, warmup_steps=warmup_steps)
+    schedule = build_schedule(
+        config.schedule,
+        optimizer,
+        total_steps=total_steps,
+        warmup_steps=int(config.warmup * total_steps),
+        start_factor=config.lr_start_factor,
+        end_factor=config.lr_end_factor,
+    )
+    return optimizer, schedule
 
 
 def build_lookahead(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
