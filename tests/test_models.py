@@ -108,6 +108,19 @@ def test_the_whitening_layer_decorrelates_the_patches_it_was_set_from():
     assert torch.allclose(moment, torch.eye(12, dtype=torch.float64), atol=0.02)
 
 
+def test_airbench_blocks_start_near_the_identity_with_fixed_norm_scales():
+    from deepstep.models import create_model
+
+    model = create_model("airbench", width=8)
+    conv = model.block2[0]  # 8 -> 32 channels
+    x = torch.randn(2, 8, 6, 6)
+    # its first 8 filters pass their input through unchanged
+    assert torch.allclose(torch.nn.functional.conv2d(x, conv.weight[:8], padding=1), x)
+    assert conv.weight[8:].abs().sum() > 0  # the others start random
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(not m.weight.requires_grad and m.bias.requires_grad for m in norms)
+
+
 @pytest.mark.parametrize("in_memory", ["yes", "no"])  # decoded in memory, or read from the files
 def test_training_airbench_sets_its_whitening_layer_from_the_data_and_keeps_it(image_folder, in_memory):
     import deepstep
@@ -135,3 +148,23 @@ def test_training_airbench_sets_its_whitening_layer_from_the_data_and_keeps_it(i
     # After two epochs, the first layer still whitens the training images it was set from.
     moment = _patch_moment(torch.nn.functional.conv2d(x, model.whiten.weight[:12]))
     assert torch.allclose(moment, torch.eye(12, dtype=torch.float64), atol=0.02)
+
+
+def test_the_airbench_recipe_trains_with_fixed_norm_scales_and_moving_shifts(image_folder):
+    import deepstep
+    from deepstep.engine.run_dir import RunDir
+    from deepstep.tasks.image_classification import load_trained
+
+    run = deepstep.train(
+        data=str(image_folder),
+        recipe="cifar-airbench",
+        model_args={"width": 4},
+        epochs=2,
+        batch_size=16,
+        out="runs/air-recipe",
+        verbose=False,
+    )
+    assert run.config["norm-lr-scale"] == 64.0 and run.config["alternate-flip"]
+    norms = [m for m in load_trained(RunDir.open(run.path)).model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)  # the scale stays 1
+    assert all(m.bias.abs().sum() > 0 for m in norms)  # the shifts were learned (they start at 0)
