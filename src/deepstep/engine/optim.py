@@ -110,7 +110,6 @@ SCHEDULES: dict[str, Callable[[int, int, int, float, float], float]] = {
     "cosine": _cosine,
     "onecycle": _one_cycle,
 }
-ANNEALING = ("cosine", "onecycle")  # the schedules that --lr-end-factor applies to
 
 
 def build_schedule(
