@@ -99,3 +99,6 @@ def test_model_arguments_change_the_summarised_model(capsys):
     assert main(["summary", "resnet-cifar", "--model-arg", "depth=8"]) == 2
     err = capsys.readouterr().err
     assert "has no argument depth" in err and len(err.strip().splitlines()) == 1
+    assert main(["summary", "resnet-cifar", "--model-arg", "width=wide"]) == 2
+    err = capsys.readouterr().err
+    assert "width must be a whole number (default 16), got 'wide'" in err and len(err.strip().splitlines()) == 1

@@ -59,6 +59,8 @@ def create_model(name: str, **args: Any) -> nn.Module:
         raise DeepstepError(
             f"model {name!r} has no argument {', '.join(unknown)}; it takes {', '.join(spec.arg_names())}"
         )
+    for key, value in args.items():
+        _check_type(name, key, value, spec.defaults().get(key))
     try:
         return spec.build(**args)
     except (TypeError, ValueError) as err:
@@ -68,3 +70,12 @@ def create_model(name: str, **args: Any) -> nn.Module:
 def _load_builtin_models() -> None:
     # Importing the modules runs their @register_model decorators.
     from deepstep.models import airbench, cifar, resnet_cifar, rnn, torchvision_models  # noqa: F401
+
+
+def _check_type(model: str, key: str, value: Any, default: Any) -> None:
+    """A number or switch of the kind the argument's default is (an integer is a number too)."""
+    kinds = {bool: (bool,), int: (int,), float: (int, float)}
+    expected = kinds.get(type(default))
+    if expected and (not isinstance(value, expected) or (isinstance(value, bool) and type(default) is not bool)):
+        what = {bool: "true or false", int: "a whole number", float: "a number"}[type(default)]
+        raise DeepstepError(f"model {model!r}: {key} must be {what} (default {default}), got {value!r}")
