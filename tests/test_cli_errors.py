@@ -87,6 +87,26 @@ def test_an_unknown_dataset_name_suggests_close_names():
     assert_one_line_error(train("--data", "mnsit"), "did you mean 'mnist'")
 
 
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (
+            ["train", "--shedule", "cosine"],
+            [
+                "deepstep train: error: unrecognized arguments: --shedule cosine",
+                "did you mean '--schedule'?",
+                "see deepstep train --help",
+            ],
+        ),
+        (["train", "--epochs", "x"], ["deepstep train: error: argument --epochs", "see deepstep train --help"]),
+        (["evaluate"], ["deepstep evaluate: error: the following arguments are required: RUN"]),
+        (["trian"], ["deepstep: error: argument COMMAND: invalid choice: 'trian'", "see deepstep --help"]),
+    ],
+)
+def test_a_command_line_argparse_refuses_is_one_line_not_the_whole_usage(args, fragments):
+    assert_one_line_error(deepstep(*args), *fragments)
+
+
 @pytest.mark.parametrize("size", ["0", "-4"])
 def test_a_batch_size_that_is_not_positive(size):
     assert_one_line_error(train("--batch-size", size), f"--batch-size must be a positive integer, got {size}")

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from deepstep import __version__
 
@@ -34,10 +35,16 @@ The deep-learning workflow from one command:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line, the problem and where the help is,
+    instead of the whole usage (30 lines for train) above it. Subcommands inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deepstep", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(prog="deepstep", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"deepstep {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -50,7 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deepstep.errors import DeepstepError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the subcommand, whose options are the ones a typo was meant to be
+        command = _subcommands(parser)[args.command]
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{_closest_option(unknown, command)}")
     try:
         return args.run(args) or 0
     except DeepstepError as err:
@@ -65,3 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def _closest_option(unknown: Sequence[str], command: argparse.ArgumentParser) -> str:
+    """' (did you mean '--schedule'?)' for the first unknown --option close to one the command has."""
+    from deepstep.errors import did_you_mean
+
+    options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+    for token in unknown:
+        if token.startswith("--"):
+            return did_you_mean(token.split("=")[0], options)
+    return ""
