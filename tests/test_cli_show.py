@@ -58,3 +58,22 @@ def test_show_draws_labelled_sequences_with_the_classes_taking_turns(sequence_fo
     assert main(["show", str(sequence_folder), "--n", "5", "--out", str(tmp_path / "q.png")]) == 0
     assert [label.split(" #")[0] for label in drawn["labels"]] == ["-1", "1", "-1", "1", "-1"]
     assert all(s.shape[1] == 2 for s in drawn["sequences"]) and drawn["title"].startswith("moves: 5 of 60 sequences")
+
+
+def test_a_long_test_span_gets_a_close_up_of_its_first_steps(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from deepstep.plots import ZOOM, plot_forecast
+
+    def draw(n, test_start, name):
+        times = list(pd.date_range("2014-01-01", periods=n, freq="h"))
+        values = np.sin(np.arange(n) / 4.0)
+        one_step = [(i, values[i : i + 1] + 0.1) for i in range(test_start, n)]
+        return Image.open(plot_forecast(times, values, test_start, {"model": one_step}, tmp_path / name))
+
+    short, long = draw(200, 150, "short.png"), draw(4 * ZOOM, ZOOM, "long.png")
+    assert short.size == (1100, 450) and long.size == (1100, 750)  # one panel; the span and its close-up
+    lower = np.asarray(long.convert("RGB"))[400:, 80:1080].astype(int)
+    blue = (abs(lower[..., 0] - 31) < 25) & (abs(lower[..., 1] - 119) < 25) & (lower[..., 2] > 150)
+    assert blue.sum() > 500  # the model's line (C0) is drawn in the close-up

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -176,27 +177,55 @@ def plot_forecast(
     history: int | None = None,
 ) -> Path:
     """The series (history and truth), the test span shaded, and each model's forecasts drawn
-    from their origins: `forecasts[name]` is a list of (origin row, values (horizon,))."""
-    fig = _figure(11, 4.5)
-    ax = fig.add_subplot()
+    from their origins: `forecasts[name]` is a list of (origin row, values (horizon,)). A test span
+    too long to read (hourly data: 8,760 steps) gets a second panel with its first ZOOM steps."""
     n = len(values)
+    zoomed = n - test_start > 2 * ZOOM
+    fig = _figure(11, 7.5 if zoomed else 4.5)
+    ax = fig.add_subplot(2, 1, 1) if zoomed else fig.add_subplot()
     start = max(0, test_start - (history if history is not None else 3 * (n - test_start)))
-    ax.plot(times[start:test_start], values[start:test_start], color="black", lw=1.2, label="history")
-    ax.plot(times[test_start - 1 :], values[test_start - 1 :], color="black", lw=1.2, ls="--", label="truth (test)")
-    ax.axvspan(times[test_start], times[n - 1], color="0.92", zorder=0)
-    for i, (name, paths) in enumerate(forecasts.items()):
-        color = f"C{i}"
-        if all(len(path) == 1 for _, path in paths):  # one-step forecasts: one line through them all
-            paths = [(paths[0][0], np.concatenate([path for _, path in paths]))] if paths else []
-        for j, (origin, path) in enumerate(paths):
-            stop = origin + len(path)
-            ax.plot(times[origin:stop], path, color=color, lw=1.2, label=name if j == 0 else None)
+    _draw_forecast(ax, times, values, test_start, forecasts, start, n)
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=9)
     if title:
         ax.set_title(title)
+    if zoomed:
+        zoom = fig.add_subplot(2, 1, 2)
+        _draw_forecast(zoom, times, values, test_start, forecasts, max(0, test_start - ZOOM // 4), test_start + ZOOM)
+        zoom.set_ylabel(ylabel)
+        zoom.set_title(f"the first {ZOOM} steps of the test span", fontsize=10)
     return _save(fig, out)
+
+
+ZOOM = 240  # steps in the close-up of a long test span (10 days of hourly data)
+
+
+def _draw_forecast(ax, times, values, test_start, forecasts, lo: int, hi: int) -> None:
+    """Rows lo..hi-1 of the series and of the forecasts, on one axis."""
+    ax.plot(times[lo:test_start], values[lo:test_start], color="black", lw=1.2, label="history")
+    ax.plot(
+        times[test_start - 1 : hi], values[test_start - 1 : hi], color="black", lw=1.2, ls="--", label="truth (test)"
+    )
+    ax.axvspan(times[test_start], times[hi - 1], color="0.92", zorder=0)
+    for i, (name, paths) in enumerate(forecasts.items()):
+        if all(len(path) == 1 for _, path in paths):  # one-step forecasts: one line through them all
+            paths = [(paths[0][0], np.concatenate([path for _, path in paths]))] if paths else []
+        labelled = False
+        for origin, path in paths:
+            stop = min(origin + len(path), hi)
+            if origin >= hi or stop <= lo:
+                continue
+            first = max(origin, lo)
+            label = None if labelled else name
+            ax.plot(times[first:stop], path[first - origin : stop - origin], color=f"C{i}", lw=1.2, label=label)
+            labelled = True
+    if isinstance(times[lo], date):  # pandas Timestamps too; ticks that do not collide at any span
+        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+        locator = AutoDateLocator()
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9)
 
 
 def plot_future(
