@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from deepstep.config import RECIPES, TrainConfig, read_config_file, resolve_config
 from deepstep.errors import DeepstepError
@@ -61,3 +62,18 @@ def test_the_config_round_trips_through_its_own_dict(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()))
     assert resolve_config(read_config_file(path)) == config
+
+
+def test_a_value_a_preset_gave_is_credited_to_the_preset_not_to_a_flag():
+    from deepstep.config import preset_source
+    from deepstep.engine.precision import resolve_precision
+
+    cpu = torch.device("cpu")
+    for config, source in [
+        (resolve_config(task="forecasting"), "the default for forecasting"),
+        (resolve_config(flags={"recipe": "tutorial"}), "the tutorial recipe's"),
+        (resolve_config(flags={"precision": "32"}), ""),
+    ]:
+        assert preset_source(config, "precision") == source
+        reason = resolve_precision(config.precision, cpu, preset_source(config, "precision")).reason
+        assert reason == "--precision 32" + (f", {source}" if source else "")

@@ -398,6 +398,17 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def preset_source(config: TrainConfig, name: str) -> str:
+    """'the tutorial recipe' or 'the default for forecasting' when `name` has the value that preset
+    gives it (so a log line does not credit the user with a choice they may not have made), else ''."""
+    value = getattr(config, name)
+    if config.recipe is not None and RECIPES.get(config.recipe, {}).get(name) == value:
+        return f"the {config.recipe} recipe's"
+    if TASK_DEFAULTS.get(config.task, {}).get(name) == value:
+        return f"the default for {config.task}"
+    return ""
+
+
 def resolve_config(
     file_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None, task: str | None = None
 ) -> TrainConfig:

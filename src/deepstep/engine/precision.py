@@ -61,7 +61,8 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "16")
 
 
-def resolve_precision(requested: str, device: torch.device) -> Precision:
+def resolve_precision(requested: str, device: torch.device, preset: str = "") -> Precision:
+    """`requested` on this device; `preset` names where an explicit value came from, if not a flag."""
     kind = device.type
     if requested == "auto":
         if kind == "cuda":
@@ -79,7 +80,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
             kind,
             "--precision bf16; this CPU has no AMX/AVX-512-BF16, so bf16 is emulated: expect it slower than 32",
         )
-    return Precision(requested, kind, f"--precision {requested}")
+    return Precision(requested, kind, f"--precision {requested}" + (f", {preset}" if preset else ""))
 
 
 def supported_by(precision: Precision, model: torch.nn.Module, auto: bool) -> Precision:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepstep.config import TrainConfig, parse_image_size
+from deepstep.config import TrainConfig, parse_image_size, preset_source
 from deepstep.data.folders import find_images
 from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize
 from deepstep.data.sources import ImageSource, ImageSplit, default_data_dir, open_image_source
@@ -488,7 +488,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     ranks = distributed.from_environment()
     device = distributed.init(ranks, resolve_device(config.device))
     log, progress = distributed.quiet_unless_main(log), progress and ranks.main
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device, preset_source(config, "precision"))
     threads = set_cpu_threads() if device.type == "cpu" else None
     seed_everything(config.seed)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepstep.config import PATH_OPTIONS, TrainConfig, absolute_path
+from deepstep.config import PATH_OPTIONS, TrainConfig, absolute_path, preset_source
 from deepstep.engine.fit import FitState, Monitor
 from deepstep.engine.loop import Step
 from deepstep.engine.run_dir import RunDir
@@ -284,7 +284,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     threads = set_cpu_threads() if device.type == "cpu" else None
     seed_everything(config.seed)
     net = create_model(config.model, **job.model_args).to(device)
-    precision = resolve_precision(config.precision, device)
+    precision = resolve_precision(config.precision, device, preset_source(config, "precision"))
     precision = supported_by(precision, net, auto=config.precision == "auto")  # before a run folder exists
     run, changes = start_run(config, job.source_name, must_match, ranks, log)
     model = distributed.wrap(net, ranks, device, compile=config.compile)
