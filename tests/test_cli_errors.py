@@ -130,6 +130,8 @@ def test_a_crop_padding_that_cannot_work(padding, message, image_folder):
         (["--lr-end-factor", "0.1"], "--lr-end-factor sets where --schedule cosine or onecycle ends"),
         (["--lr-start-factor", "0.2", "--schedule", "cosine"], "--lr-start-factor sets where the warm-up starts"),
         (["--norm-lr-scale", "0"], "--norm-lr-scale must be positive, got 0.0"),
+        (["--progressive-crop", "0"], "--progressive-crop must be a side in pixels >= 1, got 0"),
+        (["--progressive-until", "1.5"], "--progressive-until is a fraction of the epochs in (0, 1], got 1.5"),
     ],
 )
 def test_schedule_and_norm_options_that_cannot_work(flags, message):
@@ -150,3 +152,14 @@ def test_a_config_file_with_an_unknown_key(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text("epohcs = 3\n")
     assert_one_line_error(train("--config", str(config)), "unknown option 'epohcs'", "did you mean 'epochs'")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model", "lenet", "--progressive-crop", "24"], "lenet cannot take 24x24 windows"),
+        (["--model", "resnet-cifar", "--progressive-crop", "32"], "must be smaller than the 32x32 model inputs"),
+    ],
+)
+def test_a_progressive_crop_the_model_or_images_cannot_take(flags, message, image_folder):
+    assert_one_line_error(train("--data", str(image_folder), *flags), message)

@@ -285,3 +285,26 @@ def test_training_tells_the_train_batches_each_epoch(image_folder, monkeypatch):
     args = ["train", "--data", str(image_folder), "--epochs", "3", "--augment", "--alternate-flip", "--quiet"]
     assert main([*args, "--out", "runs/alt"]) == 0
     assert epochs == [1, 2, 3]
+
+
+def test_progressive_crop_trains_the_first_epochs_on_windows_of_whole_images():
+    images = torch.randint(0, 256, (24, 3, 8, 8), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    pixels = Pixels(images, torch.arange(24), [])
+    batches = ImageBatches(
+        pixels, batch_size=6, mean=[0.0] * 3, std=[1 / 255] * 3, shuffle=True, window=5, window_epochs=2
+    )
+    places = set()
+    for epoch in (1, 2, 3):
+        batches.set_epoch(epoch)
+        for x, y in batches:
+            x = x.round().to(torch.uint8)  # mean 0, std 1/255: the pixels as they were
+            if epoch == 3:
+                assert torch.equal(x, images[y])  # whole images once the window epochs are over
+                continue
+            windows = {
+                (top, left): images[y][:, :, top : top + 5, left : left + 5] for top in range(4) for left in range(4)
+            }
+            found = [place for place, window in windows.items() if torch.equal(x, window)]
+            assert len(found) == 1  # one place for the whole batch
+            places.update(found)
+    assert len(places) > 1  # drawn at random, batch by batch

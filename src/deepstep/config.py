@@ -83,6 +83,8 @@ class TrainConfig:
     augment: bool = False
     crop_padding: int | None = None
     alternate_flip: bool = False
+    progressive_crop: int | None = None
+    progressive_until: float = 0.4
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -171,6 +173,12 @@ class TrainConfig:
             )
         if self.crop_padding is not None and self.crop_padding < 0:
             raise DeepstepError(f"--crop-padding must be a number of pixels >= 0, got {self.crop_padding}")
+        if self.progressive_crop is not None and self.progressive_crop < 1:
+            raise DeepstepError(f"--progressive-crop must be a side in pixels >= 1, got {self.progressive_crop}")
+        if not 0 < self.progressive_until <= 1:
+            raise DeepstepError(
+                f"--progressive-until is a fraction of the epochs in (0, 1], got {self.progressive_until}"
+            )
         if self.workers < 0:
             raise DeepstepError(f"--workers must be >= 0 (0: one per core), got {self.workers}")
         return self

@@ -301,6 +301,24 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "progressive-crop",
+        {
+            "type": _int,
+            "metavar": "SIDE",
+            "help": "train the first epochs (--progressive-until) on a random SIDExSIDE window of each batch: "
+            "cheaper epochs, so more of them in the same time (progressive resizing; images held in memory, "
+            "nets that pool globally)",
+        },
+    ),
+    (
+        "progressive-until",
+        {
+            "type": float,
+            "metavar": "F",
+            "help": "--progressive-crop: the fraction of the epochs trained on windows (default 0.4)",
+        },
+    ),
+    (
         "precision",
         {
             "choices": PRECISIONS,

@@ -223,6 +223,10 @@ class ImageBatches:
     `alternate_flip` (airbench's derandomised flip): each image is flipped in the first epoch or
     not at random, and then in every other epoch, so that any two epochs in a row show it both
     ways. Which epoch it is comes from `set_epoch` (the fit loop calls it, counting from 1).
+
+    `window` (progressive resizing by cropping): in epochs 1..`window_epochs` each batch is a random
+    window x window part of its images, one place per batch, so those epochs cost about
+    (window / side)^2 of a full one; later epochs, and evaluation, see whole images.
     """
 
     def __init__(
@@ -236,6 +240,8 @@ class ImageBatches:
         augment: bool = False,
         crop_padding: int | None = None,
         alternate_flip: bool = False,
+        window: int | None = None,
+        window_epochs: int = 0,
         seed: int = 0,
         device: torch.device | str = "cpu",
         channels_last: bool = False,
@@ -262,6 +268,7 @@ class ImageBatches:
             first = torch.rand(len(self.images), generator=torch.Generator().manual_seed(seed)) < 0.5
             self.first_flips = first.to(self.device)
         self.epoch = 1
+        self.window, self.window_epochs = window, window_epochs
         # Crop padding: by default an eighth of the side (4 pixels at 32x32, as in the classic CIFAR
         # recipes); reflect padding needs it below the side.
         side = min(self.images.shape[2:]) if self.images.ndim == 4 else 1
@@ -282,6 +289,15 @@ class ImageBatches:
     def set_epoch(self, epoch: int) -> None:
         """Which epoch (from 1) the next pass is: the alternating flip depends on it."""
         self.epoch = epoch
+
+    def _window(self, images: torch.Tensor) -> torch.Tensor:
+        """A random window x window part of every image in the batch, at one place (a view)."""
+        height, width = images.shape[2:]
+        top, left = (
+            int(torch.randint(0, d + 1, (1,), generator=self.generator))
+            for d in (height - self.window, width - self.window)
+        )
+        return images[:, :, top : top + self.window, left : left + self.window]
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -308,7 +324,10 @@ class ImageBatches:
             for b in range(0, stop - start, self.batch_size):
                 # Normalised a batch at a time, while it is in the cache: a whole chunk in float32
                 # spills to memory (measured 0.33 -> 0.12 s an epoch of CIFAR-10 on 2 cores).
-                batch = normalize(x[b : b + self.batch_size], self.mean, self.std)
+                part = x[b : b + self.batch_size]
+                if self.window is not None and self.epoch <= self.window_epochs:
+                    part = self._window(part)
+                batch = normalize(part, self.mean, self.std)
                 if self.channels_last:
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 yield batch, y[b : b + self.batch_size]

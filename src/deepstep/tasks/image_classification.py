@@ -68,6 +68,8 @@ RESUME_MUST_MATCH = (
     "augment",
     "crop_padding",
     "alternate_flip",
+    "progressive_crop",
+    "progressive_until",
     "resize",
     "pretrained",
 )
@@ -165,6 +167,36 @@ def model_input(model_name: str, image_size: str | None) -> tuple[int, tuple[int
     channels = spec.input_size[0]
     size = parse_image_size(image_size) if image_size else (spec.input_size[1], spec.input_size[2])
     return channels, size
+
+
+def progressive_epochs(
+    config: TrainConfig, model_args: dict[str, Any], channels: int, size: tuple[int, int], data: TrainingData, log: Log
+) -> int:
+    """How many first epochs train on --progressive-crop windows (0: none), after checking that
+    the windows are smaller than the images and that the model takes them."""
+    side = config.progressive_crop
+    if side is None:
+        return 0
+    if side >= min(size):
+        raise DeepstepError(
+            f"--progressive-crop {side} must be smaller than the {size[0]}x{size[1]} model inputs it crops"
+        )
+    try:
+        check_model_fits(config.model, model_args, channels, (side, side))
+    except DeepstepError:
+        raise DeepstepError(
+            f"--progressive-crop {side}: {config.model} cannot take {side}x{side} windows (its layers need "
+            f"{size[0]}x{size[1]}); use a net that pools globally, such as resnet-cifar or airbench"
+        ) from None
+    if not isinstance(data.train, Pixels):
+        log("note: --progressive-crop is for images held in memory; streamed ones train whole")
+        return 0
+    epochs = round(config.progressive_until * config.epochs)
+    if epochs == 0:
+        log(f"note: --progressive-until {config.progressive_until} of {config.epochs} epoch(s) is none of them")
+        return 0
+    log(f"progressive crop: epochs 1-{epochs} on random {side}x{side} windows, then {size[0]}x{size[1]}")
+    return epochs
 
 
 def check_model_fits(model_name: str, model_args: dict[str, Any], channels: int, size: tuple[int, int]) -> int:
@@ -354,6 +386,8 @@ def make_batches(
     augment: bool = False,
     crop_padding: int | None = None,
     alternate_flip: bool = False,
+    window: int | None = None,
+    window_epochs: int = 0,
     seed: int = 0,
     workers: int = 0,
     strict: bool = False,
@@ -369,6 +403,8 @@ def make_batches(
             augment=augment and train,
             crop_padding=crop_padding,
             alternate_flip=alternate_flip,
+            window=window if train else None,
+            window_epochs=window_epochs,
             seed=seed,
             device=device,
         )
@@ -509,6 +545,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
             log(f"note: {flag} is for images held in memory; streamed ones {streamed}")
     model_args = {"num_classes": len(data.source.classes), **config.model_args}
     parameters = check_model_fits(config.model, model_args, channels, size)
+    window_epochs = progressive_epochs(config, model_args, channels, size, data, log)
     run, changes = start_run(config, data.source.name, RESUME_MUST_MATCH, ranks, log)
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
@@ -528,6 +565,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         augment=config.augment,
         crop_padding=config.crop_padding,
         alternate_flip=config.alternate_flip,
+        window=config.progressive_crop,
+        window_epochs=window_epochs,
         seed=config.seed,
         workers=config.workers,
         strict=config.strict,
