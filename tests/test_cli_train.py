@@ -175,6 +175,14 @@ def test_augment_options_that_cannot_apply_say_so(image_folder, capsys):
     assert "note: --alternate-flip is for images held in memory; streamed ones are flipped at random" in out
 
 
+def test_a_train_log_and_record_name_the_files_the_folder_scan_left_out(image_folder, capsys):
+    (image_folder / "train" / "unsorted").mkdir()
+    assert main(["train", "--data", str(image_folder), "--epochs", "1", "--out", "runs/notes"]) == 0
+    note = f"{image_folder / 'train'}: left out 1 folder(s) with no images, so not classes: unsorted"
+    assert f"note: {note}" in capsys.readouterr().out
+    assert json.loads(Path("runs/notes/run.json").read_text())["data"]["left_out"] == [note]
+
+
 def test_a_diverging_run_stops_with_advice_that_fits_what_it_had(image_folder, capsys):
     assert _train(image_folder, "--epochs", "2", "--lr", "1e12") == 2
     err = capsys.readouterr().err.strip()

@@ -91,6 +91,22 @@ def test_a_folder_of_loose_images_asks_for_class_folders(tmp_path, isolated):
         open_image_source(str(tmp_path / "loose"), isolated)
 
 
+def test_what_a_folder_scan_leaves_out_is_noted_not_dropped_unseen(flat_folder, image_folder, isolated):
+    assert open_image_source(str(image_folder), isolated).notes == []
+    (flat_folder / "empty_class").mkdir()
+    (flat_folder / "README.txt").write_text("about these images")
+    (flat_folder / CLASSES[0] / "Thumbs.db").write_bytes(b"\0junk")
+    (flat_folder / CLASSES[0] / ".DS_Store").write_bytes(b"\0junk")  # hidden: not worth a word
+    source = open_image_source(str(flat_folder), isolated)
+    assert source.classes == list(CLASSES)
+    assert len(source.splits["train"]) + len(source.splits["test"]) == 30
+    assert source.notes == [
+        f"{flat_folder}: left out 1 folder(s) with no images, so not classes: empty_class",
+        f"{flat_folder}: left out 2 file(s) that are not images by name (README.txt, {CLASSES[0]}/Thumbs.db); "
+        "images end in .jpg, .jpeg, .png, .bmp, .gif, .webp, .tif, .tiff, .ppm, .pgm, .pbm",
+    ]
+
+
 def test_a_test_folder_with_a_class_unknown_to_train_is_refused(image_folder, isolated):
     write_images(image_folder / "test", 1, np.random.default_rng(0), classes=("triangle",))
     with pytest.raises(DeepstepError, match="classes that train/ does not have: triangle"):

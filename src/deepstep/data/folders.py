@@ -34,6 +34,7 @@ class ImageFolderLayout:
     root: Path
     classes: list[str]
     splits: dict[str, FolderSplit]
+    notes: list[str]  # what was left out and why: empty class folders, files that are not images
 
 
 def is_archive(path: Path) -> bool:
@@ -48,16 +49,40 @@ def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def find_images(folder: Path) -> list[Path]:
+def find_images(folder: Path, others: list[Path] | None = None) -> list[Path]:
+    """The image files under `folder`, sorted; files that are not images (hidden ones aside) are
+    appended to `others` when given."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+        for name in sorted(filenames):
+            if _is_image(name):
+                found.append(Path(dirpath) / name)
+            elif others is not None and not name.startswith("."):
+                others.append(Path(dirpath) / name)
     return found
 
 
-def scan_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[list[str], FolderSplit]:
-    """Files and labels of `folder/<class>/...`; `classes` fixes the class order (from train/)."""
+def _left_out_notes(folder: Path, empty: list[str], others: list[Path]) -> list[str]:
+    """One line per kind of thing a scan of `folder` left out, so that nothing is dropped unseen."""
+    notes = []
+    if empty:
+        notes.append(
+            f"{folder}: left out {len(empty)} folder(s) with no images, so not classes: {', '.join(empty[:5])}"
+            + (", ..." if len(empty) > 5 else "")
+        )
+    if others:
+        shown = ", ".join(str(p.relative_to(folder)) for p in others[:3]) + (", ..." if len(others) > 3 else "")
+        notes.append(
+            f"{folder}: left out {len(others)} file(s) that are not images by name ({shown}); "
+            f"images end in {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    return notes
+
+
+def scan_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[list[str], FolderSplit, list[str]]:
+    """Files and labels of `folder/<class>/...`, and notes on what was left out; `classes` fixes
+    the class order (from train/)."""
     subfolders = _class_folders(folder)
     if not subfolders:
         if any(_is_image(p.name) for p in folder.iterdir()):
@@ -68,7 +93,9 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[
         raise DeepstepError(
             f"{folder} has no class subfolders: expected {folder}/<class>/<image>.jpg (ImageFolder layout)"
         )
-    found = {p.name: find_images(p) for p in subfolders}
+    others = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    found = {p.name: find_images(p, others) for p in subfolders}
+    empty = [name for name, files in found.items() if not files]
     found = {name: files for name, files in found.items() if files}
     if not found:
         raise DeepstepError(f"{folder} has class folders but no images in them ({', '.join(IMAGE_EXTENSIONS)})")
@@ -86,7 +113,7 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[
     for name in sorted(found, key=index.__getitem__):
         files.extend(found[name])
         labels.extend([index[name]] * len(found[name]))
-    return classes, FolderSplit(files, labels)
+    return classes, FolderSplit(files, labels), _left_out_notes(folder, empty, others)
 
 
 def _descend_single_folder(root: Path) -> Path:
@@ -113,14 +140,15 @@ def scan_image_folder(path: Path) -> ImageFolderLayout:
         raise DeepstepError(f"{path} is empty: expected {path}/<class>/<image>.jpg or {path}/train/<class>/<image>.jpg")
     root = _descend_single_folder(path)
     if (root / "train").is_dir():
-        classes, train = scan_class_folders(root / "train")
+        classes, train, notes = scan_class_folders(root / "train")
         splits = {"train": train}
         for name in ("val", "test"):
             if (root / name).is_dir():
-                _, splits[name] = scan_class_folders(root / name, classes)
-        return ImageFolderLayout(root, classes, splits)
-    classes, everything = scan_class_folders(root)
-    return ImageFolderLayout(root, classes, {"train": everything})
+                _, splits[name], more = scan_class_folders(root / name, classes)
+                notes += more
+        return ImageFolderLayout(root, classes, splits, notes)
+    classes, everything, notes = scan_class_folders(root)
+    return ImageFolderLayout(root, classes, {"train": everything}, notes)
 
 
 def content_hashes(root: Path, files: list[Path], data_dir: Path) -> list[str]:

@@ -77,7 +77,7 @@ class ImageSource:
     fingerprint: str
     test_origin: str
     root: Path | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the folder scan left out, logged by train
 
 
 @dataclass
@@ -137,6 +137,7 @@ def _folder_source(path: Path, name: str, test_split: float, data_dir: Path, unp
         fingerprint=_layout_fingerprint(layout, test_split, data_dir, archive_id=path.name if unpacked else None),
         test_origin=origin,
         root=layout.root,
+        notes=layout.notes,
     )
 
 

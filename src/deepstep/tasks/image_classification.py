@@ -361,6 +361,7 @@ def prepare_training_data(
         "val": val_info,
         "test": {"origin": source.test_origin, "count": len(source.splits["test"])},
         "skipped": [list(s) for s in skipped],
+        "left_out": source.notes,
         "normalization": {"mean": mean, "std": std, "origin": origin},
     }
     return TrainingData(source, train, val, prep, in_memory, report)
@@ -666,6 +667,8 @@ def _log_start(log: Log, model_name: str, data: TrainingData, setup: Setup, run:
         f"{r['test']['count']} test ({r['test']['origin']}; not used in training)"
         + ("" if data.in_memory else "; streamed from disk")
     )
+    for note in r["left_out"]:
+        log(f"note: {note}")
     log(f"model: {model_name}, {setup.parameters:,} parameters, input {format_size((prep.channels, *prep.size))}")
     norm = r["normalization"]
     log(f"normalisation: mean {norm['mean']} std {norm['std']} ({norm['origin']})")
