@@ -68,6 +68,31 @@ def test_year_month_day_hour_columns_make_an_hourly_index(tmp_path):
     assert series.freq == "h" and season_of(series.freq) == 24 and len(series) == 48
 
 
+def test_a_semicolon_csv_with_decimal_commas_reads_as_numbers_and_says_so(tmp_path):
+    (tmp_path / "eu.csv").write_text("Monat;Umsatz;Preis\n2000-01;1,5;10\n2000-02;2,25;11\n2000-03;-3,0;12\n")
+    series = load_series(str(tmp_path / "eu.csv"), target="Umsatz", features=["Preis"])
+    assert series.values.tolist() == [[1.5, 10.0], [2.25, 11.0], [-3.0, 12.0]]
+    assert series.report["read_as"] == "';'-separated, with decimal commas"
+    (tmp_path / "points.csv").write_text("Month;y\n2000-01;1.5\n2000-02;2.5\n2000-03;3.5\n")
+    series = load_series(str(tmp_path / "points.csv"), target="y")
+    assert series.values[:, 0].tolist() == [1.5, 2.5, 3.5] and series.freq == "MS"
+    assert series.report["read_as"] == "';'-separated"
+    assert "read_as" not in load_series(str(write_monthly(tmp_path / "s.csv", range(5))), target=None).report
+
+
+def test_a_time_column_of_plain_numbers_is_not_read_as_nanoseconds_after_1970(tmp_path):
+    (tmp_path / "t.csv").write_text("time,y\n" + "".join(f"{t},{t * 2}\n" for t in (5, 6, 7, 8)))
+    series = load_series(str(tmp_path / "t.csv"), target="y")
+    assert (
+        series.freq is None and list(series.index) == [0, 1, 2, 3] and series.values[:, 0].tolist() == [10, 12, 14, 16]
+    )
+    assert series.report["not_dates"] == "time"
+    with pytest.raises(DeepstepError, match=r"--time column 'time' holds numbers, not dates: leave --time out"):
+        load_series(str(tmp_path / "t.csv"), target="y", time="time")
+    (tmp_path / "years.csv").write_text("year,y\n1990,1\n1991,2\n1992,3\n")
+    assert str(load_series(str(tmp_path / "years.csv"), target="y").index[0].date()) == "1990-01-01"
+
+
 def test_duplicated_timestamps_are_refused(tmp_path):
     (tmp_path / "d.csv").write_text("Month,y\n2000-01,1\n2000-02,2\n2000-02,3\n")
     with pytest.raises(DeepstepError, match=r"1 duplicated timestamp\(s\) \(first 2000-02-01"):

@@ -11,6 +11,8 @@ The discipline that keeps the test span honest:
 from __future__ import annotations
 
 import hashlib
+import itertools
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,24 +85,41 @@ def is_series_spec(spec: str) -> bool:
 # ---- reading and cleaning ----------------------------------------------------------------------
 
 
+def csv_dialect(path: Path) -> tuple[str, str]:
+    """(separator, decimal mark) of a CSV, from its first lines: a .tsv is tab-separated; a header
+    split by ';' (or tabs) and no commas is read with that separator, and then with decimal commas
+    if its numbers have them ("12,5"), as spreadsheets in much of Europe write them."""
+    if path.suffix.lower() == ".tsv":
+        return "\t", "."
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            lines = list(itertools.islice(f, 20))
+    except OSError:
+        return ",", "."
+    header = lines[0] if lines else ""
+    sep = next((s for s in (";", "\t") if s in header and "," not in header), ",")
+    decimal = "," if sep != "," and any(re.search(r"\d,\d", line) for line in lines[1:]) else "."
+    return sep, decimal
+
+
 def _read_table(spec: str):
+    """(the table, its name, how it was read when not plain commas: "';'-separated with decimal commas")."""
     import pandas as pd
 
     if spec in BUILTIN_SERIES:
-        return _statsmodels_frame(spec), spec
+        return _statsmodels_frame(spec), spec, None
     path = Path(spec)
     if not path.is_file():
         raise DeepstepError(
             f"{spec} does not exist; give a CSV file or a built-in series ({', '.join(BUILTIN_SERIES)})"
         )
+    sep, decimal = csv_dialect(path)
     try:
         # index_col=False and the warning as an error: a row with more cells than the header is
         # refused, rather than read as a made-up index or cut short with a warning
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(
-                path, sep="\t" if path.suffix.lower() == ".tsv" else ",", skipinitialspace=True, index_col=False
-            )
+            frame = pd.read_csv(path, sep=sep, decimal=decimal, skipinitialspace=True, index_col=False)
     except pd.errors.ParserWarning:
         raise DeepstepError(f"{path}: some rows have more cells than the header has columns; fix those rows") from None
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
@@ -108,7 +127,19 @@ def _read_table(spec: str):
         raise DeepstepError(f"{path} is not a readable CSV: {first}") from None
     if frame.empty:
         raise DeepstepError(f"{path} has no rows")
-    return frame, path.stem
+    dialect = None
+    if (sep, decimal) != (",", ".") and path.suffix.lower() != ".tsv":
+        dialect = f"{'tab' if sep == chr(9) else repr(sep)}-separated" + (
+            ", with decimal commas" if decimal == "," else ""
+        )
+    return frame, path.stem, dialect
+
+
+def _numbers_not_dates(frame, column) -> bool:
+    """A column of plain numbers (step 0, 1, 2, ... or seconds) that pandas would read as
+    nanoseconds after 1970; a whole-number `year` column is a date."""
+    kind = frame[column].dtype.kind
+    return kind in "iuf" and not (kind in "iu" and str(column).lower() == "year")
 
 
 def _time_columns(frame, time: str | None, source: str) -> list[str]:
@@ -121,12 +152,18 @@ def _time_columns(frame, time: str | None, source: str) -> list[str]:
                     f"{source}: --time column {name!r} not found{did_you_mean(name, map(str, frame.columns))}; "
                     f"columns: {', '.join(map(str, frame.columns))}"
                 )
+        if len(names) == 1 and _numbers_not_dates(frame, names[0]):
+            raise DeepstepError(
+                f"{source}: --time column {names[0]!r} holds numbers, not dates: leave --time out to take the "
+                "rows in file order, one step each, or write the times as dates (2024-01-31 or 2024-01-31 13:00)"
+            )
         return names
     lower = {str(c).lower(): c for c in frame.columns}
     if {"year", "month", "day"} <= set(lower):
         return [lower[k] for k in ("year", "month", "day", "hour") if k in lower]
     for column in frame.columns:
-        if str(column).lower() in TIME_NAMES or frame[column].dtype.kind == "M":
+        dates = frame[column].dtype.kind == "M"
+        if dates or (str(column).lower() in TIME_NAMES and not _numbers_not_dates(frame, column)):
             return [column]
     return []
 
@@ -194,7 +231,7 @@ def _counts_rows(column) -> bool:
 def read_columns(spec: str, time: str | None = None):
     """The table as it is, for looking at: (name, its numeric columns indexed by time where it has
     one), gaps kept as NaN, a column that only numbers the rows left out."""
-    frame, name = _read_table(spec)
+    frame, name, _ = _read_table(spec)
     frame.columns = [str(c) for c in frame.columns]
     time_columns = [str(c) for c in _time_columns(frame, time, spec)]
     numeric = [
@@ -226,10 +263,16 @@ def load_series(
     """
     import pandas as pd
 
-    frame, name = _read_table(spec)
+    frame, name, dialect = _read_table(spec)
     source = spec
     report: dict[str, Any] = {"source": spec, "rows": len(frame)}
+    if dialect:
+        report["read_as"] = dialect
     time_columns = _time_columns(frame, time, source)
+    if not time_columns:
+        numbered = [str(c) for c in frame.columns if str(c).lower() in TIME_NAMES and _numbers_not_dates(frame, c)]
+        if numbered:
+            report["not_dates"] = numbered[0]
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     time_columns = [str(c) for c in time_columns]

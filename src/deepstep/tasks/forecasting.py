@@ -148,6 +148,10 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         f"train {spans.val_start} / val {spans.test_start - spans.val_start} / test {spans.n - spans.test_start} steps "
         f"(test from {describe(spans.test_start)}; not used in training)"
     )
+    if r.get("read_as"):
+        log(f"{r['source']}: read as {r['read_as']}")
+    if r.get("not_dates"):
+        log(f"{r['not_dates']} holds numbers, not dates: the rows are taken in file order, one step each")
     for column, why in r.get("left_out", {}).items():
         log(f"--features all leaves out {column}: it {why}")
     if r.get("fill"):
