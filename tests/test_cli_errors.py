@@ -100,6 +100,10 @@ def test_an_unknown_dataset_name_suggests_close_names():
         ),
         (["train", "--epochs", "x"], ["deepstep train: error: argument --epochs", "see deepstep train --help"]),
         (["evaluate"], ["deepstep evaluate: error: the following arguments are required: RUN"]),
+        (  # not taken as an abbreviation of --data-dir
+            ["evaluate", "RUN", "--dat", "photos"],
+            ["deepstep evaluate: error: unrecognized arguments: --dat photos (did you mean '--data'?)"],
+        ),
         (["trian"], ["deepstep: error: argument COMMAND: invalid choice: 'trian'", "see deepstep --help"]),
     ],
 )

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CLASSES
 from deepstep.cli import main
 from deepstep.errors import DeepstepError
 
@@ -107,6 +108,21 @@ def test_translate_tta_is_recorded_by_name_and_an_unknown_mode_is_refused(traine
     assert json.loads(capsys.readouterr().out)["tta"] == "flip-translate"
     with pytest.raises(DeepstepError, match="--tta 'flip-translat' is not one of flip, flip-translate.*flip-translate"):
         evaluate_run(trained_run, "val", tta="flip-translat")
+
+
+def test_a_run_whose_data_moved_says_so_and_is_evaluated_with_data_at_the_new_place(trained_run, image_folder, capsys):
+    moved = image_folder.rename(image_folder.with_name("moved"))
+    assert main(["evaluate", str(trained_run), "--split", "val"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"deepstep evaluate: error: {image_folder}, the data {trained_run} was trained on, is not there any more: "
+        "give its new place with --data PATH"
+    )
+    assert main(["evaluate", str(trained_run), "--split", "val", "--data", str(moved)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("val: accuracy") and "changed" not in out  # the same content: the same fingerprint
+    (moved / "train" / CLASSES[0] / "000.png").unlink()
+    assert main(["evaluate", str(trained_run), "--split", "val", "--data", str(moved)]) == 2  # val part differs
+    assert f"warning: the data at {moved} changed since this run was trained" in capsys.readouterr().out
 
 
 def test_a_run_trained_on_a_relative_path_is_evaluated_from_another_folder(image_folder, monkeypatch, capsys):

@@ -47,6 +47,14 @@ def test_grey_rgba_and_palette_images_are_converted_not_refused(trained_run, tmp
     assert len(json.loads(capsys.readouterr().out)) == 3
 
 
+def test_options_may_stand_between_the_images(trained_run, image_folder, capsys):
+    first, second = sorted((image_folder / "test" / "circle").glob("*.png"))[:2]
+    assert main(["predict", str(trained_run), str(first), "--top-k", "2", str(second)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(first), str(second)]
+    assert all(line.count("%") == 2 for line in lines)
+
+
 def test_a_text_file_passed_to_predict_is_a_one_line_error(trained_run, tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("not an image")

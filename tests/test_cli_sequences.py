@@ -82,6 +82,13 @@ def test_predict_forecasts_the_steps_after_the_data_as_csv_and_plot(seasonal_csv
     ]
     assert Path("runs/f/forecast.csv").read_text().splitlines()[0] == "time,Sales"
     assert Path("runs/f/forecast.png").stat().st_size > 10_000
+    moved = seasonal_csv.rename(seasonal_csv.with_name("moved.csv"))
+    assert main(["predict", "runs/f", "--json"]) == 2
+    assert f"{seasonal_csv}, the data runs/f was trained on, is not there any more: give its new place with --data" in (
+        capsys.readouterr().err
+    )
+    assert main(["predict", "runs/f", "--json", "--data", str(moved)]) == 0
+    assert _json(capsys)["forecast"] == result["forecast"]
 
 
 def test_baseline_runs_on_its_own_with_the_same_spans(seasonal_csv, capsys):

@@ -58,12 +58,13 @@ class Run:
         tta: bool | str | None = None,
         baselines: bool | list[str] = False,
         backtest: bool = False,
+        data: str | None = None,
         verbose: bool = True,
     ) -> dict[str, Any]:
         """The run's metrics on `split`; the test split once per run. Images: accuracy, loss, per-class
         accuracy, confusion matrix (`tta`: "flip" or "flip-translate" averaging). Forecasting: MAE,
         RMSE, MAPE, sMAPE, MASE (`baselines`, `backtest`). Sequences: accuracy, precision, recall, F1,
-        ROC AUC."""
+        ROC AUC. `data`: where the run's data is now, if it moved since training."""
         task = self.task
         if task == "forecasting":
             from deepstep.tasks.forecasting import evaluate_run as evaluate_forecast
@@ -75,16 +76,26 @@ class Run:
                 checkpoint=checkpoint,
                 baselines=baselines,
                 backtest=backtest,
+                data=data,
                 log=_log(verbose),
             )
         if task == "sequence-classification":
             from deepstep.tasks.sequence_classification import evaluate_run as evaluate_sequences
 
-            return evaluate_sequences(self.path, split, force=force, checkpoint=checkpoint, log=_log(verbose))
+            return evaluate_sequences(
+                self.path, split, force=force, checkpoint=checkpoint, data=data, log=_log(verbose)
+            )
         from deepstep.tasks.image_classification import evaluate_run
 
         return evaluate_run(
-            self.path, split, force=force, checkpoint=checkpoint, tta=tta, log=_log(verbose), progress=verbose
+            self.path,
+            split,
+            force=force,
+            checkpoint=checkpoint,
+            tta=tta,
+            data=data,
+            log=_log(verbose),
+            progress=verbose,
         )
 
     def predict(
@@ -95,16 +106,20 @@ class Run:
         plot: str | Path | None = None,
         checkpoint: str = "best",
         tta: bool | str | None = None,
+        data: str | None = None,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """Top-k classes with softmax probabilities for each image file (or folder of images); the
-        class of each sequence CSV; or, for a forecasting run (no inputs), the steps after its data."""
+        class of each sequence CSV; or, for a forecasting run (no inputs), the steps after its data
+        (`data`: where the series is now, if it moved since training)."""
         task = self.task
         if task == "forecasting":
             from deepstep.tasks.forecasting import predict_run as forecast
 
             if images is not None:
                 raise DeepstepError("a forecasting run predicts the steps after its own data: call run.predict()")
-            return forecast(self.path, checkpoint=checkpoint, plot=plot)
+            return forecast(self.path, checkpoint=checkpoint, plot=plot, data=data)
+        if data is not None:
+            raise DeepstepError(f"data= is for a forecasting run; {self.path} is {task}: leave it out")
         if images is None:
             raise DeepstepError("give the files to predict: run.predict(['a.jpg'])")
         inputs = [images] if isinstance(images, str | Path) else list(images)

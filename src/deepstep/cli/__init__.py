@@ -37,7 +37,14 @@ The deep-learning workflow from one command:
 
 class Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line, the problem and where the help is,
-    instead of the whole usage (30 lines for train) above it. Subcommands inherit the class."""
+    instead of the whole usage (30 lines for train) above it. Subcommands inherit the class.
+
+    Options are not matched by their beginnings: `evaluate --data X` must not quietly mean
+    `--data-dir X`, and a new option must not change what an old abbreviation meant."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
@@ -57,9 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deepstep.errors import DeepstepError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, unknown = parser.parse_known_args(argv)
-    if unknown:  # reported by the subcommand, whose options are the ones a typo was meant to be
+    if unknown:
         command = _subcommands(parser)[args.command]
+        # `predict RUN --top-k 3 a.jpg`: argparse leaves the files after an option over, unless
+        # the command's own arguments are parsed intermixed
+        args, unknown = command.parse_known_intermixed_args(argv[argv.index(args.command) + 1 :])
+        args.command = command.prog.split()[-1]
+    if unknown:  # reported by the subcommand, whose options are the ones a typo was meant to be
         command.error(f"unrecognized arguments: {' '.join(unknown)}{_closest_option(unknown, command)}")
     try:
         return args.run(args) or 0

@@ -79,6 +79,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="default best (by val accuracy)")
     add_tta_options(parser)
     parser.add_argument("--force", action="store_true", help="evaluate the test part again (recorded)")
+    parser.add_argument(
+        "--data",
+        metavar="PATH",
+        help="where the run's data is now, if it moved since training (its content is checked)",
+    )
     parser.add_argument("--data-dir", metavar="DIR", help="data cache, if not the one used in training")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_forecast_options(parser)
@@ -106,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         tta=tta_from_flags(args),
         data_dir=args.data_dir,
+        data=args.data,
         log=(lambda m: None) if quiet else print,
         progress=progress_enabled(args) and not quiet,
     )
@@ -134,6 +140,7 @@ def _run_forecast(args: argparse.Namespace) -> int:
         backtest=args.backtest,
         order=args.order,
         seasonal_order=args.seasonal_order,
+        data=args.data,
         log=(lambda m: None) if args.json else print,
     )
     if args.json:
@@ -168,6 +175,7 @@ def _run_sequences(args: argparse.Namespace) -> int:
         force=args.force,
         checkpoint=args.checkpoint,
         data_dir=args.data_dir,
+        data=args.data,
         log=(lambda m: None) if args.json else print,
     )
     if args.json:

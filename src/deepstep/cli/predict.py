@@ -56,6 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="draw each image beside a bar chart of its top-k probabilities (forecast: the plot)",
     )
     parser.add_argument(
+        "--data", metavar="PATH", help="forecasting: where the run's series is now, if it moved since training"
+    )
+    parser.add_argument(
         "--out", metavar="FILE.csv", help="forecasting: where to write the forecast (default RUN/forecast.csv)"
     )
     parser.set_defaults(run=run)
@@ -72,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
         task = run_task(args.inputs[0])
         unused = {
-            "image-classification": ("out",),
+            "image-classification": ("out", "data"),
             "forecasting": ("tta", "tta_translate"),
-            "sequence-classification": ("tta", "tta_translate", "plot", "out"),
+            "sequence-classification": ("tta", "tta_translate", "plot", "out", "data"),
         }
         refuse_options(args, unused[task], args.inputs[0], task)
         if task == "forecasting":
@@ -109,7 +112,7 @@ def _forecast(args: argparse.Namespace) -> int:
 
     if len(args.inputs) > 1:
         raise DeepstepError("a forecasting run predicts the steps after its own data: give only the run folder")
-    result = predict_run(args.inputs[0], checkpoint=args.checkpoint, out=args.out, plot=args.plot)
+    result = predict_run(args.inputs[0], checkpoint=args.checkpoint, out=args.out, plot=args.plot, data=args.data)
     if args.json:
         print_json(result)
         return 0

@@ -241,6 +241,7 @@ def evaluate_run(
     backtest: bool = False,
     order: tuple[int, int, int] | None = None,
     seasonal_order: tuple[int, int, int] | None = None,
+    data: str | None = None,
     log: Log = print,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -251,7 +252,7 @@ def evaluate_run(
     if split not in ("test", "val"):
         raise DeepstepError(f"--split {split!r}: evaluate measures 'test' or 'val'")
     history = test_evaluations(run, split, force, lambda e: f"MAE {e['model']['mae']:.4g}")
-    config = run_config(run)
+    config = run_config(run, data)
     info = run.read_json("run.json")
     data = prepare(config)
     if data.series.fingerprint != info["data"]["fingerprint"]:
@@ -378,11 +379,17 @@ def baseline_report(
 
 
 def predict_run(
-    run_path: str | Path, *, checkpoint: str = "best", out: str | Path | None = None, plot: str | Path | None = None
+    run_path: str | Path,
+    *,
+    checkpoint: str = "best",
+    out: str | Path | None = None,
+    plot: str | Path | None = None,
+    data: str | None = None,
 ) -> dict[str, Any]:
-    """The `horizon` steps after the end of the data, from its last `lookback` steps: a CSV and a plot."""
+    """The `horizon` steps after the end of the data, from its last `lookback` steps: a CSV and a plot.
+    `data`: where the series is now, if it moved since training."""
     run = RunDir.open(run_path)
-    config = run_config(run)
+    config = run_config(run, data)
     data = prepare(config)
     model, record = load_model(run, checkpoint)
     n = len(data.series)

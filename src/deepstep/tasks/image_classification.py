@@ -714,11 +714,13 @@ def evaluate_run(
     checkpoint: str = "best",
     tta: bool | str | None = None,
     data_dir: str | None = None,
+    data: str | None = None,
     log: Log = print,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Loss, accuracy, per-class accuracy and confusion matrix on `split` (test or val);
     with `tta` ("flip" or "flip-translate"), each image's logits are averaged over views of it.
+    `data`: where the run's data is now, if it moved since training.
 
     The test split is measured once per run; a second measurement needs `force` and is recorded.
     """
@@ -730,7 +732,7 @@ def evaluate_run(
         )
     history = test_evaluations(run, split, force, lambda e: f"accuracy {e['accuracy']:.2%}")
     info = run.read_json("run.json")
-    config = run_config(run)
+    config = run_config(run, data)
     trained = load_trained(run, checkpoint)
     part = _evaluation_part(info, config, trained.prep, split, data_dir, log, progress)
     device = resolve_device(config.device)

@@ -3,6 +3,7 @@ single measurement, and close a training run with its curves and summary."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import random
 import re
@@ -110,11 +111,20 @@ def open_run_for_resume(config: TrainConfig, must_match: Sequence[str]) -> tuple
     return run, changed
 
 
-def run_config(run: RunDir) -> TrainConfig:
-    """The resolved config a run was trained with, from its config.yaml."""
+def run_config(run: RunDir, data: str | None = None) -> TrainConfig:
+    """The resolved config a run was trained with, from its config.yaml; `data`: where its data
+    is now, if it moved since training (the run's fingerprint check then says whether it is the same)."""
     from deepstep.config import check_values
 
-    return TrainConfig(**check_values(run.read_config(), source=str(run.file("config.yaml"))))
+    config = TrainConfig(**check_values(run.read_config(), source=str(run.file("config.yaml"))))
+    if data:
+        return dataclasses.replace(config, data=absolute_path("data", data))
+    if Path(config.data).is_absolute() and not Path(config.data).exists():
+        raise DeepstepError(
+            f"{config.data}, the data {run.path} was trained on, is not there any more: "
+            "give its new place with --data PATH"
+        )
+    return config
 
 
 def test_evaluations(run: RunDir, split: str, force: bool, describe: Callable[[dict], str]) -> list[dict[str, Any]]:

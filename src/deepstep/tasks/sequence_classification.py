@@ -165,14 +165,16 @@ def evaluate_run(
     force: bool = False,
     checkpoint: str = "best",
     data_dir: str | None = None,
+    data: str | None = None,
     log: Log = print,
 ) -> dict[str, Any]:
-    """Accuracy, precision / recall / F1, ROC AUC (two classes) and the confusion matrix."""
+    """Accuracy, precision / recall / F1, ROC AUC (two classes) and the confusion matrix;
+    `data`: where the run's data is now, if it moved since training."""
     run = RunDir.open(run_path)
     if split not in ("test", "val"):
         raise DeepstepError(f"--split {split!r}: evaluate measures 'test' or 'val'")
     history = test_evaluations(run, split, force, lambda e: f"accuracy {e['accuracy']:.2%}")
-    config = run_config(run)
+    config = run_config(run, data)
     info = run.read_json("run.json")
     data, splits, _, _ = prepare(config, data_dir)
     if data.fingerprint != info["data"]["fingerprint"]:
