@@ -70,6 +70,10 @@ def test_the_plot_draws_each_image_beside_its_probabilities(trained_run, image_f
     )
     assert out.stat().st_size > 10_000 and Image.open(out).size[0] > 600
     assert "circle/000.png" in capsys.readouterr().out
+    one_row = Image.open(out).size[1]
+    assert main(["predict", str(trained_run), str(image_folder / "test"), "--plot", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"plot: {out} (the first 12 of 18 images)"
+    assert 11 * one_row < Image.open(out).size[1] < 13 * one_row
 
 
 @pytest.mark.parametrize("flag", ["--tta", "--tta-translate"])

@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--plot",
         metavar="OUT.png",
-        help="draw each image beside a bar chart of its top-k probabilities (forecast: the plot)",
+        help="draw each image (the first 12) beside a bar chart of its top-k probabilities (forecast: the plot)",
     )
     parser.add_argument(
         "--data", metavar="PATH", help="forecasting: where the run's series is now, if it moved since training"
@@ -102,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
             ranked = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top_k"])
             print(f"{r['file']}: {r['label']}  ({ranked})")
     if args.plot and not args.json:
-        print(f"plot: {args.plot}")
+        from deepstep.tasks.image_classification import PLOT_MAX_IMAGES
+
+        more = len(results) > PLOT_MAX_IMAGES
+        print(f"plot: {args.plot}" + (f" (the first {PLOT_MAX_IMAGES} of {len(results)} images)" if more else ""))
     return 0
 
 

@@ -52,6 +52,7 @@ from deepstep.tasks.runs import (
 
 TASK = "image-classification"
 Log = Callable[[str], None]
+PLOT_MAX_IMAGES = 12  # predict --plot draws the first ones; a row each
 
 # Changing these between a run and its resume would make the result meaningless.
 RESUME_MUST_MATCH = (
@@ -922,7 +923,7 @@ def classify_files(
     if plot is not None:
         from deepstep.plots import plot_predictions
 
-        shown = min(len(results), 12)
+        shown = min(len(results), PLOT_MAX_IMAGES)
         plot_predictions([(images[i], results[i]["file"], results[i]["top_k"]) for i in range(shown)], Path(plot))
     return results
 
