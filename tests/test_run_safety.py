@@ -65,6 +65,29 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(image_folder, m
     assert main(["train", "--out", "runs/full", "--resume", "--epochs", "2", "--quiet"]) == 0
 
 
+def test_an_out_that_cannot_be_a_folder_and_a_full_disk_elsewhere_are_one_line_errors(
+    image_folder, monkeypatch, capsys
+):
+    Path("taken").write_text("a file")
+    assert train_lenet(image_folder, "--epochs", "1", out="taken") == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "deepstep train: error: --out taken is a file, not a folder: choose another --out"
+    )
+    assert train_lenet(image_folder, "--epochs", "1", out="taken/run") == 2
+    assert "--out taken/run: cannot make the run folder (Not a directory)" in capsys.readouterr().err
+
+    import deepstep.plots
+
+    def no_space(fig, out):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    monkeypatch.setattr(deepstep.plots, "_save", no_space)
+    assert train_lenet(image_folder, "--epochs", "1", out="runs/plots") == 1
+    assert capsys.readouterr().err.strip() == "deepstep train: error: runs/plots/curves.png: No space left on device"
+    assert Path("runs/plots/checkpoints/best.json").exists()  # the finished epoch's checkpoint is kept
+
+
 class _Exploit:
     def __reduce__(self):
         return (Path("pwned").write_text, ("the pickle ran",))

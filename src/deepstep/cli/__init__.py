@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,11 @@ The deep-learning workflow from one command:
   deepstep predict runs/lenet-cifar10-sample cat.jpg --plot cat.png
   deepstep train --data airline.csv --target Passengers --lookback 24 --horizon 12   # an LSTM forecast
 """
+
+
+# OSErrors that are the machine's state (a full disk, a read-only or forbidden place), reported in
+# one line; any other OSError is a defect and keeps its traceback.
+MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class Parser(argparse.ArgumentParser):
@@ -82,6 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `deepstep ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+    except OSError as err:
+        if err.errno not in MACHINE_ERRORS:
+            raise
+        # a full disk or a folder that may not be written: the machine's answer, not a bug to trace
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"deepstep {args.command}: error: {where}{err.strerror}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             f"deepstep {args.command}: interrupted; finished checkpoints are kept (train --resume continues)",

@@ -182,7 +182,7 @@ def _torchvision_source(name: str, dataset_class: str, archive_hint: str) -> Cal
                 except RuntimeError:  # not there yet: torchvision's own download
                     ds = cls(str(root), train=train, download=True)
             except Exception as err:  # offline: URLError, socket errors, HTTP errors, bad checksum
-                reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+                reason = str(err).splitlines()[0][:120].rstrip(" :") if str(err) else type(err).__name__
                 raise DeepstepError(
                     f"{name} is not in {root} and could not be downloaded ({reason}): put {archive_hint} "
                     f"in {root}, or use --data with an image folder or a .tar.gz/.zip of one "

@@ -58,9 +58,16 @@ class RunDir:
         stopped before its first checkpoint (a failed start) left nothing to keep or resume, so
         its folder is started again."""
         run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise DeepstepError(f"--out {run.path} is a file, not a folder: choose another --out")
         if run.has_checkpoint():
             raise DeepstepError(f"{run.path} already holds a run: use --resume to continue it, or choose another --out")
-        run.path.mkdir(parents=True, exist_ok=True)
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DeepstepError(
+                f"--out {run.path}: cannot make the run folder ({err.strerror}); choose another --out"
+            ) from None
         return run
 
     def has_checkpoint(self) -> bool:
