@@ -106,7 +106,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     lengths = [len(s) for s in data.sequences]
     r = splits.report
     log(
-        f"data: {data.name}: {len(data.sequences)} sequences of {data.features} features, lengths {min(lengths)}-{max(lengths)}, "
+        f"data: {data.name}: {len(data.sequences)} sequences of {data.features} feature{'s' if data.features != 1 else ''}, lengths {min(lengths)}-{max(lengths)}, "
         f"classes {', '.join(data.classes)}; {r['train']['count']} train / {r['val']['count']} val / "
         f"{r['test']['count']} test ({r['test']['origin']}; not used in training)"
     )
