@@ -6,7 +6,8 @@
 
 Each benchmark runs its contenders on the same data in the same process session, so that
 their ratio is what to read: absolute times on a shared machine drift by +-30%.
-Results go to bench/results/<time>.json.
+Results go to bench/results/<time>.json; the run folders the benchmarks train into are removed
+at the end (--keep-runs keeps them in bench/results/<time>-runs/).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -27,6 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 cifar_archive = SHARED_CIFAR  # --cifar replaces it
+RESULTS = ROOT / "bench" / "results"
+runs_root = RESULTS / "runs"  # main() gives each invocation its own folder of run folders
 
 
 class Skip(Exception):
@@ -56,7 +60,7 @@ def bench_tutorial(quick: bool) -> dict:
     from bench.tutorial_loop import run as tutorial_loop
 
     spec, folder = cifar_folder(quick)
-    out = ROOT / "bench" / "results" / f"tutorial-run-{int(time.time())}"
+    out = runs_root / f"tutorial-run-{int(time.time())}"
     start = time.perf_counter()
     run = deepstep.train(data=spec, recipe="tutorial", out=str(out), verbose=False)
     deepstep_wall = time.perf_counter() - start
@@ -114,7 +118,7 @@ def take_turns(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[
 def _deepstep_epoch(spec: str, mean, std, *, model_name: str, batch_size: int, precision: str) -> float:
     import deepstep
 
-    out = ROOT / "bench" / "results" / f"overhead-{model_name}-{batch_size}-{precision}-{time.time_ns()}"
+    out = runs_root / f"overhead-{model_name}-{batch_size}-{precision}-{time.time_ns()}"
     run = deepstep.train(
         data=spec,
         model=model_name,
@@ -213,7 +217,7 @@ def bench_inference(quick: bool) -> dict:
 
     spec, folder = cifar_folder(quick)
     files = sorted(find_images(Path(folder) / "test"))[:1000]
-    out = ROOT / "bench" / "results" / f"inference-run-{int(time.time())}"
+    out = runs_root / f"inference-run-{int(time.time())}"
     run = deepstep.train(data=spec, model="lenet", epochs=1, out=str(out), verbose=False)
     trained = load_trained(RunDir.open(run.path))
     model, prep = trained.model, trained.prep
@@ -295,7 +299,7 @@ def bench_sequences(quick: bool) -> dict:
             loss.backward()
             optimizer.step()
         bare_s = time.perf_counter() - start
-        out = ROOT / "bench" / "results" / f"sequences-{model_name}-{int(time.time())}"
+        out = runs_root / f"sequences-{model_name}-{int(time.time())}"
         run = deepstep.train(
             **options, model=model_name, batch_size=256, epochs=1, val_size=0.1, out=str(out), verbose=False
         )
@@ -322,7 +326,7 @@ def bench_time_to_accuracy(quick: bool, recipe: str = "cifar-fast") -> dict:
     import deepstep
 
     spec, _ = cifar_folder(quick)
-    out = ROOT / "bench" / "results" / f"time-to-accuracy-{int(time.time())}"
+    out = runs_root / f"time-to-accuracy-{int(time.time())}"
     run = deepstep.train(data=spec, recipe=recipe, out=str(out), verbose=False, **({"epochs": 5} if quick else {}))
     elapsed, reached = 0.0, {}
     for row in run.metrics:
@@ -396,8 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ARCHIVE",
         help="the CIFAR-10 JPEG archive (default: ../shared/data/cifar10-jpeg.tar.gz beside the repository)",
     )
+    parser.add_argument(
+        "--keep-runs", action="store_true", help="keep the benchmarks' run folders (checkpoints, curves)"
+    )
     args = parser.parse_args(argv)
-    global cifar_archive
+    global cifar_archive, runs_root
     cifar_archive = args.cifar or SHARED_CIFAR
     results = {
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -411,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "benchmarks": {},
     }
+    stamp = results["time"].replace(":", "")
+    runs_root = RESULTS / f"{stamp}-runs"
     for name in args.only or BENCHMARKS:
         try:
             extra = {"recipe": args.recipe} if name == "time_to_accuracy" else {}
@@ -421,10 +430,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print_table(name, result)
         results["benchmarks"][name] = result
-    out = ROOT / "bench" / "results" / f"{results['time'].replace(':', '')}.json"
+    out = RESULTS / f"{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nresults: {out}")
+    if args.keep_runs:
+        print(f"run folders: {runs_root}")
+    else:
+        shutil.rmtree(runs_root, ignore_errors=True)
     return 0
 
 
