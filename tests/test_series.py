@@ -93,6 +93,21 @@ def test_a_time_column_of_plain_numbers_is_not_read_as_nanoseconds_after_1970(tm
     assert str(load_series(str(tmp_path / "years.csv"), target="y").index[0].date()) == "1990-01-01"
 
 
+def test_a_blank_line_in_a_one_column_csv_is_a_missing_value_not_a_step_less(tmp_path):
+    (tmp_path / "gap.csv").write_text("y\n1\n2\n\n4\n5\n\n\n")  # blank lines at the end are no rows
+    with pytest.raises(DeepstepError, match=r"1 missing value\(s\) \(y: 1, first at row 4\); choose --fill"):
+        load_series(str(tmp_path / "gap.csv"), target="y")
+    assert load_series(str(tmp_path / "gap.csv"), target="y", fill="interpolate").values[:, 0].tolist() == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
+    (tmp_path / "dated.csv").write_text("Month,y\n2000-01,1\n\n2000-02,2\n2000-03,3\n")  # the times place each row
+    assert load_series(str(tmp_path / "dated.csv"), target="y").values[:, 0].tolist() == [1, 2, 3]
+
+
 def test_duplicated_timestamps_are_refused(tmp_path):
     (tmp_path / "d.csv").write_text("Month,y\n2000-01,1\n2000-02,2\n2000-02,3\n")
     with pytest.raises(DeepstepError, match=r"1 duplicated timestamp\(s\) \(first 2000-02-01"):

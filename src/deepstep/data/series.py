@@ -85,25 +85,27 @@ def is_series_spec(spec: str) -> bool:
 # ---- reading and cleaning ----------------------------------------------------------------------
 
 
-def csv_dialect(path: Path) -> tuple[str, str]:
-    """(separator, decimal mark) of a CSV, from its first lines: a .tsv is tab-separated; a header
-    split by ';' (or tabs) and no commas is read with that separator, and then with decimal commas
-    if its numbers have them ("12,5"), as spreadsheets in much of Europe write them."""
-    if path.suffix.lower() == ".tsv":
-        return "\t", "."
+def csv_dialect(path: Path) -> tuple[str, str, bool]:
+    """(separator, decimal mark, one column?) of a CSV, from its first lines: a .tsv is
+    tab-separated; a header split by ';' (or tabs) and no commas is read with that separator, and
+    then with decimal commas if its numbers have them ("12,5"), as spreadsheets in much of Europe
+    write them."""
     try:
         with path.open(encoding="utf-8", errors="replace") as f:
             lines = list(itertools.islice(f, 20))
     except OSError:
-        return ",", "."
+        lines = []
     header = lines[0] if lines else ""
-    sep = next((s for s in (";", "\t") if s in header and "," not in header), ",")
+    if path.suffix.lower() == ".tsv":
+        sep = "\t"
+    else:
+        sep = next((s for s in (";", "\t") if s in header and "," not in header), ",")
     decimal = "," if sep != "," and any(re.search(r"\d,\d", line) for line in lines[1:]) else "."
-    return sep, decimal
+    return sep, decimal, sep not in header
 
 
 def _read_table(spec: str):
-    """(the table, its name, how it was read when not plain commas: "';'-separated with decimal commas")."""
+    """(the table, its name, how it was read when not plain commas: "';'-separated, with decimal commas")."""
     import pandas as pd
 
     if spec in BUILTIN_SERIES:
@@ -113,18 +115,25 @@ def _read_table(spec: str):
         raise DeepstepError(
             f"{spec} does not exist; give a CSV file or a built-in series ({', '.join(BUILTIN_SERIES)})"
         )
-    sep, decimal = csv_dialect(path)
+    sep, decimal, one_column = csv_dialect(path)
     try:
         # index_col=False and the warning as an error: a row with more cells than the header is
         # refused, rather than read as a made-up index or cut short with a warning
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(path, sep=sep, decimal=decimal, skipinitialspace=True, index_col=False)
+            # in a one-column file a blank line is an empty cell, a missing value: skipping it
+            # would pull the later values one step earlier
+            frame = pd.read_csv(
+                path, sep=sep, decimal=decimal, skipinitialspace=True, index_col=False, skip_blank_lines=not one_column
+            )
     except pd.errors.ParserWarning:
         raise DeepstepError(f"{path}: some rows have more cells than the header has columns; fix those rows") from None
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DeepstepError(f"{path} is not a readable CSV: {first}") from None
+    if one_column:
+        filled = np.flatnonzero(frame.notna().any(axis=1).to_numpy())
+        frame = frame.iloc[: filled[-1] + 1 if len(filled) else 0]  # blank lines at the end are no rows
     if frame.empty:
         raise DeepstepError(f"{path} has no rows")
     dialect = None
@@ -187,9 +196,14 @@ def _parse_time(frame, columns: list[str], source: str):
     if len(bad):
         raise DeepstepError(
             f"{source}: {len(bad)} timestamp(s) in {', '.join(map(str, columns))} are missing or not dates "
-            f"(first at row {bad[0] + 2}: {frame[columns[0]].iloc[bad[0]]!r}); fix or remove those rows"
+            f"(first at {_place(frame.index[bad[0]])}: {frame[columns[0]].iloc[bad[0]]!r}); fix or remove those rows"
         )
     return pd.DatetimeIndex(stamps)
+
+
+def _place(label: Any) -> str:
+    """Where a cell is, for a message: its time, or its row as a spreadsheet numbers it (the header is row 1)."""
+    return time_label(label) if hasattr(label, "normalize") else f"row {int(label) + 2}"
 
 
 def _fill(frame, how: str, source: str, report: dict[str, Any]):
@@ -202,7 +216,7 @@ def _fill(frame, how: str, source: str, report: dict[str, Any]):
         column, count = next(iter(missing.items()))
         first = frame.index[frame[column].isna().to_numpy()][0]
         raise DeepstepError(
-            f"{source}: {sum(missing.values())} missing value(s) ({column}: {count}, first at {first}); "
+            f"{source}: {sum(missing.values())} missing value(s) ({column}: {count}, first at {_place(first)}); "
             "choose --fill interpolate, ffill or drop"
         )
     # interpolate: linear between the neighbours, by position (the index is regular). Leading gaps
@@ -269,7 +283,7 @@ def load_series(
     if dialect:
         report["read_as"] = dialect
     time_columns = _time_columns(frame, time, source)
-    if not time_columns:
+    if not time_columns:  # a column named like a time, of plain numbers: said in the log
         numbered = [str(c) for c in frame.columns if str(c).lower() in TIME_NAMES and _numbers_not_dates(frame, c)]
         if numbered:
             report["not_dates"] = numbered[0]
@@ -311,7 +325,7 @@ def load_series(
         bad = np.flatnonzero((converted.isna() & table[target].notna()).to_numpy())
         if len(bad):
             raise DeepstepError(
-                f"{source}: --target {target} holds non-numbers (first at row {bad[0] + 2}: {table[target].iloc[bad[0]]!r})"
+                f"{source}: --target {target} holds non-numbers (first at {_place(table.index[bad[0]])}: {table[target].iloc[bad[0]]!r})"
             )
         table[target] = converted
     categorical = [c for c in inputs if table[c].dtype.kind not in "iufb"]
@@ -323,7 +337,7 @@ def load_series(
         duplicated = table.index[table.index.duplicated()]
         if len(duplicated):
             raise DeepstepError(
-                f"{source}: {len(duplicated)} duplicated timestamp(s) (first {duplicated[0]}); "
+                f"{source}: {len(duplicated)} duplicated timestamp(s) (first {_place(duplicated[0])}); "
                 "aggregate or remove them so that each time appears once"
             )
         if not table.index.is_monotonic_increasing:
@@ -334,7 +348,7 @@ def load_series(
     if infinite.any():
         row, column = np.argwhere(infinite)[0]
         raise DeepstepError(
-            f"{source}: {int(infinite.sum())} infinite value(s) ({table.columns[column]} first at {table.index[row]}); "
+            f"{source}: {int(infinite.sum())} infinite value(s) ({table.columns[column]} first at {_place(table.index[row])}); "
             "replace them with numbers or leave the cells empty and choose a --fill"
         )
     table = _fill(table, fill, source, report)
