@@ -61,6 +61,8 @@ def test_a_text_file_passed_to_predict_is_a_one_line_error(trained_run, tmp_path
     assert main(["predict", str(trained_run), str(text)]) == 2
     err = capsys.readouterr().err
     assert f"{text}: not an image Pillow can read" in err and err.count("\n") == 1
+    assert main(["predict", str(trained_run), "https://example.com/cat.jpg"]) == 2
+    assert "https://example.com/cat.jpg is a web address: deepstep reads local files" in capsys.readouterr().err
 
 
 def test_the_plot_draws_each_image_beside_its_probabilities(trained_run, image_folder, tmp_path, capsys):

@@ -77,6 +77,15 @@ def test_missing_weights_offline_name_the_file_and_folder(tmp_path, monkeypatch,
     assert len(err.splitlines()) == 1
 
 
+def test_a_wrong_image_path_is_said_before_any_weights_are_fetched(tmp_path, monkeypatch, capsys):
+    def fetch(*args, **kwargs):
+        raise AssertionError("the weights were fetched for an image that does not exist")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fetch)
+    assert main(["predict", "--model", "vgg16", "--pretrained", str(tmp_path / "nothere.jpg")]) == 2
+    assert capsys.readouterr().err.strip() == f"deepstep predict: error: {tmp_path / 'nothere.jpg'} does not exist"
+
+
 class _Exploit:
     def __reduce__(self):
         import os
