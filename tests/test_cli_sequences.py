@@ -233,6 +233,9 @@ def test_predict_takes_a_folder_of_sequence_csvs_and_leaves_the_labels_file_out(
     assert len(files) == 60 and "targets.csv" not in files and files[0] == "seq_1.csv"
     assert main(["predict", "runs/s", str(sequence_folder / "groups")]) == 2  # groups.csv is no sequence
     assert "groups holds no sequence CSV files (named ..._<id>.csv)" in capsys.readouterr().err
+    (sequence_folder / "header_only.csv").write_text("a,b\n")
+    assert main(["predict", "runs/s", str(sequence_folder / "header_only.csv")]) == 2
+    assert "header_only.csv holds no rows of numbers: a sequence is one row per time step" in capsys.readouterr().err
     assert main(["predict", "runs/s", "nowhere"]) == 2
     assert "nowhere does not exist; give sequence CSV files" in capsys.readouterr().err
 

@@ -245,7 +245,9 @@ def predict_run(
     files = sequence_files(inputs)
     sequences = [read_numbers(f) for f in files]
     for f, s in zip(files, sequences, strict=True):
-        if s.ndim != 2 or s.shape[1] != record["features"] or len(s) == 0:
+        if len(s) == 0:
+            raise DeepstepError(f"{f} holds no rows of numbers: a sequence is one row per time step")
+        if s.ndim != 2 or s.shape[1] != record["features"]:
             raise DeepstepError(f"{f}: the model takes sequences of {record['features']} columns, got shape {s.shape}")
     norm = record["normalization"]
     scaled = [((s - np.asarray(norm["mean"])) / np.asarray(norm["std"])).astype(np.float32) for s in sequences]
