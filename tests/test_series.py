@@ -78,6 +78,9 @@ def test_a_semicolon_csv_with_decimal_commas_reads_as_numbers_and_says_so(tmp_pa
     assert series.values[:, 0].tolist() == [1.5, 2.5, 3.5] and series.freq == "MS"
     assert series.report["read_as"] == "';'-separated"
     assert "read_as" not in load_series(str(write_monthly(tmp_path / "s.csv", range(5))), target=None).report
+    (tmp_path / "excel.csv").write_bytes("Month,Température\n2000-01,1\n2000-02,2\n".encode("cp1252"))
+    series = load_series(str(tmp_path / "excel.csv"), target="Température")
+    assert series.values[:, 0].tolist() == [1, 2] and series.report["read_as"] == "Windows-1252 text (not UTF-8)"
 
 
 def test_a_time_column_of_plain_numbers_is_not_read_as_nanoseconds_after_1970(tmp_path):

@@ -105,7 +105,8 @@ def csv_dialect(path: Path) -> tuple[str, str, bool]:
 
 
 def _read_table(spec: str):
-    """(the table, its name, how it was read when not plain commas: "';'-separated, with decimal commas")."""
+    """(the table, its name, how it was read when not plain UTF-8 commas: "';'-separated, with
+    decimal commas", "Windows-1252 text (not UTF-8)")."""
     import pandas as pd
 
     if spec in BUILTIN_SERIES:
@@ -117,6 +118,11 @@ def _read_table(spec: str):
         )
     sep, decimal, one_column = csv_dialect(path)
     try:
+        path.read_bytes().decode("utf-8")
+        encoding = "utf-8"
+    except UnicodeDecodeError:  # Excel on Windows saves "CSV" in its code page: 'Temp\xe9rature'
+        encoding = "cp1252"
+    try:
         # index_col=False and the warning as an error: a row with more cells than the header is
         # refused, rather than read as a made-up index or cut short with a warning
         with warnings.catch_warnings():
@@ -124,7 +130,13 @@ def _read_table(spec: str):
             # in a one-column file a blank line is an empty cell, a missing value: skipping it
             # would pull the later values one step earlier
             frame = pd.read_csv(
-                path, sep=sep, decimal=decimal, skipinitialspace=True, index_col=False, skip_blank_lines=not one_column
+                path,
+                sep=sep,
+                decimal=decimal,
+                encoding=encoding,
+                skipinitialspace=True,
+                index_col=False,
+                skip_blank_lines=not one_column,
             )
     except pd.errors.ParserWarning:
         raise DeepstepError(f"{path}: some rows have more cells than the header has columns; fix those rows") from None
@@ -136,12 +148,14 @@ def _read_table(spec: str):
         frame = frame.iloc[: filled[-1] + 1 if len(filled) else 0]  # blank lines at the end are no rows
     if frame.empty:
         raise DeepstepError(f"{path} has no rows")
-    dialect = None
-    if (sep, decimal) != (",", ".") and path.suffix.lower() != ".tsv":
-        dialect = f"{'tab' if sep == chr(9) else repr(sep)}-separated" + (
-            ", with decimal commas" if decimal == "," else ""
-        )
-    return frame, path.stem, dialect
+    read_as = []
+    if sep != "," and path.suffix.lower() != ".tsv":
+        read_as.append(f"{'tab' if sep == chr(9) else repr(sep)}-separated")
+    if decimal == ",":
+        read_as.append("with decimal commas")
+    if encoding != "utf-8":
+        read_as.append("Windows-1252 text (not UTF-8)")
+    return frame, path.stem, ", ".join(read_as) or None
 
 
 def _numbers_not_dates(frame, column) -> bool:
