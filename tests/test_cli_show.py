@@ -25,6 +25,22 @@ def test_a_flat_grey_image_is_drawn_at_its_own_brightness(tmp_path):
     assert abs(centre - 128) <= 2  # not black (a flat image stretched to its own range) nor white
 
 
+def test_a_label_the_fonts_cannot_draw_gets_one_note_not_a_warning_per_glyph(tmp_path, capsys, recwarn):
+    import numpy as np
+
+    from deepstep.plots import plot_image_grid
+
+    hieroglyphs = "\U00013000\U00013001"  # Egyptian: in no font a plotting machine has
+    images = [np.zeros((3, 8, 8), dtype=np.uint8)] * 2
+    plot_image_grid(images, [hieroglyphs, hieroglyphs], tmp_path / "grid.png")
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"note: {tmp_path / 'grid.png'}: the plot's fonts lack {hieroglyphs}, drawn as boxes; "
+        "install a font that has them (e.g. Noto Sans CJK) to see them"
+    )
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]
+
+
 def test_show_draws_a_series_columns_with_their_gaps(tmp_path, capsys):
     from deepstep.data.series import read_columns
 

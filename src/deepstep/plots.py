@@ -3,7 +3,11 @@ used without pyplot, so no GUI backend is ever touched."""
 
 from __future__ import annotations
 
+import logging
 import math
+import re
+import sys
+import warnings
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -11,17 +15,55 @@ from typing import Any
 
 import numpy as np
 
+# Fonts that hold the characters DejaVu Sans lacks (class names in Chinese, Japanese, Korean, ...);
+# those installed are added after it, and matplotlib falls back to them glyph by glyph.
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "WenQuanYi Zen Hei", "Arial Unicode MS", "Microsoft YaHei")
+_fonts_checked = False
+
+
+def _add_fallback_fonts() -> None:
+    global _fonts_checked
+    if _fonts_checked:
+        return
+    import matplotlib
+    from matplotlib import font_manager
+
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    extra = [name for name in FALLBACK_FONTS if name in installed]
+    families = list(matplotlib.rcParams["font.family"])
+    if extra and families == ["sans-serif"]:  # the default, untouched by the user
+        matplotlib.rcParams["font.family"] = [*families, *extra]
+        # a fallback with one weight only (WenQuanYi: 500) is no news worth a line per label
+        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    _fonts_checked = True
+
 
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
+    _add_fallback_fonts()
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def _save(fig, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.savefig(out)
+    missing = []
+    for warning in caught:
+        glyph = re.match(r"Glyph (\d+)", str(warning.message))
+        if glyph:
+            missing.append(chr(int(glyph.group(1))))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if missing:  # one line, instead of a Python warning per character
+        print(
+            f"note: {out}: the plot's fonts lack {''.join(dict.fromkeys(missing))}, drawn as boxes; "
+            "install a font that has them (e.g. Noto Sans CJK) to see them",
+            file=sys.stderr,
+        )
     return out
 
 
