@@ -97,6 +97,11 @@ def test_baseline_runs_on_its_own_with_the_same_spans(seasonal_csv, capsys):
     result = _json(capsys)
     assert result["baseline_notes"]["sarima"]["model"] == "SARIMA(0, 1, 1)(0, 1, 1)12"
     assert result["baselines"]["seasonal_naive"]["mae"] < result["baselines"]["naive"]["mae"]
+    assert result["data_notes"] == []
+    semicolons = seasonal_csv.with_name("semicolons.csv")
+    semicolons.write_text(seasonal_csv.read_text().replace(",", ";"))
+    assert main([*args[:2], str(semicolons), *args[3:], "--baselines", "naive"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{semicolons}: read as ';'-separated"
 
 
 def test_the_arima_search_shows_progress_and_the_table_keeps_its_columns(seasonal_csv, capsys):

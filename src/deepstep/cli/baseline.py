@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
+    for line in result["data_notes"]:
+        print(line)
     print(
         f"{result['split']}: {result['origins']} forecast(s) of {result['horizon']} step(s) of {result['target']}"
         + (" (rolling origin)" if result["backtest"] else "")

@@ -148,16 +148,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         f"train {spans.val_start} / val {spans.test_start - spans.val_start} / test {spans.n - spans.test_start} steps "
         f"(test from {describe(spans.test_start)}; not used in training)"
     )
-    if r.get("read_as"):
-        log(f"{r['source']}: read as {r['read_as']}")
-    if r.get("not_dates"):
-        log(f"{r['not_dates']} holds numbers, not dates: the rows are taken in file order, one step each")
-    for column, why in r.get("left_out", {}).items():
-        log(f"--features all leaves out {column}: it {why}")
-    if r.get("fill"):
-        log(
-            f"missing values {r['missing']} filled by {r['fill']['method']} ({r['fill']['rows_before']} -> {r['fill']['rows_after']} rows)"
-        )
+    for line in data_notes(r):
+        log(line)
     log(
         f"windows: {len(train_starts)} train / {len(val_starts)} val, lookback {L}, horizon {H}, stride {config.stride}"
     )
@@ -335,6 +327,23 @@ def baseline_names(chosen: bool | Sequence[str]) -> tuple[str, ...]:
     return tuple(chosen)
 
 
+def data_notes(report: dict[str, Any]) -> list[str]:
+    """What reading the series did that the user did not spell out, one line each."""
+    notes = []
+    if report.get("read_as"):
+        notes.append(f"{report['source']}: read as {report['read_as']}")
+    if report.get("not_dates"):
+        notes.append(f"{report['not_dates']} holds numbers, not dates: the rows are taken in file order, one step each")
+    for column, why in report.get("left_out", {}).items():
+        notes.append(f"--features all leaves out {column}: it {why}")
+    if report.get("fill"):
+        fill = report["fill"]
+        notes.append(
+            f"missing values {report['missing']} filled by {fill['method']} ({fill['rows_before']} -> {fill['rows_after']} rows)"
+        )
+    return notes
+
+
 def baseline_report(
     config: TrainConfig,
     *,
@@ -372,6 +381,7 @@ def baseline_report(
         "season": data.season,
         "baselines": {name: forecast_metrics(truth, f, scale) for name, f in forecasts.items()},
         "baseline_notes": notes,
+        "data_notes": data_notes(data.series.report),
     }
 
 
