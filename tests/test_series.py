@@ -83,6 +83,22 @@ def test_a_semicolon_csv_with_decimal_commas_reads_as_numbers_and_says_so(tmp_pa
     assert series.values[:, 0].tolist() == [1, 2] and series.report["read_as"] == "Windows-1252 text (not UTF-8)"
 
 
+def test_day_first_dates_are_read_with_one_format_for_every_row_not_guessed_row_by_row(tmp_path):
+    import datetime as dt
+
+    days = [dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in range(40)]
+    (tmp_path / "de.csv").write_text("Date,y\n" + "".join(f"{d:%d.%m.%Y},{i}\n" for i, d in enumerate(days)))
+    series = load_series(str(tmp_path / "de.csv"), target="y")
+    assert [t.date() for t in series.index] == days and series.freq == "D"
+    assert series.values[:, 0].tolist() == list(range(40)) and "sorted" not in series.report
+    assert series.report["date_format"] == "%d.%m.%Y"
+    # no day above 12 and both orders increase: month first, as usual for dates written with /
+    (tmp_path / "us.csv").write_text("Date,y\n01/05/2020,1\n02/05/2020,2\n03/05/2020,3\n")
+    series = load_series(str(tmp_path / "us.csv"), target="y")
+    assert [str(t.date()) for t in series.index] == ["2020-01-05", "2020-02-05", "2020-03-05"]
+    assert "date_format" not in series.report
+
+
 def test_a_time_column_of_plain_numbers_is_not_read_as_nanoseconds_after_1970(tmp_path):
     (tmp_path / "t.csv").write_text("time,y\n" + "".join(f"{t},{t * 2}\n" for t in (5, 6, 7, 8)))
     series = load_series(str(tmp_path / "t.csv"), target="y")

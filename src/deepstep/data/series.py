@@ -10,6 +10,7 @@ The discipline that keeps the test span honest:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import re
@@ -191,7 +192,43 @@ def _time_columns(frame, time: str | None, source: str) -> list[str]:
     return []
 
 
-def _parse_time(frame, columns: list[str], source: str):
+def _one_date_format(texts) -> tuple[Any, str | None]:
+    """(timestamps, the format used) for a column of date texts read with one format for every row,
+    or (None, None) when no single format fits. Guessing row by row would read 02.01.2020 as
+    February 1st and 13.01.2020 as January 13th in the same column, reordering the series.
+    Where day-first and month-first both fit every row (no day above 12), the one whose times
+    increase is taken, and on a tie day-first for '.'-dated files, month-first otherwise."""
+    import pandas as pd
+    from pandas.tseries.api import guess_datetime_format
+
+    first = next((str(t) for t in texts if isinstance(t, str) and t.strip()), None)
+    if first is None:
+        return None, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas notes a guess that contradicts dayfirst
+        guesses = [guess_datetime_format(first, dayfirst=dayfirst) for dayfirst in (False, True)]
+    fits = {}
+    for fmt in dict.fromkeys(g for g in guesses if g):
+        if fmt.startswith("%Y") and fmt.find("%d") < fmt.find("%m"):
+            continue  # year-day-month is nobody's way of writing dates
+        with contextlib.suppress(ValueError, TypeError):  # this format does not fit every row
+            fits[fmt] = pd.to_datetime(texts, format=fmt, errors="raise")
+    if not fits:
+        return None, None
+    if len(fits) > 1:
+        increasing = [fmt for fmt, stamps in fits.items() if pd.DatetimeIndex(stamps).is_monotonic_increasing]
+        day_first = [fmt for fmt in fits if fmt.find("%d") < fmt.find("%m")]
+        pick = (
+            increasing
+            if len(increasing) == 1
+            else (day_first if "." in first else [f for f in fits if f not in day_first])
+        )
+        fits = {pick[0]: fits[pick[0]]}
+    fmt, stamps = next(iter(fits.items()))
+    return stamps, fmt
+
+
+def _parse_time(frame, columns: list[str], source: str, report: dict[str, Any] | None = None):
     import pandas as pd
 
     try:
@@ -201,7 +238,12 @@ def _parse_time(frame, columns: list[str], source: str):
         elif frame[columns[0]].dtype.kind in "iu" and str(columns[0]).lower() == "year":
             stamps = pd.to_datetime(frame[columns[0]].astype(str), format="%Y")
         else:
-            stamps = pd.to_datetime(frame[columns[0]], errors="coerce", format="mixed")
+            column = frame[columns[0]]
+            stamps, fmt = _one_date_format(column) if column.dtype.kind not in "iufbM" else (None, None)
+            if stamps is None:  # several formats in one column, or not text: row by row
+                stamps = pd.to_datetime(column, errors="coerce", format="mixed")
+            elif report is not None and fmt.find("%d") < fmt.find("%m"):
+                report["date_format"] = fmt
     except (ValueError, TypeError) as err:
         raise DeepstepError(
             f"{source}: the time column(s) {', '.join(map(str, columns))} are not dates: {err}"
@@ -347,7 +389,7 @@ def load_series(
         table = pd.get_dummies(table, columns=categorical, prefix_sep="=", dtype=float)
         report["one_hot"] = {c: sorted(str(v) for v in frame[c].dropna().unique()) for c in categorical}
     if time_columns:
-        table.index = _parse_time(frame, time_columns, source)
+        table.index = _parse_time(frame, time_columns, source, report)
         duplicated = table.index[table.index.duplicated()]
         if len(duplicated):
             raise DeepstepError(

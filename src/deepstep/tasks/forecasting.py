@@ -332,6 +332,11 @@ def data_notes(report: dict[str, Any]) -> list[str]:
     notes = []
     if report.get("read_as"):
         notes.append(f"{report['source']}: read as {report['read_as']}")
+    if report.get("date_format"):
+        shown = report["date_format"].replace("%d", "DD").replace("%m", "MM").replace("%Y", "YYYY")
+        notes.append(f"dates read day first: {shown}")
+    if report.get("sorted"):
+        notes.append("the rows were not in time order: put in time order")
     if report.get("not_dates"):
         notes.append(f"{report['not_dates']} holds numbers, not dates: the rows are taken in file order, one step each")
     for column, why in report.get("left_out", {}).items():
