@@ -870,8 +870,9 @@ def predict_run(
         raise DeepstepError(f"--top-k must be at least 1, got {top_k}")
     run = RunDir.open(run_path)
     trained = load_trained(run, checkpoint)
+    files = image_files(inputs)
     return classify_files(
-        trained.model, trained.classes, trained.prep, inputs, top_k=top_k, plot=plot, batch_size=batch_size, tta=tta
+        trained.model, trained.classes, trained.prep, files, top_k=top_k, plot=plot, batch_size=batch_size, tta=tta
     )
 
 
@@ -901,16 +902,16 @@ def classify_files(
     model: nn.Module,
     classes: Sequence[str],
     prep: Preprocessing,
-    inputs: Sequence[str | Path],
+    files: Sequence[Path],
     *,
     top_k: int,
     plot: str | Path | None,
     batch_size: int,
     tta: bool | str | None,
 ) -> list[dict[str, Any]]:
-    """Softmax over the model's outputs for each image file: the top-k classes, best first."""
+    """Softmax over the model's outputs for each image file (from `image_files`, which checks
+    each path once): the top-k classes, best first."""
     tta = tta_mode(tta)
-    files = image_files(inputs)
     top_k = min(top_k, len(classes))
     model = ViewAveraged(model, tta) if tta else model
     images = np.stack([read_for_model(f, prep) for f in files])
