@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from deepstep.tasks.baselines import choose_arima, naive, seasonal_naive
-from deepstep.tasks.metrics import classification_metrics, forecast_metrics, mase_scale, roc_auc
+from deepstep.tasks.metrics import classification_metrics, forecast_metrics, mase_scale, metric_notes, roc_auc
 
 
 def test_naive_repeats_the_last_value_before_each_origin():
@@ -31,6 +31,21 @@ def test_mase_scale_is_the_in_sample_seasonal_naive_error():
     y = np.array([1.0, 2, 4, 7, 11])
     assert mase_scale(y, 1) == pytest.approx(np.mean([1, 2, 3, 4]))
     assert mase_scale(y, 2) == pytest.approx(np.mean([3, 5, 7]))
+
+
+def test_metrics_that_divide_by_zero_are_not_defined_and_the_notes_say_why():
+    periodic = np.tile([1.0, 3, 2, 5], 6)  # the value 4 steps back is exact: MASE's unit is 0
+    truth, pred = np.array([[0.0, 2.0]]), np.array([[1.0, 2.0]])
+    m = forecast_metrics(truth, pred, mase_scale(periodic, 4))
+    assert np.isnan(m["mase"]) and m["mape"] == 0  # the step whose true value is 0 is left out of MAPE
+    assert metric_notes(truth, periodic, 4) == [
+        "MAPE leaves out the 1 step(s) whose true value is 0 (it divides by them)",
+        "MASE n/a: the value 4 steps back forecasts the span before validation exactly, "
+        "so MASE's unit (that forecast's error) is 0",
+    ]
+    assert metric_notes(np.zeros((2, 3)), periodic, 1)[0].startswith("MAPE n/a: every true value is 0")
+    assert metric_notes(np.ones(2), periodic, 1) == []  # the last value is not exact: MASE is defined
+    assert metric_notes(np.ones(2), np.ones(1), 1) == ["MASE n/a: the span before validation is too short to scale it"]
 
 
 def test_arima_finds_an_autoregressive_process():

@@ -104,6 +104,24 @@ def test_baseline_runs_on_its_own_with_the_same_spans(seasonal_csv, capsys):
     assert capsys.readouterr().out.splitlines()[0] == f"{semicolons}: read as ';'-separated"
 
 
+def test_a_metric_that_is_not_defined_reads_n_a_with_the_reason_and_null_in_json(tmp_path, capsys):
+    periodic = tmp_path / "periodic.csv"
+    periodic.write_text("value\n" + "".join(f"{v}\n" for v in [1, 4, 2, 8, 5, 7] * 20))
+    args = ["baseline", "--data", str(periodic), "--season", "6", "--baselines", "naive,seasonal_naive"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:4]}
+    assert rows["naive"][-1] == "n/a" and rows["seasonal_naive"] == ["0.000", "0.000", "0.00", "0.00", "n/a"]
+    assert "  MASE n/a: the value 6 steps back forecasts the span before validation exactly" in out
+    assert main([*args, "--json"]) == 0
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    result = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert result["baselines"]["naive"]["mase"] is None and result["metric_notes"][0].startswith("MASE n/a")
+
+
 def test_the_arima_search_shows_progress_and_the_table_keeps_its_columns(seasonal_csv, capsys):
     args = ["baseline", "--data", str(seasonal_csv), "--target", "Sales", "--horizon", "6", "--test-size", "12"]
     assert main([*args, "--order", "0,1,1", "--seasonal-order", "0,1,1"]) == 0

@@ -67,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
         + (" (rolling origin)" if result["backtest"] else "")
         + f"; season {result['season'] or 'none'}"
     )
-    print_forecast_table(result["baselines"], result["baseline_notes"])
+    print_forecast_table(result["baselines"], result["baseline_notes"], result["metric_notes"])
     return 0

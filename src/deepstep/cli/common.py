@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,8 +26,9 @@ def key_value(text: str) -> tuple[str, Any]:
 
 
 def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    from deepstep.engine.files import json_text
+
+    sys.stdout.write(json_text(obj) + "\n")
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Sequence
 
 from deepstep.cli.common import (
     add_tta_options,
@@ -150,15 +152,32 @@ def _run_forecast(args: argparse.Namespace) -> int:
         f"{args.split}: {result['origins']} forecast(s) of {result['horizon']} step(s) of {result['target']} from "
         f"{result['first_origin']}" + (" (rolling origin)" if result["backtest"] else "")
     )
-    print_forecast_table({"model": result["model"], **result.get("baselines", {})}, result.get("baseline_notes", {}))
+    print_forecast_table(
+        {"model": result["model"], **result.get("baselines", {})},
+        result.get("baseline_notes", {}),
+        result["metric_notes"],
+    )
     print(f"written: {result['files']['json']}, {result['files']['plot']}")
     return 0
 
 
-def print_forecast_table(rows: dict, notes: dict) -> None:
+def print_forecast_table(rows: dict, notes: dict, metric_notes: Sequence[str] = ()) -> None:
+    """The metrics of each forecast, one row each; a metric that is not defined reads n/a, and
+    `metric_notes` say why."""
+
+    def cell(value: float, spec: str, width: int) -> str:
+        return f"{value:>{width}{spec}}" if math.isfinite(value) else f"{'n/a':>{width}}"
+
     print(f"  {'':<16}{'MAE':>10}{'RMSE':>10}{'MAPE %':>9}{'sMAPE %':>9}{'MASE':>7}")
     for name, m in rows.items():
-        print(f"  {name:<16}{m['mae']:>#10.4g}{m['rmse']:>#10.4g}{m['mape']:>9.2f}{m['smape']:>9.2f}{m['mase']:>7.3f}")
+        print(
+            f"  {name:<16}{m['mae']:>#10.4g}{m['rmse']:>#10.4g}"
+            + cell(m["mape"], ".2f", 9)
+            + cell(m["smape"], ".2f", 9)
+            + cell(m["mase"], ".3f", 7)
+        )
+    for line in metric_notes:
+        print(f"  {line}")
     for name, note in notes.items():
         if isinstance(note, dict):
             tried = note["orders_tried"]

@@ -9,11 +9,36 @@ from typing import Any
 import numpy as np
 
 
+def mase_lag(n: int, season: int) -> int:
+    """How far back MASE's naive forecast looks on a train span of `n` steps: a season, or one step."""
+    return season if season and season > 1 and n > season else 1
+
+
 def mase_scale(train_target: np.ndarray, season: int) -> float:
     """Mean absolute error of the (seasonal) naive one-step forecast on the train span: MASE's unit."""
-    m = season if season and season > 1 and len(train_target) > season else 1
+    m = mase_lag(len(train_target), season)
     diffs = np.abs(train_target[m:] - train_target[:-m])
     return float(diffs.mean()) if len(diffs) else float("nan")
+
+
+def metric_notes(truth: np.ndarray, train_target: np.ndarray, season: int) -> list[str]:
+    """Why MAPE or MASE is not defined, or is taken over fewer steps, on these true values: one line each."""
+    notes = []
+    zeros = int((np.asarray(truth) == 0).sum())
+    if zeros == np.size(truth):
+        notes.append("MAPE n/a: every true value is 0 (it divides by them); see sMAPE")
+    elif zeros:
+        notes.append(f"MAPE leaves out the {zeros} step(s) whose true value is 0 (it divides by them)")
+    scale = mase_scale(train_target, season)
+    if not np.isfinite(scale):
+        notes.append("MASE n/a: the span before validation is too short to scale it")
+    elif scale == 0:
+        m = mase_lag(len(train_target), season)
+        naive = f"the value {m} steps back" if m > 1 else "the last value"
+        notes.append(
+            f"MASE n/a: {naive} forecasts the span before validation exactly, so MASE's unit (that forecast's error) is 0"
+        )
+    return notes
 
 
 def forecast_metrics(truth: np.ndarray, pred: np.ndarray, scale: float) -> dict[str, float]:
