@@ -50,6 +50,13 @@ def test_a_batch_size_that_is_not_positive_is_refused(size):
         TrainConfig(batch_size=size).validate()
 
 
+@pytest.mark.parametrize("seed", [-3, 2**32])
+def test_a_seed_numpy_cannot_take_is_refused_before_training(seed):
+    with pytest.raises(DeepstepError, match=f"--seed must be a whole number from 0 to 2\\*\\*32 - 1, got {seed}"):
+        TrainConfig(seed=seed).validate()
+    TrainConfig(seed=2**32 - 1).validate()
+
+
 def test_an_unknown_recipe_suggests_the_known_ones():
     with pytest.raises(DeepstepError, match="did you mean 'tutorial'"):
         resolve_config({}, {"recipe": "tutorail"})

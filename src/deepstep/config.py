@@ -181,6 +181,8 @@ class TrainConfig:
             )
         if self.workers < 0:
             raise DeepstepError(f"--workers must be >= 0 (0: one per core), got {self.workers}")
+        if not 0 <= self.seed < 2**32:  # numpy's seeds
+            raise DeepstepError(f"--seed must be a whole number from 0 to 2**32 - 1, got {self.seed}")
         return self
 
     def with_absolute_paths(self) -> TrainConfig:
