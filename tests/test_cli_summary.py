@@ -41,6 +41,13 @@ def test_simple_cnn_and_mini_alexnet_summaries(capsys):
     assert "9216 -> 4096 features" in [layer["formula"] for layer in s["layers"]]
 
 
+def test_the_input_size_may_follow_the_model_as_in_the_python_api(capsys):
+    assert _summary(capsys, "simple-cnn", "1x20x20") == _summary(capsys, "simple-cnn", "--input", "1x20x20")
+    assert _summary(capsys, "resnet-cifar", "3x64x64", "--input", "3x64x64")["input_size"] == [3, 64, 64]
+    assert main(["summary", "lenet", "3x16x16", "--input", "3x32x32"]) == 2
+    assert "two input sizes, 3x16x16 and --input 3x32x32: give one" in capsys.readouterr().err
+
+
 def test_the_table_names_totals(capsys):
     assert main(["summary", "lenet"]) == 0
     out = capsys.readouterr().out

@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 
 from deepstep.cli.common import formatter, key_value, print_json
+from deepstep.errors import DeepstepError
 
 EXAMPLES = """\
 examples:
   deepstep summary lenet                       # its declared input, 3x32x32
   deepstep summary simple-cnn --input 1x20x20
+  deepstep summary simple-cnn 1x20x20          # the same
   deepstep summary lenet --input 3x64x64       # names the first layer that does not fit
   deepstep summary runs/lenet-cifar10-sample   # a trained run's model and input
   deepstep summary vgg16 --json
@@ -27,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=formatter,
     )
     parser.add_argument("model", metavar="MODEL_OR_RUN", help="a registered model name or a run folder")
+    parser.add_argument("size", metavar="SIZE", nargs="?", help="the same as --input SIZE")
     parser.add_argument(
         "--input", metavar="SIZE", help="one example's size, e.g. 3x32x32 (default: the declared input)"
     )
@@ -47,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from deepstep.api import summary
     from deepstep.models.shapes import format_size
 
-    result = summary(args.model, args.input, **dict(args.model_args))
+    if args.size and args.input and args.size != args.input:
+        raise DeepstepError(f"two input sizes, {args.size} and --input {args.input}: give one")
+    result = summary(args.model, args.input or args.size, **dict(args.model_args))
     if args.json:
         print_json(result.to_dict())
         return 0
