@@ -99,6 +99,26 @@ def test_day_first_dates_are_read_with_one_format_for_every_row_not_guessed_row_
     assert "date_format" not in series.report
 
 
+def test_times_with_no_frequency_say_which_step_breaks_it(tmp_path):
+    import datetime as dt
+
+    from deepstep.tasks.forecasting import data_notes
+
+    days = [dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in range(30) if i != 12]  # January 13th is missing
+    (tmp_path / "d.csv").write_text("Date,y\n" + "".join(f"{d},{i}\n" for i, d in enumerate(days)))
+    series = load_series(str(tmp_path / "d.csv"), target="y")
+    assert series.freq is None and len(series) == 29
+    assert data_notes(series.report) == [
+        "the times are not evenly spaced: 27 of 28 steps are 1 day, 1 is not (the first: 2020-01-12 to 2020-01-14); "
+        "so no season is assumed (give --season N to set one)"
+    ]
+    hours = ["2020-01-01 00:00", "2020-01-01 06:00", "2020-01-02 00:00", "2020-01-05 00:00"]
+    (tmp_path / "h.csv").write_text("Time,y\n" + "".join(f"{t},{i}\n" for i, t in enumerate(hours)))
+    report = load_series(str(tmp_path / "h.csv"), target="y").report
+    assert report["uneven"] == "the times are not evenly spaced (steps from 6 hours to 3 days)"
+    assert "uneven" not in load_series(str(write_monthly(tmp_path / "m.csv", range(30))), target=None).report
+
+
 def test_a_time_column_of_plain_numbers_is_not_read_as_nanoseconds_after_1970(tmp_path):
     (tmp_path / "t.csv").write_text("time,y\n" + "".join(f"{t},{t * 2}\n" for t in (5, 6, 7, 8)))
     series = load_series(str(tmp_path / "t.csv"), target="y")

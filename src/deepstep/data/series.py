@@ -262,6 +262,33 @@ def _place(label: Any) -> str:
     return time_label(label) if hasattr(label, "normalize") else f"row {int(label) + 2}"
 
 
+def _uneven_steps(index: Any) -> str:
+    """Why the times have no frequency, for the log: the usual step and the first time it is broken
+    (a daily series missing two days, say), or the range of the steps when no step is usual."""
+    import pandas as pd
+
+    steps = pd.Series(index[1:] - index[:-1])
+    usual, count = steps.mode()[0], int((steps == steps.mode()[0]).sum())
+    if count < len(steps) / 2:
+        return f"the times are not evenly spaced (steps from {_duration(steps.min())} to {_duration(steps.max())})"
+    first = int(np.flatnonzero((steps != usual).to_numpy())[0])
+    return (
+        f"the times are not evenly spaced: {count} of {len(steps)} steps are {_duration(usual)}, "
+        f"{len(steps) - count} {'is' if len(steps) - count == 1 else 'are'} not "
+        f"(the first: {time_label(index[first])} to {time_label(index[first + 1])})"
+    )
+
+
+def _duration(step: Any) -> str:
+    """A pandas Timedelta in words: 1 day, 6 hours, 90 seconds."""
+    seconds = int(step.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds % size == 0 and seconds:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return str(step)
+
+
 def _fill(frame, how: str, source: str, report: dict[str, Any]):
     """Missing values: an error unless --fill says what to do; reported either way."""
     missing = {str(c): int(n) for c, n in frame.isna().sum().items() if n}
@@ -416,6 +443,7 @@ def load_series(
         freq = getattr(freq, "freqstr", freq)
         if freq is None:
             report["regular"] = False
+            report["uneven"] = _uneven_steps(table.index)
     if not time_columns:
         table.index = pd.RangeIndex(len(table))
     report.update({"target": target, "inputs": list(table.columns[1:]), "freq": freq, "steps": len(table)})

@@ -338,6 +338,8 @@ def data_notes(report: dict[str, Any]) -> list[str]:
         notes.append(f"dates read day first: {shown}")
     if report.get("sorted"):
         notes.append("the rows were not in time order: put in time order")
+    if report.get("uneven"):
+        notes.append(f"{report['uneven']}; so no season is assumed (give --season N to set one)")
     if report.get("not_dates"):
         notes.append(f"{report['not_dates']} holds numbers, not dates: the rows are taken in file order, one step each")
     for column, why in report.get("left_out", {}).items():
