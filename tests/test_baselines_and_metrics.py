@@ -38,14 +38,15 @@ def test_metrics_that_divide_by_zero_are_not_defined_and_the_notes_say_why():
     truth, pred = np.array([[0.0, 2.0]]), np.array([[1.0, 2.0]])
     m = forecast_metrics(truth, pred, mase_scale(periodic, 4))
     assert np.isnan(m["mase"]) and m["mape"] == 0  # the step whose true value is 0 is left out of MAPE
-    assert metric_notes(truth, periodic, 4) == [
+    assert metric_notes(truth, mase_scale(periodic, 4), 4) == [
         "MAPE leaves out the 1 step(s) whose true value is 0 (it divides by them)",
         "MASE n/a: the value 4 steps back forecasts the span before validation exactly, "
         "so MASE's unit (that forecast's error) is 0",
     ]
-    assert metric_notes(np.zeros((2, 3)), periodic, 1)[0].startswith("MAPE n/a: every true value is 0")
-    assert metric_notes(np.ones(2), periodic, 1) == []  # the last value is not exact: MASE is defined
-    assert metric_notes(np.ones(2), np.ones(1), 1) == ["MASE n/a: the span before validation is too short to scale it"]
+    assert metric_notes(np.zeros((2, 3)), mase_scale(periodic, 1), 1)[0].startswith("MAPE n/a: every true value is 0")
+    assert metric_notes(np.ones(2), mase_scale(periodic, 1), 1) == []  # the last value is not exact: MASE is defined
+    too_short = metric_notes(np.ones(2), mase_scale(np.ones(1), 1), 1)
+    assert too_short == ["MASE n/a: the span before validation is too short to scale it"]
 
 
 def test_arima_finds_an_autoregressive_process():

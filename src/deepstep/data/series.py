@@ -268,7 +268,8 @@ def _uneven_steps(index: Any) -> str:
     import pandas as pd
 
     steps = pd.Series(index[1:] - index[:-1])
-    usual, count = steps.mode()[0], int((steps == steps.mode()[0]).sum())
+    usual = steps.mode()[0]
+    count = int((steps == usual).sum())
     if count < len(steps) / 2:
         return f"the times are not evenly spaced (steps from {_duration(steps.min())} to {_duration(steps.max())})"
     first = int(np.flatnonzero((steps != usual).to_numpy())[0])

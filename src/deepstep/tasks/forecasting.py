@@ -41,7 +41,7 @@ from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
 from deepstep.tasks.baselines import NAMES as BASELINES
 from deepstep.tasks.baselines import run_baselines
-from deepstep.tasks.metrics import forecast_metrics, mase_scale, metric_notes
+from deepstep.tasks.metrics import forecast_metrics, mase_lag, mase_scale, metric_notes
 from deepstep.tasks.runs import (
     RECURRENT_MUST_MATCH,
     Job,
@@ -284,7 +284,7 @@ def evaluate_run(
         "season": data.season,
         "model": metrics.pop("model"),
         "per_step_mae": np.abs(forecasts["model"] - truth).mean(axis=0).tolist(),
-        "metric_notes": metric_notes(truth, y[: spans.val_start], data.season),
+        "metric_notes": metric_notes(truth, scale, mase_lag(spans.val_start, data.season)),
     }
     if baselines:
         result["baselines"] = metrics
@@ -389,7 +389,7 @@ def baseline_report(
         "season": data.season,
         "baselines": {name: forecast_metrics(truth, f, scale) for name, f in forecasts.items()},
         "baseline_notes": notes,
-        "metric_notes": metric_notes(truth, y[: spans.val_start], data.season),
+        "metric_notes": metric_notes(truth, scale, mase_lag(spans.val_start, data.season)),
         "data_notes": data_notes(data.series.report),
     }
 

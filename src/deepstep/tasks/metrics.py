@@ -21,20 +21,19 @@ def mase_scale(train_target: np.ndarray, season: int) -> float:
     return float(diffs.mean()) if len(diffs) else float("nan")
 
 
-def metric_notes(truth: np.ndarray, train_target: np.ndarray, season: int) -> list[str]:
-    """Why MAPE or MASE is not defined, or is taken over fewer steps, on these true values: one line each."""
+def metric_notes(truth: np.ndarray, scale: float, lag: int) -> list[str]:
+    """Why MAPE or MASE is not defined, or is taken over fewer steps, on these true values: one line
+    each. `scale` and `lag`: MASE's unit (`mase_scale`) and how far back its naive forecast looks (`mase_lag`)."""
     notes = []
     zeros = int((np.asarray(truth) == 0).sum())
     if zeros == np.size(truth):
         notes.append("MAPE n/a: every true value is 0 (it divides by them); see sMAPE")
     elif zeros:
         notes.append(f"MAPE leaves out the {zeros} step(s) whose true value is 0 (it divides by them)")
-    scale = mase_scale(train_target, season)
     if not np.isfinite(scale):
         notes.append("MASE n/a: the span before validation is too short to scale it")
     elif scale == 0:
-        m = mase_lag(len(train_target), season)
-        naive = f"the value {m} steps back" if m > 1 else "the last value"
+        naive = f"the value {lag} steps back" if lag > 1 else "the last value"
         notes.append(
             f"MASE n/a: {naive} forecasts the span before validation exactly, so MASE's unit (that forecast's error) is 0"
         )
