@@ -212,11 +212,11 @@ def test_a_truncated_checkpoint_names_the_intact_one_to_use_instead(tmp_path):
         load_weights(tmp_path, "last", nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)))
 
 
-def test_lookahead_averages_ever_more_strongly_from_30_percent_of_the_steps_and_ends_epochs_on_the_slow_copy():
+def test_lookahead_averages_ever_more_strongly_from_30_percent_of_the_steps_and_epochs_end_on_an_update():
     from deepstep.engine.optim import Lookahead
 
     model = nn.Linear(1, 1, bias=False)
-    lookahead = Lookahead(model, total_steps=20, steps_per_epoch=10)
+    lookahead = Lookahead(model, total_steps=24, steps_per_epoch=8)
 
     def weight(value=None):
         with torch.no_grad():
@@ -224,21 +224,31 @@ def test_lookahead_averages_ever_more_strongly_from_30_percent_of_the_steps_and_
                 model.weight.fill_(value)
             return model.weight.item()
 
+    def rho(step):
+        return 0.95**5 * (step / 24) ** 3
+
     weight(1.0)
-    lookahead.after_step(5)  # before 30% of 20 steps: nothing
+    lookahead.after_step(5)  # before 30% of 24 steps: nothing
     assert lookahead.slow is None
-    lookahead.after_step(6)  # not a multiple of 5
-    assert lookahead.slow is None
+    lookahead.after_step(8)  # an epoch ends, but there is no slow copy yet
+    assert lookahead.slow is None and weight() == 1.0
     weight(2.0)
-    lookahead.after_step(10)  # the slow copy starts from the model; an epoch ends on it
+    lookahead.after_step(10)  # the slow copy starts from the model
     assert lookahead.slow[0].item() == 2.0 and weight() == 2.0
     weight(4.0)
     lookahead.after_step(15)
-    rho = 0.95**5 * (15 / 20) ** 3  # 0.33: still weak
-    slow = rho * 2.0 + (1 - rho) * 4.0
+    slow = rho(15) * 2.0 + (1 - rho(15)) * 4.0  # rho 0.19: still weak
     assert weight() == pytest.approx(slow)  # training goes on from the slow copy
     weight(10.0)
+    lookahead.after_step(16)  # an epoch ends between updates: one more, so the step since 15 is kept
+    slow = rho(16) * slow + (1 - rho(16)) * 10.0
+    assert weight() == pytest.approx(slow) and lookahead.slow[0].item() == pytest.approx(slow)
+    weight(20.0)
     lookahead.after_step(17)  # between updates the fast weights are free
-    assert weight() == 10.0
-    lookahead.after_step(20)  # the last update is the strongest, rho = 0.95**5, and the epoch ends on it
-    assert weight() == pytest.approx(0.95**5 * slow + (1 - 0.95**5) * 10.0)
+    assert weight() == 20.0
+    lookahead.after_step(20)
+    slow = rho(20) * slow + (1 - rho(20)) * 20.0
+    assert weight() == pytest.approx(slow)
+    weight(30.0)
+    lookahead.after_step(24)  # the last update is the strongest, rho = 0.95**5, and the run ends on it
+    assert weight() == pytest.approx(0.95**5 * slow + (1 - 0.95**5) * 30.0)

@@ -136,8 +136,9 @@ class Lookahead:
     (weights and batch-norm statistics) moves into the slow copy, slow = rho * slow + (1 - rho) *
     fast, and training continues from the slow copy; rho = base**every * (t / total)**power grows
     from almost 0 to 0.77, so the averaging is weak while the learning rate is high and strong at
-    the end. At the end of each epoch the model takes the slow copy, so that validation and
-    checkpoints see it. Measured in the README (`--lookahead`).
+    the end. An epoch that ends between two such steps ends with one more, so that validation and
+    checkpoints see the slow copy and the steps since the last update are averaged in, not lost.
+    Measured in the README (`--lookahead`).
     """
 
     def __init__(
@@ -165,13 +166,11 @@ class Lookahead:
 
     def after_step(self, step: int) -> None:
         """After optimizer step number `step` (1-based, counted over the whole run)."""
-        if step >= self.start * self.total_steps and step % self.every == 0:
-            if self.slow is None:
+        if self.slow is None:
+            if step >= self.start * self.total_steps and step % self.every == 0:
                 self.slow = [v.detach().clone() for v in self._state()]
-            else:
-                self._pull(self.base**self.every * (step / self.total_steps) ** self.power)
-        if step % self.steps_per_epoch == 0 and self.slow is not None:
-            self._pull(1.0)  # the epoch ends on the slow copy
+        elif step % self.every == 0 or step % self.steps_per_epoch == 0:
+            self._pull(self.base**self.every * (step / self.total_steps) ** self.power)
 
     def state_dict(self) -> dict[str, list[torch.Tensor] | None]:
         return {"slow": self.slow}
