@@ -35,6 +35,16 @@ def test_the_test_part_is_measured_once_and_a_second_time_only_with_force(traine
     assert [r["forced"] for r in records] == [False, True]
 
 
+def test_the_python_api_guards_the_test_part_too_and_says_how_to_force_it(trained_run):
+    import deepstep
+
+    run = deepstep.load_run(trained_run)
+    first = run.evaluate(verbose=False)["accuracy"]
+    with pytest.raises(DeepstepError, match=r"force=True"):
+        run.evaluate(verbose=False)
+    assert run.evaluate(force=True, verbose=False)["accuracy"] == first
+
+
 def test_the_validation_part_can_be_measured_any_number_of_times(trained_run, capsys):
     for _ in range(2):
         assert main(["evaluate", str(trained_run), "--split", "val", "--json"]) == 0

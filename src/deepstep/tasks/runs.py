@@ -134,7 +134,8 @@ def test_evaluations(run: RunDir, split: str, force: bool, describe: Callable[[d
     if split == "test" and earlier and not force:
         raise DeepstepError(
             f"{run.path}'s test split was already evaluated on {earlier[0]['time']} ({describe(earlier[0])}); "
-            "the test part is measured once per run. Use --force to measure it again (it is recorded), or --split val"
+            "the test part is measured once per run. Use --force (in Python: force=True) to measure it again "
+            "(it is recorded), or --split val"
         )
     return history
 
