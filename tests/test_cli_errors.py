@@ -46,6 +46,21 @@ def test_a_folder_of_one_class(tmp_path):
     assert_one_line_error(train("--data", str(tmp_path / "cats")), "cats has one class (cat)", "at least two")
 
 
+def test_a_folder_with_too_few_images_a_class_to_hold_any_out_names_the_split_and_the_fix(tmp_path):
+    write_images(tmp_path / "one", 1, np.random.default_rng(0))  # one image a class: nothing to carve a test part from
+    assert_one_line_error(
+        train("--data", str(tmp_path / "one")),
+        "--test-split 0.2: no class has two images",
+        "(3 images in 3 classes); add images, at least two a class, or give a test/ folder",
+    )
+    write_images(tmp_path / "two", 2, np.random.default_rng(0))  # one a class left to train on after the test part
+    assert_one_line_error(
+        train("--data", str(tmp_path / "two")),
+        "--val-split 0.1 of the train part: no class has two images",
+        "or train without one: --val-split 0",
+    )
+
+
 def test_a_corrupt_jpeg_is_skipped_with_a_warning_and_named_with_strict(image_folder, tmp_path):
     bad = image_folder / "train" / "square" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0garbage")

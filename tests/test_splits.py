@@ -24,9 +24,13 @@ def test_a_zero_fraction_holds_nothing_out():
     assert keep.tolist() == [0, 1, 2, 3, 4] and held.size == 0
 
 
-def test_a_split_that_holds_nothing_out_is_an_error():
-    with pytest.raises(DeepstepError, match="leaves nothing to hold out"):
-        stratified_split(np.array([0, 1, 2]), 0.1, 0)
+def test_a_split_that_holds_nothing_out_is_an_error_that_says_each_class_needs_two():
+    with pytest.raises(
+        DeepstepError,
+        match=r"^--val-split 0.5: no class has two images, so none can be held out \(3 images in 3 classes\); "
+        r"add images, at least two a class$",
+    ):
+        stratified_split(np.array([0, 1, 2]), 0.5, 0, option="--val-split 0.5")  # a larger split would not help
 
 
 @settings(max_examples=200, deadline=None)

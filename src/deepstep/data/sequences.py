@@ -261,13 +261,22 @@ def split_sequences(
         origin = f"group(s) {', '.join(test_groups)} held out whole (of {', '.join(known)})"
     else:
         fraction = test_size if test_size < 1 else test_size / n
-        keep, held = stratified_split(data.labels, fraction, seed=0)
+        keep, held = stratified_split(
+            data.labels, fraction, seed=0, option=f"--test-size {test_size:g}", items="sequences"
+        )
         origin = f"{fraction:.0%} of each class (stratified, seed 0)"
     rest = data.subset(keep)
     val = None
     if val_size > 0:
         fraction = val_size if val_size < 1 else val_size / len(keep)
-        train_index, val_index = stratified_split(rest.labels, fraction, seed=seed)
+        train_index, val_index = stratified_split(
+            rest.labels,
+            fraction,
+            seed=seed,
+            option=f"--val-size {val_size:g} of the train part",
+            items="sequences",
+            instead=", or --val-size 0",
+        )
         train, val = rest.subset(train_index), rest.subset(val_index)
     else:
         train = rest

@@ -126,7 +126,13 @@ def _folder_source(path: Path, name: str, test_split: float, data_dir: Path, unp
             raise DeepstepError(
                 f"{path} has no test/ folder and --test-split is 0: give a test/ folder or a test split such as 0.2"
             )
-        keep, held = stratified_split(splits["train"].labels, test_split, seed=TEST_CARVE_SEED)
+        keep, held = stratified_split(
+            splits["train"].labels,
+            test_split,
+            seed=TEST_CARVE_SEED,
+            option=f"{path}: --test-split {test_split:g}",
+            instead=", or give a test/ folder",
+        )
         splits["test"] = splits["train"].subset(held)
         splits["train"] = splits["train"].subset(keep)
         origin = f"carved from the folder: {test_split:.0%} of each class (stratified, seed {TEST_CARVE_SEED})"

@@ -300,7 +300,13 @@ def carve_validation(part: Part, fraction: float, seed: int) -> tuple[Part, Part
     """Hold out `fraction` of each class of the train part for validation (seeded)."""
     if fraction <= 0:
         return part, None, {"origin": "none (--val-split 0)", "count": 0}
-    keep, held = stratified_split(_labels(part), fraction, seed)
+    keep, held = stratified_split(
+        _labels(part),
+        fraction,
+        seed,
+        option=f"--val-split {fraction:g} of the train part",
+        instead=", or train without one: --val-split 0",
+    )
     info = {
         "origin": f"{fraction:.0%} of each class of the train part (stratified, seed {seed})",
         "fraction": fraction,
