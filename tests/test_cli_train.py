@@ -183,6 +183,16 @@ def test_a_train_log_and_record_name_the_files_the_folder_scan_left_out(image_fo
     assert json.loads(Path("runs/notes/run.json").read_text())["data"]["left_out"] == [note]
 
 
+def test_the_train_log_says_how_each_image_becomes_the_model_input(image_folder, capsys):
+    args = ["train", "--data", str(image_folder), "--epochs", "1", "--model", "simple-cnn"]
+    assert main([*args, "--out", "runs/fit"]) == 0
+    expected = "pre-processing: each image grey, scaled to cover 20x20 (aspect ratio kept; not scaled when already "
+    assert expected + "that size), center-cropped to 20x20, then normalised\n" in capsys.readouterr().out
+    assert main([*args, "--resize", "24", "--out", "runs/resized"]) == 0
+    expected = "pre-processing: each image grey, short side scaled to 24 px, center-cropped to 20x20, then normalised\n"
+    assert expected in capsys.readouterr().out
+
+
 def test_a_diverging_run_stops_with_advice_that_fits_what_it_had(image_folder, capsys):
     assert _train(image_folder, "--epochs", "2", "--lr", "1e12") == 2
     err = capsys.readouterr().err.strip()

@@ -156,6 +156,17 @@ class Preprocessing:
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, torch.tensor(self.mean), torch.tensor(self.std))
 
+    def describe(self) -> str:
+        """What happens to every image file before the model sees it, in words (for the log)."""
+        height, width = self.size
+        colour = "RGB" if self.channels == 3 else "grey" if self.channels == 1 else f"{self.channels} channels"
+        scale = (
+            f"scaled to cover {height}x{width} (aspect ratio kept; not scaled when already that size)"
+            if self.resize is None
+            else f"short side scaled to {self.resize} px"
+        )
+        return f"each image {colour}, {scale}, center-cropped to {height}x{width}, then normalised"
+
 
 def model_input(model_name: str, image_size: str | None) -> tuple[int, tuple[int, int]]:
     """(channels, (height, width)) the images are made to, from the model's declared input."""
@@ -677,6 +688,7 @@ def _log_start(log: Log, model_name: str, data: TrainingData, setup: Setup, run:
     for note in r["left_out"]:
         log(f"note: {note}")
     log(f"model: {model_name}, {setup.parameters:,} parameters, input {format_size((prep.channels, *prep.size))}")
+    log(f"pre-processing: {prep.describe()}")
     norm = r["normalization"]
     log(f"normalisation: mean {norm['mean']} std {norm['std']} ({norm['origin']})")
     log(
