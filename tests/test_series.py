@@ -119,6 +119,24 @@ def test_times_with_no_frequency_say_which_step_breaks_it(tmp_path):
     assert "uneven" not in load_series(str(write_monthly(tmp_path / "m.csv", range(30))), target=None).report
 
 
+def test_a_csv_with_no_header_row_is_said_to_have_lost_its_first_row_to_the_column_names(tmp_path):
+    from deepstep.tasks.forecasting import data_notes
+
+    (tmp_path / "bare.csv").write_text("".join(f"{t},{20 + t % 7}.5\n" for t in range(40)))  # 0,20.5 / 1,21.5 / ...
+    series = load_series(str(tmp_path / "bare.csv"), target=None)  # the other column only numbers the rows
+    assert series.target == "20.5" and len(series) == 39
+    assert data_notes(series.report) == [
+        f"{tmp_path / 'bare.csv'}: its first row (0, 20.5) is all numbers, and a CSV's first row is read as the "
+        "column names; if it is data, add a header row naming the columns"
+    ]
+    (tmp_path / "two.csv").write_text("".join(f"{t % 5}.25,{20 + t % 7}.5\n" for t in range(40)))
+    with pytest.raises(
+        DeepstepError, match=r"\(numeric columns: 0.25, 20.5\); its first row is all numbers: if it is data"
+    ):
+        load_series(str(tmp_path / "two.csv"), target=None)
+    assert "numeric_header" not in load_series(str(write_monthly(tmp_path / "m.csv", range(30))), target=None).report
+
+
 def test_a_time_column_of_plain_numbers_is_not_read_as_nanoseconds_after_1970(tmp_path):
     (tmp_path / "t.csv").write_text("time,y\n" + "".join(f"{t},{t * 2}\n" for t in (5, 6, 7, 8)))
     series = load_series(str(tmp_path / "t.csv"), target="y")

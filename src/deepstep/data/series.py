@@ -159,6 +159,14 @@ def _read_table(spec: str):
     return frame, path.stem, ", ".join(read_as) or None
 
 
+def _is_number(name: Any) -> bool:
+    try:
+        float(name)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _numbers_not_dates(frame, column) -> bool:
     """A column of plain numbers (step 0, 1, 2, ... or seconds) that pandas would read as
     nanoseconds after 1970; a whole-number `year` column is a date."""
@@ -366,6 +374,8 @@ def load_series(
     report: dict[str, Any] = {"source": spec, "rows": len(frame)}
     if dialect:
         report["read_as"] = dialect
+    if all(_is_number(c) for c in frame.columns):  # 1,2 / 3,4: a file with no header row lost its first row
+        report["numeric_header"] = [str(c) for c in frame.columns]
     time_columns = _time_columns(frame, time, source)
     if not time_columns:  # a column named like a time, of plain numbers: said in the log
         numbered = [str(c) for c in frame.columns if str(c).lower() in TIME_NAMES and _numbers_not_dates(frame, c)]
@@ -380,8 +390,12 @@ def load_series(
         numeric = [c for c in candidates if frame[c].dtype.kind in "iuf"]
         numeric = [c for c in numeric if c not in counters] or numeric  # a row number is no target
         if len(numeric) != 1:
+            headless = (
+                "; its first row is all numbers: if it is data, add a header row" if "numeric_header" in report else ""
+            )
             raise DeepstepError(
                 f"{source}: say which column to forecast with --target (numeric columns: {', '.join(numeric) or 'none'})"
+                + headless
             )
         target = numeric[0]
     if target not in candidates:

@@ -333,6 +333,11 @@ def data_notes(report: dict[str, Any]) -> list[str]:
     notes = []
     if report.get("read_as"):
         notes.append(f"{report['source']}: read as {report['read_as']}")
+    if report.get("numeric_header"):
+        notes.append(
+            f"{report['source']}: its first row ({', '.join(report['numeric_header'])}) is all numbers, and a "
+            "CSV's first row is read as the column names; if it is data, add a header row naming the columns"
+        )
     if report.get("date_format"):
         shown = report["date_format"].replace("%d", "DD").replace("%m", "MM").replace("%Y", "YYYY")
         notes.append(f"dates read day first: {shown}")
