@@ -62,7 +62,7 @@ def test_show_draws_labelled_sequences_with_the_classes_taking_turns(sequence_fo
 
     drawn = {}
 
-    def record(sequences, labels, out, title=""):
+    def record(sequences, labels, out, title="", feature_names=None):
         drawn.update(sequences=sequences, labels=labels, title=title)
         out.write_bytes(b"png")
         return out

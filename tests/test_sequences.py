@@ -17,6 +17,30 @@ def test_a_folder_with_a_labels_csv_is_read_with_its_lengths_and_classes(sequenc
     assert {len(s) for s in data.sequences} <= set(range(5, 16)) and len({len(s) for s in data.sequences}) > 1
 
 
+def test_the_sequence_files_header_names_the_features_in_the_log_and_the_picture(
+    sequence_folder, tmp_path, capsys, monkeypatch
+):
+    import deepstep.plots
+    from deepstep.cli import main
+
+    data = load_sequences(str(sequence_folder), tmp_path)
+    assert data.feature_names == ["a", "b"] and data.subset(np.arange(3)).feature_names == ["a", "b"]
+    legends, save = [], deepstep.plots._save
+
+    def recording_save(fig, out):
+        legends.extend(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+        return save(fig, out)
+
+    monkeypatch.setattr(deepstep.plots, "_save", recording_save)
+    assert main(["show", str(sequence_folder), "--n", "2", "--out", "seq.png"]) == 0
+    assert legends == ["a", "b"]
+    assert main(["train", "--data", str(sequence_folder), "--epochs", "1", "--out", "runs/named"]) == 0
+    assert "sequences of 2 features (a, b), lengths 5-15" in capsys.readouterr().out
+    for f in (sequence_folder / "dataset").glob("seq_*.csv"):  # no header line: no names, nothing made up
+        f.write_text("\n".join(f.read_text().splitlines()[1:]) + "\n")
+    assert load_sequences(str(sequence_folder), tmp_path / "again").feature_names is None
+
+
 def test_a_zip_of_the_folder_is_recognised_and_unpacked_once(sequence_folder, tmp_path):
     archive = tmp_path / "moves.zip"
     with zipfile.ZipFile(archive, "w") as z:

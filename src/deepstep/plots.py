@@ -190,13 +190,19 @@ def plot_columns(table, out: Path, title: str, limit: int) -> Path:
     return _save(fig, out)
 
 
-def plot_sequence_grid(sequences: Sequence[np.ndarray], labels: Sequence[str], out: Path, title: str = "") -> Path:
+def plot_sequence_grid(
+    sequences: Sequence[np.ndarray],
+    labels: Sequence[str],
+    out: Path,
+    title: str = "",
+    feature_names: Sequence[str] | None = None,
+) -> Path:
     """A labelled grid of sequences (each (T, F)): one panel each, one line per feature."""
     fig, panels = _grid(len(sequences), 4, (3.2, 2.2), title)
     for ax, seq, label in zip(panels, sequences, labels, strict=False):
         ax.axis("on")
         for f in range(seq.shape[1]):
-            ax.plot(seq[:, f], linewidth=0.9, label=f"feature {f}")
+            ax.plot(seq[:, f], linewidth=0.9, label=feature_names[f] if feature_names else f"feature {f}")
         ax.set_title(f"{label} ({len(seq)} steps)", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

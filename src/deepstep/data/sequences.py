@@ -33,6 +33,7 @@ class SequenceSet:
     ids: list[str]
     groups: np.ndarray | None = None  # (N,) group names as str
     root: Path | None = None
+    feature_names: list[str] | None = None  # from the sequence CSVs' header line, when they have one
 
     @property
     def features(self) -> int:
@@ -55,6 +56,7 @@ class SequenceSet:
             [self.ids[i] for i in index],
             None if self.groups is None else self.groups[index],
             self.root,
+            self.feature_names,
         )
 
 
@@ -94,6 +96,14 @@ def read_numbers(path: Path) -> np.ndarray:
         row, _ = np.argwhere(values.isna().to_numpy())[0]
         raise DeepstepError(f"{path}: row {row + 1} holds a missing value or a non-number; sequences must be numeric")
     return values.to_numpy(np.float32)
+
+
+def header_names(path: Path) -> list[str] | None:
+    """The column names on a CSV's first line (with or without '#'), or None when it holds numbers."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline().strip().lstrip("#").strip()
+    names = [c.strip() for c in first.split(",")]
+    return None if not first or any(_is_number(n) for n in names) else names
 
 
 def _labels_file(root: Path, quiet: bool = False) -> Path | None:
@@ -217,7 +227,9 @@ def _load_folder(root: Path, name: str) -> SequenceSet:
     classes = _class_names(raw)
     lookup = {c: i for i, c in enumerate(classes)}
     labels = np.array([lookup[_class_names([v])[0]] for v in raw], dtype=np.int64)
-    return SequenceSet(name, sequences, labels, classes, ids, None, root)
+    names = header_names(files[ids[0]])
+    names = names if names and len(names) == sequences[0].shape[1] else None
+    return SequenceSet(name, sequences, labels, classes, ids, None, root, names)
 
 
 def _load_groups(group_file: str, data: SequenceSet) -> np.ndarray:

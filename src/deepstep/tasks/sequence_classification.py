@@ -105,8 +105,9 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     data, splits, mean, std = prepare(config)
     lengths = [len(s) for s in data.sequences]
     r = splits.report
+    named = f" ({', '.join(data.feature_names)})" if data.feature_names else ""
     log(
-        f"data: {data.name}: {len(data.sequences)} sequences of {data.features} feature{'s' if data.features != 1 else ''}, lengths {min(lengths)}-{max(lengths)}, "
+        f"data: {data.name}: {len(data.sequences)} sequences of {data.features} feature{'s' if data.features != 1 else ''}{named}, lengths {min(lengths)}-{max(lengths)}, "
         f"classes {', '.join(data.classes)}; {r['train']['count']} train / {r['val']['count']} val / "
         f"{r['test']['count']} test ({r['test']['origin']}; not used in training)"
     )
@@ -287,4 +288,5 @@ def show_sequences(
         [f"{sequences.classes[int(sequences.labels[i])]} #{sequences.ids[i]}" for i in picks],
         Path(out),
         title=title,
+        feature_names=sequences.feature_names,
     )
