@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deepstep.data.folders import is_archive, unpack_archive
+from deepstep.data.series import is_number
 from deepstep.data.splits import stratified_split
 from deepstep.errors import DeepstepError
 
@@ -103,7 +104,7 @@ def header_names(path: Path) -> list[str] | None:
     with open(path, encoding="utf-8", errors="replace") as f:
         first = f.readline().strip().lstrip("#").strip()
     names = [c.strip() for c in first.split(",")]
-    return None if not first or any(_is_number(n) for n in names) else names
+    return None if not first or any(is_number(n) for n in names) else names
 
 
 def _labels_file(root: Path, quiet: bool = False) -> Path | None:
@@ -137,24 +138,16 @@ def _read_table_text(path: Path) -> list[list[str]]:
         if len(cells) < 2:
             raise DeepstepError(f"{path}: each row must be 'id,value', got {line!r}")
         rows.append(cells)
-    if rows and not _is_number(rows[0][0]):
+    if rows and not is_number(rows[0][0]):
         rows = rows[1:]  # a header without '#'
     if not rows:
         raise DeepstepError(f"{path} holds no 'id,value' rows")
     return rows
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _class_names(raw: list[str]) -> list[str]:
-    unique = sorted(set(raw), key=lambda v: (float(v), v) if _is_number(v) else (float("inf"), v))
-    return [str(int(float(v))) if _is_number(v) and float(v) == int(float(v)) else v for v in unique]
+    unique = sorted(set(raw), key=lambda v: (float(v), v) if is_number(v) else (float("inf"), v))
+    return [str(int(float(v))) if is_number(v) and float(v) == int(float(v)) else v for v in unique]
 
 
 def load_sequences(spec: str, data_dir: Path, *, group_file: str | None = None) -> SequenceSet:
@@ -239,7 +232,7 @@ def _load_groups(group_file: str, data: SequenceSet) -> np.ndarray:
         path = found[0] if found else path
     if not path.is_file():
         raise DeepstepError(f"--group-file {group_file} not found (looked as given and inside {data.root})")
-    groups = {str(int(float(k))) if _is_number(k) else k: v for k, v in _id_map(path).items()}
+    groups = {str(int(float(k))) if is_number(k) else k: v for k, v in _id_map(path).items()}
     missing = [i for i in data.ids if i not in groups]
     if missing:
         raise DeepstepError(f"{path} gives no group for {len(missing)} sequence(s) (first id {missing[0]})")

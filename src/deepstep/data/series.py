@@ -159,9 +159,10 @@ def _read_table(spec: str):
     return frame, path.stem, ", ".join(read_as) or None
 
 
-def _is_number(name: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """True for what float() reads: 3, '2.5', ' -1e3 ', 'nan'."""
     try:
-        float(name)
+        float(value)
     except (TypeError, ValueError):
         return False
     return True
@@ -374,7 +375,7 @@ def load_series(
     report: dict[str, Any] = {"source": spec, "rows": len(frame)}
     if dialect:
         report["read_as"] = dialect
-    if all(_is_number(c) for c in frame.columns):  # 1,2 / 3,4: a file with no header row lost its first row
+    if all(is_number(c) for c in frame.columns):  # 1,2 / 3,4: a file with no header row lost its first row
         report["numeric_header"] = [str(c) for c in frame.columns]
     time_columns = _time_columns(frame, time, source)
     if not time_columns:  # a column named like a time, of plain numbers: said in the log
