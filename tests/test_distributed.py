@@ -131,3 +131,76 @@ def test_rank_slices_split_each_global_batch_and_pass_the_epoch_to_the_batches()
     first, second = ([y for _, y in sliced] for sliced in ranks)
     assert [len(y) for y in first] == [2, 2, 1] == [len(y) for y in second]  # global batches of 4, 4, 2
     assert all(torch.equal(torch.cat([a, b]), w) for a, b, w in zip(first, second, whole, strict=True))
+
+
+def test_a_frozen_backbone_that_unfreezes_trains_under_torchrun(image_folder, tmp_path):
+    # DDP registers the parameters that need gradients when it wraps the model; freezing the
+    # backbone for epoch 1 and unfreezing it for epoch 2 changes that set twice (it failed at the
+    # second step). Batch norm keeps this from matching one process once the backbone trains
+    # (each rank normalises its own 8 images); the frozen epoch must match it exactly.
+    from conftest import write_pretrained_weights
+
+    pretrained = torch.load(write_pretrained_weights("mobilenet_v3_small"), weights_only=True)
+    common = ["train", "--data", str(image_folder), "--model", "mobilenet_v3_small", "--pretrained"]
+    common += ["--freeze-backbone", "--unfreeze-after", "1", "--epochs", "2", "--image-size", "64", "--resize", "72"]
+    common += ["--precision", "32", "--device", "cpu", "--lr", "0.05", "--val-split", "0.2", "--quiet"]
+    assert main([*common, "--batch-size", "16", "--out", "runs/one"]) == 0
+    done = _torchrun([*common, "--batch-size", "8", "--out", "runs/two"], tmp_path)
+    assert done.returncode == 0, done.stderr[-8000:]
+    _, one_rows = _last("runs/one")
+    two, two_rows = _last("runs/two")
+    header = one_rows[0].split(",")
+    first_one = dict(zip(header, one_rows[1].split(","), strict=True))
+    first_two = dict(zip(header, two_rows[1].split(","), strict=True))
+    for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert abs(float(first_one[column]) - float(first_two[column])) < 1e-5, column
+    assert not torch.equal(two["features.0.0.weight"], pretrained["features.0.0.weight"])  # trained in epoch 2
+
+
+def _freeze_then_unfreeze(rank: int, init_file: str, out: str) -> None:
+    """One of two gloo ranks: a net whose first layer is frozen for one step, then trained for two,
+    each rank on its half of a fixed global batch; saves the weights it ends with."""
+    import torch.distributed as dist
+    from torch import nn
+
+    from deepstep.engine import distributed
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    net, x, y = _freeze_net_and_data()
+    model = distributed.wrap(net, distributed.Ranks(rank, 2), torch.device("cpu"), freezes=True)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    for frozen in (True, False, False):
+        net[0].requires_grad_(not frozen)
+        loss = nn.functional.mse_loss(model(x[rank::2]), y[rank::2])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.save(net.state_dict(), f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _freeze_net_and_data():
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    return net, torch.randn(16, 4), torch.randn(16, 2)
+
+
+def test_ddp_averages_the_gradients_of_layers_unfrozen_after_it_wrapped_the_model(tmp_path):
+    torch.multiprocessing.spawn(_freeze_then_unfreeze, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    net, x, y = _freeze_net_and_data()  # one process, the whole batch: what the two ranks must agree on
+    before = net[0].weight.detach().clone()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    for frozen in (True, False, False):
+        net[0].requires_grad_(not frozen)
+        loss = torch.nn.functional.mse_loss(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not torch.equal(net[0].weight, before)
+    for rank in (0, 1):
+        weights = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for key, value in net.state_dict().items():
+            assert torch.allclose(weights[key], value, atol=1e-6), (rank, key)

@@ -84,8 +84,15 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
-def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device, compile: bool = False) -> torch.nn.Module:
-    """The model compiled (`compile`) and under DDP when there are several ranks; checkpoints unwrap it again."""
+def wrap(
+    model: torch.nn.Module, ranks: Ranks, device: torch.device, compile: bool = False, freezes: bool = False
+) -> torch.nn.Module:
+    """The model compiled (`compile`) and under DDP when there are several ranks; checkpoints unwrap it again.
+
+    `freezes`: some parameters will stop (or start) needing gradients during the run (a frozen
+    backbone). DDP expects a gradient for every parameter that needed one when it wrapped the
+    model and fails at the next step without it, unless it looks for the unused ones each step.
+    """
     if compile:
         # Static shapes: the few batch sizes a run sees (full, last, evaluation) each get their own
         # graph. The default recompiles for dynamic shapes at the second size, which doubled the
@@ -94,7 +101,7 @@ def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device, compile: bo
     if not ranks.active:
         return model
     return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None
+        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=freezes
     )
 
 

@@ -574,7 +574,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         initialised = init_from_data(model, data, config.seed)
     model = model.to(device)
     kernels = _choose_kernels(model, precision, config.batch_size, device)
-    model = distributed.wrap(model, ranks, device, compile=config.compile)
+    model = distributed.wrap(model, ranks, device, compile=config.compile, freezes=freeze is not None)
     train_batches = make_batches(
         data.train,
         data.prep,
