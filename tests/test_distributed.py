@@ -57,6 +57,14 @@ def test_a_second_run_into_the_same_folder_is_refused_on_every_rank(image_folder
     assert done.returncode != 0 and "already holds a run" in done.stderr
 
 
+def test_a_wrong_data_path_under_torchrun_is_one_line_from_each_process_not_a_traceback(tmp_path):
+    # Rank 0 checks the data while the others wait for it at a barrier, which then fails.
+    done = _torchrun(["train", "--data", "nowhere/", "--device", "cpu", "--out", "runs/none"], tmp_path)
+    assert done.returncode != 0
+    assert "deepstep train: error: nowhere does not exist" in done.stderr
+    assert "[rank0]: Traceback" not in done.stderr and "[rank1]: Traceback" not in done.stderr
+
+
 def test_a_two_process_run_resumes_under_torchrun_to_the_uninterrupted_result(image_folder, tmp_path):
     common = ["train", "--data", str(image_folder), "--model", "lenet", "--batch-size", "8", "--precision", "32"]
     common += ["--device", "cpu", "--augment", "--quiet"]

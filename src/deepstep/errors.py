@@ -20,6 +20,11 @@ class CheckpointError(DeepstepError):
     """A checkpoint that is missing, incomplete or does not match what asks for it."""
 
 
+class PeerStopped(DeepstepError):
+    """Under torchrun, another process of the run stopped (its own error says why): this one
+    cannot go on without it."""
+
+
 class NonFiniteLoss(DeepstepError):
     """The training loss became NaN or inf (too high a learning rate, fp16 overflow)."""
 

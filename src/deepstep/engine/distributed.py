@@ -12,6 +12,7 @@ across ranks; only rank 0 logs and writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from deepstep.errors import PeerStopped
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,23 @@ def abandon() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def _with_peers(ranks: Ranks) -> Iterator[None]:
+    """A collective that fails because another rank left (its error, a wrong --data say, stopped
+    it while this one waited) ends this rank with one line instead of gloo's or NCCL's traceback."""
+    try:
+        yield
+    except RuntimeError:  # gloo's "Connection closed by peer", torch's DistBackendError
+        raise PeerStopped(
+            f"process {ranks.rank} of {ranks.world} stops too: another process of this run stopped first "
+            "(its own error says why)"
+        ) from None
+
+
 def barrier(ranks: Ranks) -> None:
     if ranks.active:
-        dist.barrier()
+        with _with_peers(ranks):
+            dist.barrier()
 
 
 def wrap(
@@ -113,7 +130,8 @@ def reduce_sums(sums: dict[str, torch.Tensor], count: int, ranks: Ranks) -> tupl
     packed = torch.stack(
         [sums[k].detach().double().cpu() for k in keys] + [torch.tensor(float(count), dtype=torch.float64)]
     )
-    dist.all_reduce(packed)
+    with _with_peers(ranks):
+        dist.all_reduce(packed)
     return {k: packed[i] for i, k in enumerate(keys)}, int(packed[-1].item())
 
 
@@ -156,7 +174,8 @@ def share(value: Any, ranks: Ranks) -> Any:
     if not ranks.active:
         return value
     box = [value if ranks.main else None]
-    dist.broadcast_object_list(box, src=0)
+    with _with_peers(ranks):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
