@@ -131,6 +131,10 @@ def test_a_batch_size_that_is_not_positive(size):
     assert_one_line_error(train("--batch-size", size), f"--batch-size must be a positive integer, got {size}")
 
 
+def test_a_negative_micro_batch():
+    assert_one_line_error(train("--micro-batch", "-1"), "--micro-batch must be a number of examples >= 0")
+
+
 @pytest.mark.parametrize(
     ("padding", "message"),
     [("-1", "--crop-padding must be a number of pixels >= 0, got -1"), ("32", "too large for 32x32 model inputs")],

@@ -50,6 +50,19 @@ def test_two_processes_match_one_process_with_the_same_global_batch(image_folder
             assert abs(float(a[column]) - float(b[column])) < 1e-4, column
 
 
+def test_two_processes_with_micro_batches_match_one_process_with_whole_batches(image_folder, tmp_path):
+    # Each rank's slice of 8 goes forward and backward in two parts of 4; DDP averages once.
+    common = ["train", "--data", str(image_folder), "--model", "lenet", "--epochs", "1", "--val-split", "0.2"]
+    common += ["--precision", "32", "--device", "cpu", "--lr", "0.05", "--quiet"]
+    assert main([*common, "--batch-size", "16", "--out", "runs/one"]) == 0
+    done = _torchrun([*common, "--batch-size", "8", "--micro-batch", "4", "--out", "runs/two"], tmp_path)
+    assert done.returncode == 0, done.stderr[-8000:]
+    one, _ = _last("runs/one")
+    two, _ = _last("runs/two")
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key
+
+
 def test_a_second_run_into_the_same_folder_is_refused_on_every_rank(image_folder, tmp_path):
     args = ["train", "--data", str(image_folder), "--epochs", "1", "--device", "cpu", "--quiet", "--out", "runs/taken"]
     assert main(args) == 0

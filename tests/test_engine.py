@@ -37,6 +37,42 @@ def _fit(epochs=5):
     return model, opt, history
 
 
+@pytest.mark.parametrize("micro_batch", [8, 12, 31])  # 32 in 4 parts; in 3 (11 + 11 + 10); in 2 (16 + 16)
+def test_micro_batches_train_as_the_whole_batch_does(micro_batch):
+    def fit(micro_batch):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+        opt = build_optimizer("sgd", model, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0)
+        sched = build_schedule("none", opt, total_steps=8, warmup_steps=0)
+        means, count = train_one_epoch(
+            model, step, _problem(), opt, sched, FP32, FP32.grad_scaler(), micro_batch=micro_batch
+        )
+        return model, means, count
+
+    whole, whole_means, whole_count = fit(0)
+    parts, parts_means, parts_count = fit(micro_batch)
+    assert parts_count == whole_count == 256
+    assert parts_means == pytest.approx(whole_means, rel=1e-5)
+    for a, b in zip(whole.parameters(), parts.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    torch.manual_seed(0)
+    assert not torch.allclose(whole[0].weight, nn.Linear(4, 16).weight)  # it trained
+
+
+def test_micro_batches_normalise_each_part_by_its_own_statistics():
+    # Batch norm is the one difference: with parts, each is normalised alone (as ghost batch norm).
+    def running_mean(micro_batch):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+        opt = build_optimizer("sgd", model, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0)
+        sched = build_schedule("none", opt, total_steps=1, warmup_steps=0)
+        batch = [(torch.randn(32, 4) + torch.arange(32.0).unsqueeze(1), torch.randint(0, 2, (32,)))]
+        train_one_epoch(model, step, batch, opt, sched, FP32, FP32.grad_scaler(), micro_batch=micro_batch)
+        return model[1].running_mean.clone()
+
+    assert not torch.allclose(running_mean(0), running_mean(16))
+
+
 def test_training_lowers_the_loss_and_learns_the_rule():
     model, _, history = _fit()
     assert history[-1]["loss"] < history[0]["loss"] / 2

@@ -225,6 +225,16 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "help": "examples (images, windows, sequences) per mini-batch, one optimizer step each (default 64; 32 for sequences)",
         },
     ),
+    (
+        "micro-batch",
+        {
+            "type": _int,
+            "metavar": "N",
+            "help": "forward and backward each batch N examples at a time, summing the gradients into the "
+            "batch's one optimizer step: the same batch in less memory, and faster where smaller parts fit "
+            "the caches (default 0: whole batches; batch norm sees each part alone)",
+        },
+    ),
     ("lr", {"type": float, "metavar": "LR", "help": "learning rate (default 0.01)"}),
     ("optimizer", {"choices": OPTIMIZERS, "help": "default sgd"}),
     ("momentum", {"type": float, "metavar": "M", "help": "SGD momentum (default 0.9)"}),

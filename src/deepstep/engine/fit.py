@@ -40,6 +40,8 @@ class Training:
     ranks: Ranks = SINGLE
     # Save `last` every this many steps inside an epoch too (0: at the end of each epoch only).
     checkpoint_every: int = 0
+    # --micro-batch: forward and backward each batch this many examples at a time (0: whole).
+    micro_batch: int = 0
     # --lookahead: the slow weights that training returns to (saved with `last`).
     lookahead: Lookahead | None = None
 
@@ -198,6 +200,7 @@ def fit(
                 meter=meter,
                 start_step=state.step,
                 checkpoint_every=training.checkpoint_every,
+                micro_batch=training.micro_batch,
                 on_checkpoint=checkpoint,
                 lookahead=training.lookahead,
             )

@@ -6,6 +6,7 @@ other scalar it returns (e.g. "acc") is a batch mean, averaged here over the epo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -110,28 +111,33 @@ def train_one_epoch(
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[int, Meter], None] | None = None,
     lookahead: Lookahead | None = None,
+    micro_batch: int = 0,
 ) -> tuple[dict[str, float], int]:
     """Forward, loss, backward and optimizer step over every batch; returns the epoch's means
     and the number of examples seen (by all ranks together).
 
     A resumed epoch passes the `meter` it had and `start_step`: the batches before it are drawn,
     so the order and augmentation replay exactly, but not trained on again. Every
-    `checkpoint_every` steps, once the loss is known to be finite, `on_checkpoint(steps_done, meter)`."""
+    `checkpoint_every` steps, once the loss is known to be finite, `on_checkpoint(steps_done, meter)`.
+    With `micro_batch`, each batch goes forward and backward that many examples at a time."""
     model.train()
     meter = meter or Meter()
     for i, batch in enumerate(batches):
         if i < start_step:
             continue
-        with precision.autocast():
-            result = step(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(result["loss"]).backward()
+        if micro_batch and batch_size_of(batch) > micro_batch:
+            forward_backward_in_parts(model, step, batch, micro_batch, precision, scaler, meter)
+        else:
+            with precision.autocast():
+                result = step(model, batch)
+            scaler.scale(result["loss"]).backward()
+            meter.update(result, batch_size_of(batch))
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         if lookahead is not None:
             lookahead.after_step(scheduler.last_epoch)  # the schedule counts the run's steps
-        meter.update(result, batch_size_of(batch))
         if progress is not None:
             progress.step(meter)
         done = i + 1
@@ -141,6 +147,32 @@ def train_one_epoch(
     means = meter.means(ranks)
     _check_finite(means.get("loss", 0.0), "in this epoch")
     return means, meter.count
+
+
+def forward_backward_in_parts(
+    model: nn.Module,
+    step: Step,
+    batch: tuple[torch.Tensor, ...],
+    size: int,
+    precision: Precision,
+    scaler: torch.amp.GradScaler,
+    meter: Meter,
+) -> None:
+    """Gradients of `batch`'s mean loss, at most `size` examples at a time: each part's mean loss weighted
+    by its share of the batch, so that the summed gradients are the whole batch's (batch norm aside,
+    which normalises each part by its own statistics). Under DDP the ranks average the gradients
+    once, after the last part."""
+    n = batch_size_of(batch)
+    count = -(-n // size)  # as many parts as `size` needs, as equal as they come: 257 by 256 is 129 + 128
+    parts = zip(*(t.tensor_split(count) for t in batch), strict=True)
+    for k, part in enumerate(parts):
+        last = k == count - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with precision.autocast():
+                result = step(model, part)
+            scaler.scale(result["loss"] * (batch_size_of(part) / n)).backward()
+        meter.update(result, batch_size_of(part))
 
 
 def _check_finite(loss_sum: float, where: str) -> None:

@@ -614,6 +614,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         before_epoch=freeze.set_epoch if freeze is not None else None,
         ranks=ranks,
         checkpoint_every=config.checkpoint_every,
+        micro_batch=config.micro_batch,
         lookahead=build_lookahead(config, model, len(train_batches)),
     )
     meta = {

@@ -318,6 +318,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         precision,
         ranks=ranks,
         checkpoint_every=config.checkpoint_every,
+        micro_batch=config.micro_batch,
         lookahead=build_lookahead(config, model, len(job.train_batches)),
     )
     meta = {"task": job.task, "model": {"name": config.model, "args": job.model_args}, **job.meta}
