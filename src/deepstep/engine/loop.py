@@ -126,13 +126,7 @@ def train_one_epoch(
         if i < start_step:
             continue
         optimizer.zero_grad(set_to_none=True)
-        if micro_batch and batch_size_of(batch) > micro_batch:
-            forward_backward_in_parts(model, step, batch, micro_batch, precision, scaler, meter)
-        else:
-            with precision.autocast():
-                result = step(model, batch)
-            scaler.scale(result["loss"]).backward()
-            meter.update(result, batch_size_of(batch))
+        forward_backward(model, step, batch, micro_batch, precision, scaler, meter)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -149,29 +143,32 @@ def train_one_epoch(
     return means, meter.count
 
 
-def forward_backward_in_parts(
+def forward_backward(
     model: nn.Module,
     step: Step,
-    batch: tuple[torch.Tensor, ...],
-    size: int,
+    batch: Any,
+    micro_batch: int,
     precision: Precision,
     scaler: torch.amp.GradScaler,
     meter: Meter,
 ) -> None:
-    """Gradients of `batch`'s mean loss, at most `size` examples at a time: each part's mean loss weighted
-    by its share of the batch, so that the summed gradients are the whole batch's (batch norm aside,
-    which normalises each part by its own statistics). Under DDP the ranks average the gradients
-    once, after the last part."""
+    """Forward pass, loss and backward pass of one batch, its results counted in `meter`.
+
+    With `micro_batch` below the batch's size, at most that many examples at a time: each part's
+    mean loss weighted by its share of the batch, so that the summed gradients are the whole
+    batch's (batch norm aside, which normalises each part by its own statistics). Under DDP the
+    ranks average the gradients once, after the last part."""
     n = batch_size_of(batch)
-    count = -(-n // size)  # as many parts as `size` needs, as equal as they come: 257 by 256 is 129 + 128
-    parts = zip(*(t.tensor_split(count) for t in batch), strict=True)
+    count = -(-n // micro_batch) if micro_batch else 1  # parts as equal as they come: 257 by 256 is 129 + 128
+    parts = [batch] if count <= 1 else list(zip(*(t.tensor_split(count) for t in batch), strict=True))
     for k, part in enumerate(parts):
-        last = k == count - 1
+        last = k == len(parts) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with precision.autocast():
                 result = step(model, part)
-            scaler.scale(result["loss"] * (batch_size_of(part) / n)).backward()
+            loss = result["loss"] if len(parts) == 1 else result["loss"] * (batch_size_of(part) / n)
+            scaler.scale(loss).backward()
         meter.update(result, batch_size_of(part))
 
 
