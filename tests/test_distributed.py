@@ -178,6 +178,22 @@ def test_a_frozen_backbone_that_unfreezes_trains_under_torchrun(image_folder, tm
     assert not torch.equal(two["features.0.0.weight"], pretrained["features.0.0.weight"])  # trained in epoch 2
 
 
+def test_airbench_stops_its_whitening_bias_under_torchrun(image_folder, tmp_path):
+    # The bias needs gradients in epoch 1 and none from epoch 2 on, after DDP wrapped the model.
+    common = ["train", "--data", str(image_folder), "--model", "airbench", "--model-arg", "width=4"]
+    common += ["--model-arg", "whiten_bias_epochs=1", "--batch-size", "8", "--precision", "32", "--device", "cpu"]
+    common += ["--lr", "0.05", "--out", "runs/two", "--quiet"]
+    done = _torchrun([*common, "--epochs", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr[-8000:]
+    first, _ = _last("runs/two")
+    done = _torchrun([*common, "--epochs", "2", "--resume"], tmp_path)
+    assert done.returncode == 0, done.stderr[-8000:]
+    second, rows = _last("runs/two")
+    assert len(rows) == 3  # header and two epochs
+    assert first["whiten.bias"].abs().sum() > 0 and torch.equal(second["whiten.bias"], first["whiten.bias"])
+    assert not torch.equal(second["fc.weight"], first["fc.weight"])
+
+
 def _freeze_then_unfreeze(rank: int, init_file: str, out: str) -> None:
     """One of two gloo ranks: a net whose first layer is frozen for one step, then trained for two,
     each rank on its half of a fixed global batch; saves the weights it ends with."""

@@ -150,6 +150,21 @@ def test_training_airbench_sets_its_whitening_layer_from_the_data_and_keeps_it(i
     assert torch.allclose(moment, torch.eye(12, dtype=torch.float64), atol=0.02)
 
 
+def test_the_airbench_whitening_bias_learns_in_its_first_epochs_only(image_folder):
+    import deepstep
+    from deepstep.engine.run_dir import RunDir
+    from deepstep.tasks.image_classification import load_trained
+
+    settings = dict(data=str(image_folder), model="airbench", batch_size=16, lr=0.05, out="runs/bias", verbose=False)
+    deepstep.train(**settings, model_args={"width": 4, "whiten_bias_epochs": 1}, epochs=1)
+    first = load_trained(RunDir.open("runs/bias"), "last").model
+    deepstep.train(**settings, model_args={"width": 4, "whiten_bias_epochs": 1}, epochs=2, resume=True)
+    second = load_trained(RunDir.open("runs/bias"), "last").model
+    assert first.whiten.bias.abs().sum() > 0  # learned in epoch 1 (it starts at 0)
+    assert torch.equal(second.whiten.bias, first.whiten.bias)  # and not in epoch 2
+    assert not torch.equal(second.fc.weight, first.fc.weight)  # while the rest went on learning
+
+
 def test_the_airbench_recipe_trains_with_fixed_norm_scales_and_moving_shifts(image_folder):
     import deepstep
     from deepstep.engine.run_dir import RunDir

@@ -277,7 +277,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # flip-translate TTA (89.46% without) in 3,108 s, and 90.27% (89.27%) in a second run; on a 2-core
     # AMX CPU in bf16 (418-648 img/s), 90.30% (89.37%) in 938 s; see the README. On that CPU add
     # `--micro-batch 256` (20-30% more img/s in alternating runs of one process; with it, 90.41%
-    # (89.42%) in 1,085 s on a slower hour); not set here, since a GPU wants its batches whole.
+    # (89.42%) in 1,085 s on a slower hour; 90.25% (89.59%) in 802 s with the whitening bias stopped
+    # after 3 epochs); not set here, since a GPU wants its batches whole.
     "cifar-airbench": {
         "model": "airbench",
         "batch_size": 1024,

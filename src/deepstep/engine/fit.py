@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +34,8 @@ class Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     precision: Precision
     scaler: torch.amp.GradScaler = field(init=False)
-    # Called with the (1-based) epoch before it trains, e.g. to freeze or unfreeze layers.
-    before_epoch: Callable[[int], None] | None = None
+    # Each called with the (1-based) epoch before it trains, e.g. to freeze or unfreeze layers.
+    before_epoch: Sequence[Callable[[int], None]] = ()
     # Under torchrun: this process's rank; only rank 0 logs and writes.
     ranks: Ranks = SINGLE
     # Save `last` every this many steps inside an epoch too (0: at the end of each epoch only).
@@ -160,8 +160,8 @@ def fit(
     if not main:
         progress, log = False, lambda message: None
     for epoch in range(state.epoch + 1, epochs + 1):
-        if training.before_epoch is not None:
-            training.before_epoch(epoch)
+        for hook in training.before_epoch:
+            hook(epoch)
         if hasattr(training.train_batches, "set_epoch"):  # as a DistributedSampler is told the epoch
             training.train_batches.set_epoch(epoch)
         partial = state.partial or {

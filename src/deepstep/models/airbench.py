@@ -8,8 +8,10 @@ whitens their 2x2 patches (each output channel is one principal direction of the
 scaled to unit variance, and its negative: 2 x 12 channels for 3-channel images). The network
 then starts from decorrelated inputs, which is much of why airbench trains in so few epochs.
 As in airbench94, every 3x3 conv starts with identity filters for its first channels, and the
-batch norms learn only their shift (scale fixed at 1); `--recipe cifar-airbench` holds the rest
-of its training (batch 1024, the norm shifts at 64x the learning rate, Lookahead, ...).
+batch norms learn only their shift (scale fixed at 1), and the whitening layer's bias learns for
+the first 3 epochs only (`whiten_bias_epochs`; from then on the backward pass stops before the
+first block, which saves its input gradient); `--recipe cifar-airbench` holds the rest of its
+training (batch 1024, the norm shifts at 64x the learning rate, Lookahead, ...).
 """
 
 from __future__ import annotations
@@ -76,8 +78,18 @@ def whitening_weights(images: torch.Tensor, patch: int, eps: float = 5e-4, chunk
 
 
 class Airbench(nn.Module):
-    def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3, scale: float = 1 / 9):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: int = 64,
+        in_channels: int = 3,
+        scale: float = 1 / 9,
+        whiten_bias_epochs: int = 3,
+    ):
         super().__init__()
+        if whiten_bias_epochs < 0:
+            raise ValueError(f"whiten_bias_epochs is a number of epochs >= 0, got {whiten_bias_epochs}")
+        self.whiten_bias_epochs = whiten_bias_epochs
         whiten_width = 2 * in_channels * WHITEN_PATCH * WHITEN_PATCH  # each direction and its negative
         self.whiten = nn.Conv2d(in_channels, whiten_width, kernel_size=WHITEN_PATCH, bias=True)  # (B, 24, 31, 31)
         self.whiten.weight.requires_grad_(False)  # set by init_from_data; its bias is learned
@@ -97,6 +109,11 @@ class Airbench(nn.Module):
         self.whiten.bias.zero_()
         return f"whitening layer set from the {WHITEN_PATCH}x{WHITEN_PATCH} patches of {len(images):,} training images"
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called by training before each (1-based) epoch: the whitening bias learns only in the first
+        `whiten_bias_epochs` epochs (airbench94: 3)."""
+        self.whiten.bias.requires_grad_(epoch <= self.whiten_bias_epochs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.block2(self.block1(self.act(self.whiten(x)))))
         return self.fc(self.flatten(self.pool(x))) * self.scale
@@ -106,7 +123,7 @@ class Airbench(nn.Module):
     "airbench",
     input_size=(3, 32, 32),
     description="airbench94-style net for 32x32 images: fixed whitening layer set from the data, "
-    "conv-pool-BN-GELU blocks; width option",
+    "conv-pool-BN-GELU blocks; width and whiten_bias_epochs options",
 )
-def airbench(num_classes: int = 10, width: int = 64) -> nn.Module:
-    return Airbench(num_classes, width)
+def airbench(num_classes: int = 10, width: int = 64, whiten_bias_epochs: int = 3) -> nn.Module:
+    return Airbench(num_classes, width, whiten_bias_epochs=whiten_bias_epochs)

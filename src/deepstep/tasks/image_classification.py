@@ -574,7 +574,9 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         initialised = init_from_data(model, data, config.seed)
     model = model.to(device)
     kernels = _choose_kernels(model, precision, config.batch_size, device)
-    model = distributed.wrap(model, ranks, device, compile=config.compile, freezes=freeze is not None)
+    # Before each epoch: --freeze-backbone's freeze, and the model's own (airbench stops its whitening bias)
+    epoch_hooks = [hook for hook in (freeze and freeze.set_epoch, getattr(model, "set_epoch", None)) if hook]
+    model = distributed.wrap(model, ranks, device, compile=config.compile, freezes=bool(epoch_hooks))
     train_batches = make_batches(
         data.train,
         data.prep,
@@ -611,7 +613,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         optimizer,
         scheduler,
         precision,
-        before_epoch=freeze.set_epoch if freeze is not None else None,
+        before_epoch=epoch_hooks,
         ranks=ranks,
         checkpoint_every=config.checkpoint_every,
         micro_batch=config.micro_batch,
