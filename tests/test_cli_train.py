@@ -132,7 +132,7 @@ def test_bf16_training_runs_and_records_what_precision_it_used(image_folder):
     assert device["precision"] == "bf16" and device["channels_last"] is True
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "muon"])
 def test_the_other_optimizers_train(image_folder, optimizer):
     assert (
         _train(image_folder, "--epochs", "1", "--optimizer", optimizer, "--lr", "0.001", "--schedule", "onecycle") == 0

@@ -8,7 +8,7 @@ from torch import nn
 
 from deepstep.engine.checkpoint import flatten, load_state, load_weights, save_checkpoint, unflatten
 from deepstep.engine.loop import evaluate, train_one_epoch
-from deepstep.engine.optim import build_optimizer, build_schedule
+from deepstep.engine.optim import build_optimizer, build_schedule, orthogonalize
 from deepstep.engine.precision import Precision, resolve_precision
 from deepstep.errors import CheckpointError, DeepstepError
 
@@ -149,7 +149,7 @@ def test_nested_state_with_int_keys_and_tuples_survives_flattening():
     assert restored["b"] == [1, "x"] and set(tensors) == {"a.0", "a.1.0"}
 
 
-@pytest.mark.parametrize("name", ["none", "step", "cosine", "onecycle"])
+@pytest.mark.parametrize("name", ["none", "step", "cosine", "onecycle", "linear"])
 def test_every_schedule_starts_low_or_at_the_base_rate_and_ends_no_higher(name):
     model = nn.Linear(2, 2)
     opt = build_optimizer("sgd", model, lr=1.0, momentum=0.9, nesterov=False, weight_decay=0.0)
@@ -174,7 +174,7 @@ def _rates(name, steps, **factors):
     return rates
 
 
-@pytest.mark.parametrize("name", ["cosine", "onecycle"])
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "linear"])
 def test_the_schedule_starts_and_ends_at_the_given_fractions_of_the_rate(name):
     rates = _rates(name, 100, start_factor=0.2, end_factor=0.07)
     warmup = 100 // 4 if name == "onecycle" else 10
@@ -182,6 +182,63 @@ def test_the_schedule_starts_and_ends_at_the_given_fractions_of_the_rate(name):
     assert max(rates) == pytest.approx(2.0) and rates[-1] == pytest.approx(2.0 * 0.07)
     assert min(rates) == pytest.approx(2.0 * 0.07)  # never below the end
     assert _rates(name, 100)[-1] == pytest.approx(0.0)  # the defaults: from and to zero
+
+
+def test_the_linear_schedule_without_a_warm_up_falls_straight_from_the_base_rate():
+    opt = build_optimizer("sgd", nn.Linear(2, 2), lr=2.0, momentum=0.9, nesterov=False, weight_decay=0.0)
+    sched = build_schedule("linear", opt, total_steps=100, warmup_steps=0)
+    rates = []
+    for _ in range(100):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[0] == 2.0 and rates[50] == pytest.approx(1.0) and rates[99] == pytest.approx(0.02)
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+
+
+@pytest.mark.parametrize("shape", [(64, 200), (200, 64), (8, 36)])
+def test_orthogonalize_evens_out_the_singular_values_and_keeps_the_directions(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    out = orthogonalize(g)
+    assert out.shape == g.shape and out.dtype == torch.float32
+    values = torch.linalg.svdvals(out.double())
+    assert values.min() > 0.5 and values.max() < 1.5  # from a spread of about 3.6x (64 x 200) to about even
+    u, _, vh = torch.linalg.svd(g.double(), full_matrices=False)
+    assert F.cosine_similarity(out.double().flatten(), (u @ vh).flatten(), dim=0) > 0.97
+
+
+def _muon_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+
+
+def test_muon_orthogonalises_the_filters_momentum_and_steps_the_rest_as_sgd():
+    model, twin = _muon_net(), _muon_net()
+    opt = build_optimizer(
+        "muon", model, lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.01, muon_lr=0.2, muon_momentum=0.6
+    )
+    sgd_params = [p for p in twin.parameters() if p.ndim != 4]
+    sgd = build_optimizer("sgd", twin, lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.01)
+    conv, filters = model[0].weight, twin[0].weight.detach().clone()
+    grads = [[torch.randn_like(p) for p in model.parameters()] for _ in range(2)]
+    buffer = None
+    for step_grads in grads:
+        for p, q, g in zip(model.parameters(), twin.parameters(), step_grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        sgd.step()
+        g = step_grads[0]  # the filters': momentum 0.6, Nesterov, then orthogonalised; norm fixed first
+        buffer = g.clone() if buffer is None else 0.6 * buffer + g
+        filters = filters * 2.0 / filters.norm()  # sqrt(4 output channels)
+        filters = filters - 0.2 * orthogonalize((g + 0.6 * buffer).reshape(4, -1)).view_as(filters)
+    assert torch.allclose(conv, filters, atol=1e-6)
+    others = [p for p in model.parameters() if p.ndim != 4]
+    assert all(torch.allclose(p, q, atol=1e-7) for p, q in zip(others, sgd_params, strict=True))
+
+
+def test_muon_needs_conv_filters():
+    with pytest.raises(DeepstepError, match="--optimizer muon steps conv filters, and LSTM has none"):
+        build_optimizer("muon", nn.LSTM(3, 4), lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.0)
 
 
 def test_norm_biases_learn_faster_and_are_decayed_as_much_per_step_as_the_weights():
@@ -209,7 +266,7 @@ def test_weight_decay_skips_biases_and_norm_scales():
 
 
 def test_nesterov_without_sgd_momentum_is_a_one_line_error():
-    with pytest.raises(DeepstepError, match="--nesterov needs --optimizer sgd and a --momentum above 0"):
+    with pytest.raises(DeepstepError, match="--nesterov needs --optimizer sgd or muon and a --momentum above 0"):
         build_optimizer("sgd", nn.Linear(2, 2), lr=0.1, momentum=0.0, nesterov=True, weight_decay=0.0)
 
 

@@ -183,3 +183,25 @@ def test_the_airbench_recipe_trains_with_fixed_norm_scales_and_moving_shifts(ima
     norms = [m for m in load_trained(RunDir.open(run.path)).model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)  # the scale stays 1
     assert all(m.bias.abs().sum() > 0 for m in norms)  # the shifts were learned (they start at 0)
+
+
+def test_the_airbench_muon_recipe_trains_the_filters_with_muon(image_folder):
+    import deepstep
+    from deepstep.engine.checkpoint import load_state
+
+    run = deepstep.train(
+        data=str(image_folder),
+        recipe="cifar-airbench-muon",
+        model_args={"width": 4},
+        epochs=2,
+        batch_size=16,
+        out="runs/air-muon",
+        verbose=False,
+    )
+    assert run.config["optimizer"] == "muon" and run.config["schedule"] == "linear"
+    groups = load_state(run.path / "checkpoints", "last")["optimizer"]["param_groups"]
+    muon = [g for g in groups if g["muon"]]
+    # the whitening filters (fixed: never stepped) and the six 3x3 convs at Muon's rate; the rest as SGD
+    assert len(muon) == 1 and len(muon[0]["params"]) == 7 and muon[0]["lr"] == 0.0  # the schedule ends at 0
+    assert muon[0]["initial_lr"] == 0.24 and muon[0]["momentum"] == 0.6
+    assert {g["initial_lr"] for g in groups if not g["muon"]} == {1.66, 1.66 * 64}

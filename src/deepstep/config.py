@@ -17,8 +17,8 @@ from typing import Any
 
 from deepstep.errors import DeepstepError, did_you_mean
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("none", "step", "cosine", "onecycle")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
+SCHEDULES = ("none", "step", "cosine", "onecycle", "linear")
 PRECISIONS = ("auto", "32", "bf16", "16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 IN_MEMORY = ("auto", "yes", "no")
@@ -78,6 +78,8 @@ class TrainConfig:
     lr_start_factor: float = 0.0
     lr_end_factor: float = 0.0
     norm_lr_scale: float = 1.0
+    muon_lr: float = 0.24
+    muon_momentum: float = 0.6
     label_smoothing: float = 0.0
     lookahead: bool = False
     augment: bool = False
@@ -120,7 +122,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0 <= value < 1:
                 raise DeepstepError(f"--{_flag(name)} must be in [0, 1), got {value}")
-        for name in ("momentum", "label_smoothing", "warmup"):
+        for name in ("momentum", "muon_momentum", "label_smoothing", "warmup"):
             if not 0 <= getattr(self, name) < 1:
                 raise DeepstepError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.weight_decay < 0:
@@ -132,10 +134,13 @@ class TrainConfig:
             raise DeepstepError(
                 "--lr-start-factor sets where the warm-up starts: add --warmup F or --schedule onecycle"
             )
-        if self.lr_end_factor and self.schedule not in ("cosine", "onecycle"):
+        if self.lr_end_factor and self.schedule not in ("cosine", "onecycle", "linear"):
             raise DeepstepError(
-                f"--lr-end-factor sets where --schedule cosine or onecycle ends; --schedule {self.schedule} has no end"
+                f"--lr-end-factor sets where --schedule cosine, onecycle or linear ends; "
+                f"--schedule {self.schedule} has no end"
             )
+        if not self.muon_lr > 0:
+            raise DeepstepError(f"--muon-lr must be positive, got {self.muon_lr}")
         if not self.norm_lr_scale > 0:
             raise DeepstepError(f"--norm-lr-scale must be positive, got {self.norm_lr_scale}")
         if self.patience < 0:
@@ -298,6 +303,32 @@ RECIPES: dict[str, dict[str, Any]] = {
         "crop_padding": 2,
         "alternate_flip": True,
         "epochs": 10,
+    },
+    # airbench94's Muon version (94.01% test with TTA in 8 epochs, n=200 runs, on an A100): Muon
+    # for the conv filters at lr 0.24, momentum 0.6; SGD-Nesterov at momentum 0.85 for the rest.
+    # Its rates per summed loss of 2,000 images, in this model's form (logits x 1/9): head 0.67
+    # -> 1.66, norm shifts 0.053 -> 64x that; weight decay 0.004 per step -> 2.4e-3 at that lr;
+    # straight down from the first step to 0; no Lookahead. The whitening bias stops after 3
+    # epochs as there, but learns at --lr and is not decayed (there: the shifts' rate, down to 0).
+    # On the 2-core AMX CPU in bf16 with `--micro-batch 256`: 90.31% test with flip-translate TTA
+    # (89.07% without) in 679 s, against cifar-airbench's 90.25% (89.59%) in 802 s; see the README.
+    "cifar-airbench-muon": {
+        "model": "airbench",
+        "batch_size": 2000,
+        "optimizer": "muon",
+        "muon_lr": 0.24,
+        "muon_momentum": 0.6,
+        "lr": 1.66,
+        "momentum": 0.85,
+        "nesterov": True,
+        "weight_decay": 2.4e-3,
+        "norm_lr_scale": 64.0,
+        "schedule": "linear",
+        "label_smoothing": 0.2,
+        "augment": True,
+        "crop_padding": 2,
+        "alternate_flip": True,
+        "epochs": 8,
     },
 }
 

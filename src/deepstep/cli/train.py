@@ -236,7 +236,10 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("lr", {"type": float, "metavar": "LR", "help": "learning rate (default 0.01)"}),
-    ("optimizer", {"choices": OPTIMIZERS, "help": "default sgd"}),
+    (
+        "optimizer",
+        {"choices": OPTIMIZERS, "help": "default sgd; muon: Muon for conv filters (--muon-lr), SGD for the rest"},
+    ),
     ("momentum", {"type": float, "metavar": "M", "help": "SGD momentum (default 0.9)"}),
     ("nesterov", {"action": argparse.BooleanOptionalAction, "help": "Nesterov momentum (SGD)"}),
     (
@@ -265,7 +268,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {
             "type": float,
             "metavar": "F",
-            "help": "--schedule onecycle or cosine ends at F x --lr (default 0; airbench94: 0.07)",
+            "help": "--schedule onecycle, cosine or linear ends at F x --lr (default 0; airbench94: 0.07)",
         },
     ),
     (
@@ -276,6 +279,14 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "help": "the biases of normalisation layers learn at S x --lr, decayed per step as much as the "
             "weights (default 1, not decayed; airbench94: 64)",
         },
+    ),
+    (
+        "muon-lr",
+        {"type": float, "metavar": "LR", "help": "--optimizer muon: the conv filters' learning rate (default 0.24)"},
+    ),
+    (
+        "muon-momentum",
+        {"type": float, "metavar": "M", "help": "--optimizer muon: the filters' Nesterov momentum (default 0.6)"},
     ),
     ("label-smoothing", {"type": float, "metavar": "F", "help": "cross-entropy label smoothing (default 0)"}),
     (

@@ -47,10 +47,89 @@ def parameter_groups(
     return [group(*key, groups[key]) for key in order]
 
 
+def orthogonalize(matrix: torch.Tensor, steps: int = 3) -> torch.Tensor:
+    """About U V^T for `matrix` = U S V^T: its singular values moved into roughly [0.5, 1.5]
+    by a quintic Newton-Schulz iteration in bf16 (Muon's, with Jordan's coefficients, which
+    push small singular values up fast rather than converging exactly)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = matrix.to(torch.bfloat16)
+    x = x / (x.norm() + 1e-7)  # all singular values <= 1
+    wide = x.shape[0] <= x.shape[1]
+    if not wide:
+        x = x.T  # the Gram matrix of the short side is the smaller one
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x if wide else x.T).to(matrix.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Keller Jordan, 2024) for conv filters, as airbench94's Muon version trains them, and
+    SGD for every other parameter, in one optimizer (one schedule, one state to checkpoint).
+
+    Groups with `muon=True` (conv filters): the Nesterov momentum of the gradient, seen as a
+    matrix out_channels x (in_channels * kh * kw), is orthogonalised (all its directions the same
+    size) and taken as the step. Before each step the filters are rescaled to a Frobenius norm of
+    sqrt(out_channels): their scale stays fixed (the batch norm after them ignores it), in place of
+    weight decay; so it is meant for nets with batch norm after their convs. Other groups: SGD with
+    momentum, Nesterov and weight decay, computed as torch.optim.SGD computes them.
+    """
+
+    def __init__(self, groups: list[dict], lr: float, momentum: float, nesterov: bool, ns_steps: int = 3):
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": 0.0, "muon": False}
+        super().__init__(groups, {**defaults, "ns_steps": ns_steps})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            momentum = group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                step = p.grad
+                if group["weight_decay"] and not group["muon"]:
+                    step = step.add(p, alpha=group["weight_decay"])
+                if momentum:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        buffer = state["momentum_buffer"] = step.clone()
+                    else:
+                        buffer = state["momentum_buffer"].mul_(momentum).add_(step)
+                    step = step.add(buffer, alpha=momentum) if group["nesterov"] else buffer
+                if group["muon"]:
+                    p.mul_(math.sqrt(len(p)) / p.norm().clamp(min=1e-12))
+                    step = orthogonalize(step.reshape(len(step), -1), group["ns_steps"]).view_as(p)
+                p.add_(step, alpha=-group["lr"])
+        return loss
+
+
+def muon_groups(groups: list[dict], lr: float, muon_lr: float, muon_momentum: float) -> list[dict]:
+    """`groups` with their conv filters (4-d weights) moved into Muon groups: at `muon_lr` x the
+    group's share of `lr` (a scaled backbone keeps its scale), with Nesterov `muon_momentum` and
+    no weight decay (Muon fixes their norm instead)."""
+    split = []
+    for group in groups:
+        filters = [p for p in group["params"] if p.ndim == 4]
+        others = [p for p in group["params"] if p.ndim != 4]
+        if filters:
+            scale = group["lr"] / lr
+            split.append(
+                {"params": filters, "lr": muon_lr * scale, "momentum": muon_momentum, "nesterov": True, "muon": True}
+            )
+        if others:
+            split.append({**group, "params": others})
+    return split
+
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda groups, lr, momentum, nesterov: torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov),
     "adam": lambda groups, lr, momentum, nesterov: torch.optim.Adam(groups, lr=lr),
     "adamw": lambda groups, lr, momentum, nesterov: torch.optim.AdamW(groups, lr=lr),
+    "muon": lambda groups, lr, momentum, nesterov: Muon(groups, lr=lr, momentum=momentum, nesterov=nesterov),
 }
 
 
@@ -65,11 +144,20 @@ def build_optimizer(
     scaled: list[nn.Parameter] = (),
     lr_scale: float = 1.0,
     norm_lr_scale: float = 1.0,
+    muon_lr: float = 0.24,
+    muon_momentum: float = 0.6,
 ) -> torch.optim.Optimizer:
-    """SGD uses momentum/nesterov; Adam and AdamW use their default betas."""
-    if nesterov and (name != "sgd" or momentum <= 0):
-        raise DeepstepError("--nesterov needs --optimizer sgd and a --momentum above 0")
+    """SGD uses momentum/nesterov; Adam and AdamW use their default betas; Muon trains the conv
+    filters at `muon_lr` with (Nesterov) `muon_momentum`, and the rest as SGD does."""
+    if nesterov and (name not in ("sgd", "muon") or momentum <= 0):
+        raise DeepstepError("--nesterov needs --optimizer sgd or muon and a --momentum above 0")
     groups = parameter_groups(model, weight_decay, lr, scaled, lr_scale, norm_lr_scale)
+    if name == "muon":
+        if not any(p.ndim == 4 for p in model.parameters()):
+            raise DeepstepError(
+                f"--optimizer muon steps conv filters, and {type(model).__name__} has none: use sgd, adam or adamw"
+            )
+        groups = muon_groups(groups, lr, muon_lr, muon_momentum)
     return OPTIMIZERS[name](groups, lr, momentum, nesterov)
 
 
@@ -95,13 +183,18 @@ def _cosine(step: int, total: int, warmup: int, start: float, end: float) -> flo
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _one_cycle(step: int, total: int, warmup: int, start: float, end: float) -> float:
-    """Linear up to the peak over the warm-up (a quarter of training by default), linear down to
-    `end` x the peak (airbench94: up from 0.2, down to 0.07)."""
-    warmup = warmup or max(1, total // 4)
+def _linear(step: int, total: int, warmup: int, start: float, end: float) -> float:
+    """After the warm-up (none by default), linear from the base rate down to `end` x the base
+    rate (airbench94's Muon version: from the first step down to 0)."""
     if step < warmup:
         return _warmup(step, warmup, start)
     return end + (1 - end) * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _one_cycle(step: int, total: int, warmup: int, start: float, end: float) -> float:
+    """Linear up to the peak over the warm-up (a quarter of training by default), linear down to
+    `end` x the peak (airbench94: up from 0.2, down to 0.07)."""
+    return _linear(step, total, warmup or max(1, total // 4), start, end)
 
 
 SCHEDULES: dict[str, Callable[[int, int, int, float, float], float]] = {
@@ -109,6 +202,7 @@ SCHEDULES: dict[str, Callable[[int, int, int, float, float], float]] = {
     "step": _step_decay,
     "cosine": _cosine,
     "onecycle": _one_cycle,
+    "linear": _linear,
 }
 
 

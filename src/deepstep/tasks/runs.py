@@ -238,6 +238,8 @@ def optimization(
         scaled=list(scaled),
         lr_scale=config.backbone_lr_scale,
         norm_lr_scale=config.norm_lr_scale,
+        muon_lr=config.muon_lr,
+        muon_momentum=config.muon_momentum,
     )
     total_steps = config.epochs * steps_per_epoch
     schedule = build_schedule(
