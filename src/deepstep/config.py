@@ -311,7 +311,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # straight down from the first step to 0; no Lookahead. The whitening bias stops after 3
     # epochs as there, but learns at --lr and is not decayed (there: the shifts' rate, down to 0).
     # On the 2-core AMX CPU in bf16 with `--micro-batch 256`: 90.31% test with flip-translate TTA
-    # (89.07% without) in 679 s, against cifar-airbench's 90.25% (89.59%) in 802 s; see the README.
+    # (89.07% without) in 679 s, against cifar-airbench's 90.25% (89.59%) in 802 s; seed 1 on a
+    # faster hour, 90.34% (89.36%) in 532 s; see the README.
     "cifar-airbench-muon": {
         "model": "airbench",
         "batch_size": 2000,
