@@ -165,20 +165,26 @@ def test_the_airbench_whitening_bias_learns_in_its_first_epochs_only(image_folde
     assert not torch.equal(second.fc.weight, first.fc.weight)  # while the rest went on learning
 
 
-def test_the_airbench_recipe_trains_with_fixed_norm_scales_and_moving_shifts(image_folder):
+def _train_airbench_recipe(image_folder, recipe: str):
+    """Two epochs of `recipe` at width 4 and batch 16 on the generated images; the run."""
     import deepstep
-    from deepstep.engine.run_dir import RunDir
-    from deepstep.tasks.image_classification import load_trained
 
-    run = deepstep.train(
+    return deepstep.train(
         data=str(image_folder),
-        recipe="cifar-airbench",
+        recipe=recipe,
         model_args={"width": 4},
         epochs=2,
         batch_size=16,
-        out="runs/air-recipe",
+        out=f"runs/{recipe}",
         verbose=False,
     )
+
+
+def test_the_airbench_recipe_trains_with_fixed_norm_scales_and_moving_shifts(image_folder):
+    from deepstep.engine.run_dir import RunDir
+    from deepstep.tasks.image_classification import load_trained
+
+    run = _train_airbench_recipe(image_folder, "cifar-airbench")
     assert run.config["norm-lr-scale"] == 64.0 and run.config["alternate-flip"]
     norms = [m for m in load_trained(RunDir.open(run.path)).model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)  # the scale stays 1
@@ -186,18 +192,9 @@ def test_the_airbench_recipe_trains_with_fixed_norm_scales_and_moving_shifts(ima
 
 
 def test_the_airbench_muon_recipe_trains_the_filters_with_muon(image_folder):
-    import deepstep
     from deepstep.engine.checkpoint import load_state
 
-    run = deepstep.train(
-        data=str(image_folder),
-        recipe="cifar-airbench-muon",
-        model_args={"width": 4},
-        epochs=2,
-        batch_size=16,
-        out="runs/air-muon",
-        verbose=False,
-    )
+    run = _train_airbench_recipe(image_folder, "cifar-airbench-muon")
     assert run.config["optimizer"] == "muon" and run.config["schedule"] == "linear"
     groups = load_state(run.path / "checkpoints", "last")["optimizer"]["param_groups"]
     muon = [g for g in groups if g["muon"]]
