@@ -271,3 +271,12 @@ def test_an_image_model_for_a_series_is_a_one_line_error_that_names_the_sequence
         "trained for forecasting; use --model rnn, lstm or gru"
     )
     assert not Path("runs/r").exists()
+
+
+def test_muon_for_a_net_without_conv_filters_is_refused_before_a_run_folder_exists(seasonal_csv, capsys):
+    args = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--epochs", "1", "--hidden", "4"]
+    assert main([*args, "--optimizer", "muon", "--out", "runs/m"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "deepstep train: error: --optimizer muon steps conv filters, and lstm has none: use sgd, adam or adamw"
+    )
+    assert not Path("runs/m").exists()

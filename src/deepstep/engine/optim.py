@@ -133,6 +133,15 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 }
 
 
+def check_optimizer(name: str, model: nn.Module, model_name: str | None = None) -> None:
+    """Refuse an optimizer that has nothing to step in `model` (called before a run folder exists)."""
+    if name == "muon" and not any(p.ndim == 4 for p in model.parameters()):
+        raise DeepstepError(
+            f"--optimizer muon steps conv filters, and {model_name or type(model).__name__} has none: "
+            "use sgd, adam or adamw"
+        )
+
+
 def build_optimizer(
     name: str,
     model: nn.Module,
@@ -151,12 +160,9 @@ def build_optimizer(
     filters at `muon_lr` with (Nesterov) `muon_momentum`, and the rest as SGD does."""
     if nesterov and (name not in ("sgd", "muon") or momentum <= 0):
         raise DeepstepError("--nesterov needs --optimizer sgd or muon and a --momentum above 0")
+    check_optimizer(name, model)
     groups = parameter_groups(model, weight_decay, lr, scaled, lr_scale, norm_lr_scale)
     if name == "muon":
-        if not any(p.ndim == 4 for p in model.parameters()):
-            raise DeepstepError(
-                f"--optimizer muon steps conv filters, and {type(model).__name__} has none: use sgd, adam or adamw"
-            )
         groups = muon_groups(groups, lr, muon_lr, muon_momentum)
     return OPTIMIZERS[name](groups, lr, momentum, nesterov)
 

@@ -282,6 +282,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     from deepstep.engine import distributed
     from deepstep.engine.backends import set_cpu_threads
     from deepstep.engine.fit import Training, fit, resume
+    from deepstep.engine.optim import check_optimizer
     from deepstep.engine.precision import resolve_device, resolve_precision, supported_by
     from deepstep.models import create_model, get_model_spec
     from deepstep.models.shapes import format_size
@@ -299,6 +300,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     net = create_model(config.model, **job.model_args).to(device)
     precision = resolve_precision(config.precision, device, preset_source(config, "precision"))
     precision = supported_by(precision, net, auto=config.precision == "auto")  # before a run folder exists
+    check_optimizer(config.optimizer, net, config.model)
     run, changes = start_run(config, job.source_name, must_match, ranks, log)
     model = distributed.wrap(net, ranks, device, compile=config.compile)
     for batches in (job.train_batches, job.val_batches):
