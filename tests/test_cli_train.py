@@ -132,6 +132,30 @@ def test_bf16_training_runs_and_records_what_precision_it_used(image_folder):
     assert device["precision"] == "bf16" and device["channels_last"] is True
 
 
+def test_auto_precision_keeps_fp32_on_a_cpu_when_a_step_is_too_small_for_bf16_to_pay(image_folder, monkeypatch):
+    from deepstep.engine import precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)  # any CPU is made one with AMX here
+
+    def picked(*extra):
+        out = f"runs/auto{len(list(Path('runs').glob('auto*'))) if Path('runs').exists() else 0}"
+        assert _train(image_folder, "--epochs", "1", "--precision", "auto", *extra, out=out) == 0
+        device = json.loads((Path(out) / "run.json").read_text())["device"]
+        return device["precision"], device["precision_reason"]
+
+    # lenet: 651,720 multiply-adds an image; bf16 pays from 32 M a forward call
+    assert picked() == (
+        "32",
+        "auto: fp32 (a step of 5.2 M multiply-adds is too little work for bf16 autocast to pay on a CPU; "
+        "it pays from 32 M)",
+    )
+    assert picked("--batch-size", "64") == (
+        "bf16",
+        "auto: bf16 autocast, this CPU has AMX/AVX-512-BF16",
+    )
+    assert picked("--batch-size", "64", "--micro-batch", "16")[0] == "32"  # a part is what a call does
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "muon"])
 def test_the_other_optimizers_train(image_folder, optimizer):
     assert (

@@ -284,6 +284,25 @@ def test_bf16_precision_runs_matrix_work_in_bf16_on_the_cpu():
     assert math.isclose(float((torch.ones(2, 2) @ torch.ones(2, 2))[0, 0]), 2.0)
 
 
+def test_auto_bf16_on_a_cpu_falls_back_to_fp32_for_gru_and_rnn_layers_and_for_small_steps(monkeypatch):
+    from deepstep.engine import precision as prec
+
+    monkeypatch.setattr(prec, "_recurrent_error", lambda kind, device, name: None)  # every layer runs in bf16
+    auto = prec.Precision("bf16", "cpu", "auto: bf16 autocast, this CPU has AMX/AVX-512-BF16")
+    for layer, name in ((nn.GRU(2, 3), "GRU"), (nn.RNN(2, 3), "RNN")):
+        fallback = prec.supported_by(auto, nn.Sequential(nn.Linear(2, 2), layer), auto=True)
+        assert (fallback.name, fallback.reason) == ("32", f"auto: fp32 ({name} layers run slower in bf16 on a CPU)")
+        assert prec.supported_by(auto, layer, auto=False) is auto  # asked for explicitly: kept
+    assert prec.supported_by(auto, nn.LSTM(2, 3), auto=True) is auto  # the LSTM gains from bf16
+    on_gpu = prec.Precision("bf16", "cuda", "auto: bf16 autocast, supported by this GPU")
+    assert prec.supported_by(on_gpu, nn.GRU(2, 3), auto=True) is on_gpu
+
+    assert prec.pays_off(auto, 32_000_000, auto=True) is auto
+    small = prec.pays_off(auto, 31_999_999, auto=True)
+    assert small.name == "32" and "a step of 32.0 M multiply-adds is too little work" in small.reason
+    assert prec.pays_off(auto, 1, auto=False) is auto and prec.pays_off(on_gpu, 1, auto=True) is on_gpu
+
+
 def test_unwrap_finds_the_plain_module_under_torch_compile():
     from deepstep.engine.checkpoint import unwrap
 

@@ -83,13 +83,47 @@ def resolve_precision(requested: str, device: torch.device, preset: str = "") ->
     return Precision(requested, kind, f"--precision {requested}" + (f", {preset}" if preset else ""))
 
 
+# What `auto` does not pick on a CPU, though the CPU has fast bf16: measured on a 2-core AMX Xeon
+# (torch 2.14, training steps with deepstep's kernel choice for each precision, median of 5
+# alternating rounds in one process, 29 November 2026), bf16 step time / fp32 step time:
+# - convolutional nets with little work a step: LeNet at 4 / 8 / 16 / 32 / 64 images a step
+#   (2.6 / 5.2 / 10 / 21 / 42 M multiply-adds forward) 1.47 / 1.23 / 1.07 / 0.99 / 0.82;
+#   resnet-cifar at 4 / 16 images (96 / 385 M) 0.89 / 0.72. Autocast's casts of each layer's
+#   weights and inputs are a cost per call that bf16's faster matrix work repays only in bigger steps.
+# - GRU (hidden 64, 24 steps) at 64 / 256 / 1,024 windows 1.42 / 1.31 / 1.01, Elman RNN at 256
+#   1.40, where the LSTM gains (0.86 / 0.64 / 0.71).
+CPU_BF16_MIN_MULT_ADDS = 32_000_000
+CPU_SLOWER_IN_BF16 = (torch.nn.GRU, torch.nn.RNN)
+
+
+def pays_off(precision: Precision, step_mult_adds: int, auto: bool) -> Precision:
+    """bf16 that `auto` picked on a CPU, kept only when one forward call of a training step
+    (a batch, or its part with --micro-batch) has `CPU_BF16_MIN_MULT_ADDS` multiply-adds to do;
+    fp32 otherwise, which is faster there (measurements above)."""
+    if not auto or precision.name != "bf16" or precision.device_type != "cpu":
+        return precision
+    if step_mult_adds >= CPU_BF16_MIN_MULT_ADDS:
+        return precision
+    return Precision(
+        "32",
+        "cpu",
+        f"auto: fp32 (a step of {step_mult_adds / 1e6:.1f} M multiply-adds is too little work for bf16 "
+        f"autocast to pay on a CPU; it pays from {CPU_BF16_MIN_MULT_ADDS // 1_000_000} M)",
+    )
+
+
 def supported_by(precision: Precision, model: torch.nn.Module, auto: bool) -> Precision:
     """`precision`, checked against the model's recurrent layers, which oneDNN may not run in a
     lower precision (the LSTM in bf16 on a CPU without AVX-512-BF16 / AMX fails at the first
-    step). A precision `auto` picked falls back to fp32; an explicit one is refused in one line."""
+    step) or runs slower in it (GRU and RNN layers in bf16 on a CPU). A precision `auto` picked
+    falls back to fp32; an explicit one is refused in one line when it cannot run."""
     if precision.name == "32":
         return precision
-    for kind in sorted({type(m) for m in model.modules() if isinstance(m, torch.nn.RNNBase)}, key=str):
+    kinds = sorted({type(m) for m in model.modules() if isinstance(m, torch.nn.RNNBase)}, key=str)
+    slower = [k for k in kinds if issubclass(k, CPU_SLOWER_IN_BF16)]
+    if auto and precision.name == "bf16" and precision.device_type == "cpu" and slower:
+        return Precision("32", "cpu", f"auto: fp32 ({slower[0].__name__} layers run slower in bf16 on a CPU)")
+    for kind in kinds:
         error = _recurrent_error(kind, precision.device_type, precision.name)
         if not error:
             continue

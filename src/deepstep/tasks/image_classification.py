@@ -28,12 +28,12 @@ from deepstep.engine import distributed
 from deepstep.engine.backends import KernelChoice, apply_kernels, choose_cpu_kernels, set_cpu_threads
 from deepstep.engine.fit import Monitor, Training, fit, resume
 from deepstep.engine.loop import Step, evaluate
-from deepstep.engine.precision import Precision, resolve_device, resolve_precision
+from deepstep.engine.precision import Precision, pays_off, resolve_device, resolve_precision
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError, did_you_mean
 from deepstep.hardware import available_cores
 from deepstep.models import check_input, create_model, get_model_spec
-from deepstep.models.shapes import format_size
+from deepstep.models.shapes import format_size, multiply_adds
 from deepstep.tasks.metrics import save_confusion
 from deepstep.tasks.runs import (
     build_lookahead,
@@ -211,16 +211,20 @@ def progressive_epochs(
     return epochs
 
 
-def check_model_fits(model_name: str, model_args: dict[str, Any], channels: int, size: tuple[int, int]) -> int:
+def check_model_fits(
+    model_name: str, model_args: dict[str, Any], channels: int, size: tuple[int, int]
+) -> tuple[int, int]:
     """Build the model on the meta device (no memory) and push a dummy input through it.
 
-    Returns the parameter count; raises a one-line error naming the first layer that does not fit.
+    Returns the parameter count and the multiply-adds of one image's forward pass; raises a
+    one-line error naming the first layer that does not fit.
     """
     spec = get_model_spec(model_name)
     with torch.device("meta"):
         model = create_model(model_name, **model_args)
-    check_input(model, model_name, (channels, *size), spec.input_size)
-    return sum(p.numel() for p in model.parameters())
+    layers = check_input(model, model_name, (channels, *size), spec.input_size)
+    mult_adds = sum(multiply_adds(layer.module, layer.input_shape, layer.output_shape) for layer in layers)
+    return sum(p.numel() for p in model.parameters()), mult_adds
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -563,7 +567,9 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         elif given and not isinstance(data.train, Pixels):
             log(f"note: {flag} is for images held in memory; streamed ones {streamed}")
     model_args = {"num_classes": len(data.source.classes), **config.model_args}
-    parameters = check_model_fits(config.model, model_args, channels, size)
+    parameters, image_mult_adds = check_model_fits(config.model, model_args, channels, size)
+    part = min(config.batch_size, config.micro_batch or config.batch_size)  # what one forward call takes
+    precision = pays_off(precision, part * image_mult_adds, auto=config.precision == "auto")
     window_epochs = progressive_epochs(config, model_args, channels, size, data, log)
     run, changes = start_run(config, data.source.name, RESUME_MUST_MATCH, ranks, log)
 
