@@ -107,8 +107,8 @@ def pays_off(precision: Precision, step_mult_adds: int, auto: bool) -> Precision
     return Precision(
         "32",
         "cpu",
-        f"auto: fp32 (a step of {step_mult_adds / 1e6:.1f} M multiply-adds is too little work for bf16 "
-        f"autocast to pay on a CPU; it pays from {CPU_BF16_MIN_MULT_ADDS // 1_000_000} M)",
+        f"auto: fp32; bf16 autocast pays on a CPU from {CPU_BF16_MIN_MULT_ADDS // 1_000_000} M multiply-adds "
+        f"a step, and this one has {step_mult_adds / 1e6:.1f} M",
     )
 
 
@@ -122,7 +122,7 @@ def supported_by(precision: Precision, model: torch.nn.Module, auto: bool) -> Pr
     kinds = sorted({type(m) for m in model.modules() if isinstance(m, torch.nn.RNNBase)}, key=str)
     slower = [k for k in kinds if issubclass(k, CPU_SLOWER_IN_BF16)]
     if auto and precision.name == "bf16" and precision.device_type == "cpu" and slower:
-        return Precision("32", "cpu", f"auto: fp32 ({slower[0].__name__} layers run slower in bf16 on a CPU)")
+        return Precision("32", "cpu", f"auto: fp32; {slower[0].__name__} layers run slower in bf16 on a CPU")
     for kind in kinds:
         error = _recurrent_error(kind, precision.device_type, precision.name)
         if not error:
