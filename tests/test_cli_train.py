@@ -155,6 +155,30 @@ def test_auto_precision_keeps_fp32_on_a_cpu_when_a_step_is_too_small_for_bf16_to
     assert picked("--batch-size", "64", "--micro-batch", "16")[0] == "32"  # a part is what a call does
 
 
+def test_a_batch_too_big_for_a_cpus_caches_gets_a_note_that_suggests_micro_batches(image_folder, monkeypatch, capsys):
+    from deepstep.tasks import image_classification as ic
+
+    airbench = ic.check_model_fits("airbench", {"num_classes": 10}, 3, (32, 32))
+    assert airbench == ic.ModelCost(parameters=1_972_792, mult_adds=118_147_360, activation_bytes=1_415_144)
+    note = ic.micro_batch_hint(ic.TrainConfig(batch_size=1024), airbench, torch.device("cpu"))
+    assert note == (
+        "note: a batch of 1024 holds 1.3 GiB of activations, which run faster in parts on a CPU: try "
+        "--micro-batch 256 (the same steps; batch norm then normalises each part on its own)"
+    )
+    assert ic.micro_batch_hint(ic.TrainConfig(batch_size=256), airbench, torch.device("cpu")) is None
+    assert ic.micro_batch_hint(ic.TrainConfig(batch_size=1024, micro_batch=256), airbench, torch.device("cpu")) is None
+    assert ic.micro_batch_hint(ic.TrainConfig(batch_size=1024), airbench, torch.device("cuda")) is None
+    lenet = ic.check_model_fits("lenet", {"num_classes": 3}, 3, (32, 32))  # 32,348 bytes an image
+    assert ic.micro_batch_hint(ic.TrainConfig(batch_size=1024), lenet, torch.device("cpu")) is None
+
+    monkeypatch.setattr(ic, "CPU_PARTS_HINT_BYTES", 2**18)  # lenet's batch of 16 passes a 256 KiB threshold
+    args = ["train", "--data", str(image_folder), "--model", "lenet", "--epochs", "1", "--batch-size", "16"]
+    assert main([*args, "--out", "runs/whole"]) == 0
+    assert "try --micro-batch 4 (the same steps" in capsys.readouterr().out  # parts under 3/4 of it
+    assert main([*args, "--micro-batch", "4", "--out", "runs/parts"]) == 0
+    assert "--micro-batch" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "muon"])
 def test_the_other_optimizers_train(image_folder, optimizer):
     assert (
