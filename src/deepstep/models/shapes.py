@@ -163,6 +163,11 @@ def size_formula(module: nn.Module, input_shape: tuple[int, ...]) -> str:
     return ""
 
 
+def activation_bytes(layer: LayerShape) -> int:
+    """Bytes of one example's output of `layer`, in fp32."""
+    return math.prod(layer.output_shape[1:]) * 4
+
+
 def multiply_adds(module: nn.Module, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> int:
     """Multiply-adds of one call for one example (the first dimension is the batch)."""
     out_elements = math.prod(output_shape[1:])
@@ -249,7 +254,7 @@ def summarize(
                 multiply_adds(layer.module, layer.input_shape, layer.output_shape),
             )
         )
-        activations += math.prod(layer.output_shape[1:]) * 4  # fp32 bytes
+        activations += activation_bytes(layer)
     return Summary(
         model_name,
         tuple(input_size),

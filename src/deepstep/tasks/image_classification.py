@@ -34,7 +34,7 @@ from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError, did_you_mean
 from deepstep.hardware import available_cores
 from deepstep.models import check_input, create_model, get_model_spec
-from deepstep.models.shapes import format_size, multiply_adds
+from deepstep.models.shapes import activation_bytes, format_size, multiply_adds
 from deepstep.tasks.metrics import save_confusion
 from deepstep.tasks.runs import (
     build_lookahead,
@@ -233,7 +233,7 @@ def check_model_fits(model_name: str, model_args: dict[str, Any], channels: int,
     return ModelCost(
         sum(p.numel() for p in model.parameters()),
         sum(multiply_adds(layer.module, layer.input_shape, layer.output_shape) for layer in layers),
-        sum(math.prod(layer.output_shape[1:]) * 4 for layer in layers),
+        sum(activation_bytes(layer) for layer in layers),
     )
 
 
