@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from deepstep.engine.backends import keep_freed_memory
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 cifar_archive = SHARED_CIFAR  # --cifar replaces it
@@ -426,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seeds must be 1 or more, got {args.seeds}")
     global cifar_archive, runs_root
     cifar_archive = args.cifar or SHARED_CIFAR
+    # deepstep's training sets this process-wide on a CPU; set from the start, every contender runs with it
+    freed_memory_kept = keep_freed_memory()
     results = {
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -434,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            "freed_memory_kept": freed_memory_kept,
         },
         "quick": args.quick,
         "benchmarks": {},

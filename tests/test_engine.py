@@ -1,4 +1,7 @@
 import math
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -364,3 +367,30 @@ def test_lookahead_averages_ever_more_strongly_from_30_percent_of_the_steps_and_
     weight(30.0)
     lookahead.after_step(24)  # the last update is the strongest, rho = 0.95**5, and the run ends on it
     assert weight() == pytest.approx(0.95**5 * slow + (1 - 0.95**5) * 30.0)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only"
+)
+def test_keep_freed_memory_stops_training_steps_page_faulting_on_fresh_memory():
+    # in a fresh process, as the setting is process-wide
+    code = """
+import resource, statistics, torch
+from torch import nn
+from deepstep.engine.backends import keep_freed_memory
+torch.manual_seed(0)
+net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.Flatten())
+images = torch.randn(128, 3, 32, 32)  # each layer's output is a 16 MiB block
+def faults_per_step():
+    counts = []
+    for _ in range(6):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        net(images).sum().backward()
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return statistics.median(counts[2:])
+print(faults_per_step(), keep_freed_memory(), faults_per_step())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    default, kept, after = float(out[0]), out[1], float(out[2])
+    assert kept == "True"
+    assert default > 1000 and after < default / 4

@@ -26,7 +26,13 @@ from deepstep.data.sources import ImageSource, ImageSplit, default_data_dir, ope
 from deepstep.data.splits import stratified_split
 from deepstep.data.streaming import FileBatches, eval_transform, sample_images, sample_stats, train_transform
 from deepstep.engine import distributed
-from deepstep.engine.backends import KernelChoice, apply_kernels, choose_cpu_kernels, set_cpu_threads
+from deepstep.engine.backends import (
+    KernelChoice,
+    apply_kernels,
+    choose_cpu_kernels,
+    keep_freed_memory,
+    set_cpu_threads,
+)
 from deepstep.engine.fit import Monitor, Training, fit, resume
 from deepstep.engine.loop import Step, evaluate
 from deepstep.engine.precision import Precision, pays_off, resolve_device, resolve_precision
@@ -579,6 +585,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     log, progress = distributed.quiet_unless_main(log), progress and ranks.main
     precision = resolve_precision(config.precision, device, preset_source(config, "precision"))
     threads = set_cpu_threads() if device.type == "cpu" else None
+    if device.type == "cpu":
+        keep_freed_memory()
     seed_everything(config.seed)
 
     if config.resume:  # refuse a meaningless resume before decoding anything
