@@ -46,8 +46,10 @@ def keep_freed_memory() -> bool:
 
     By default glibc maps blocks of 128 KiB and more straight from the OS, raising that bar only
     after each free, and hands the heap's free top back once it passes twice the bar; every step
-    then page-faults on fresh pages. airbench at 250 images a step took 54,000 minor faults and
-    0.15 s of system time a step that way, and none with this (three processes each).
+    then page-faults on fresh pages. airbench at 250 images a step took 33,000-58,000 minor faults
+    and 0.09-0.19 s of system time a step that way, and 0-230 faults with this (separate
+    processes); one epoch of `--recipe cifar-airbench-muon --micro-batch 256` took 97-101 s
+    against 109-121 s (three alternating pairs, 29 November 2026), for 3-12% more peak memory.
     32 MiB is the largest bar glibc accepts: blocks above it are still mapped and unmapped (a
     smaller `--micro-batch` brings a step's tensors under it).
     """
