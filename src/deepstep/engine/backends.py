@@ -63,6 +63,15 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def prepare_cpu(device: torch.device) -> int | None:
+    """For training on `device`: on a CPU, one thread per core and freed memory kept; returns the
+    thread count, None on other devices."""
+    if device.type != "cpu":
+        return None
+    keep_freed_memory()
+    return set_cpu_threads()
+
+
 @dataclass(frozen=True)
 class KernelChoice:
     onednn: bool

@@ -30,8 +30,7 @@ from deepstep.engine.backends import (
     KernelChoice,
     apply_kernels,
     choose_cpu_kernels,
-    keep_freed_memory,
-    set_cpu_threads,
+    prepare_cpu,
 )
 from deepstep.engine.fit import Monitor, Training, fit, resume
 from deepstep.engine.loop import Step, evaluate
@@ -584,9 +583,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     device = distributed.init(ranks, resolve_device(config.device))
     log, progress = distributed.quiet_unless_main(log), progress and ranks.main
     precision = resolve_precision(config.precision, device, preset_source(config, "precision"))
-    threads = set_cpu_threads() if device.type == "cpu" else None
-    if device.type == "cpu":
-        keep_freed_memory()
+    threads = prepare_cpu(device)
     seed_everything(config.seed)
 
     if config.resume:  # refuse a meaningless resume before decoding anything

@@ -280,7 +280,7 @@ class Job:
 def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log, progress: bool) -> Path:
     """Create (or resume) the run folder, build the model and optimizer, fit, and close the run."""
     from deepstep.engine import distributed
-    from deepstep.engine.backends import keep_freed_memory, set_cpu_threads
+    from deepstep.engine.backends import prepare_cpu
     from deepstep.engine.fit import Training, fit, resume
     from deepstep.engine.optim import check_optimizer
     from deepstep.engine.precision import resolve_device, resolve_precision, supported_by
@@ -295,9 +295,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         )
     ranks = distributed.from_environment()
     device = distributed.init(ranks, resolve_device(config.device))
-    threads = set_cpu_threads() if device.type == "cpu" else None
-    if device.type == "cpu":
-        keep_freed_memory()
+    threads = prepare_cpu(device)
     seed_everything(config.seed)
     net = create_model(config.model, **job.model_args).to(device)
     precision = resolve_precision(config.precision, device, preset_source(config, "precision"))
