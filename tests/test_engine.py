@@ -394,3 +394,117 @@ print(faults_per_step(), keep_freed_memory(), faults_per_step())
     default, kept, after = float(out[0]), out[1], float(out[2])
     assert kept == "True"
     assert default > 1000 and after < default / 4
+
+
+@pytest.mark.parametrize(
+    "kernel, padding, bias, channels_last",
+    [(3, 1, False, True), (3, 0, True, True), (5, 2, True, False), ((3, 5), (1, 2), False, True), (1, 0, True, True)],
+)
+def test_the_matmul_weight_gradient_equals_the_convolutions_gradients(kernel, padding, bias, channels_last):
+    from deepstep.engine.backends import Columns, _MatmulWeightGrad
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 8, kernel, padding=padding, bias=bias).double()
+    x = torch.randn(3, 6, 5, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    grad_out = torch.randn_like(conv(x))
+    expected = torch.autograd.grad(conv(x), (x, conv.weight, *([conv.bias] if bias else [])), grad_out)
+    out = _MatmulWeightGrad.apply(x, conv.weight, conv.bias, conv.padding, Columns())
+    got = torch.autograd.grad(out, (x, conv.weight, *([conv.bias] if bias else [])), grad_out)
+    torch.testing.assert_close(out, conv(x))
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
+def _grad_fn_names(output: torch.Tensor) -> set[str]:
+    names, todo = set(), [output.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None:
+            names.add(type(fn).__name__)
+            todo += [next_fn for next_fn, _ in fn.next_functions]
+    return names
+
+
+def test_matmul_grad_convs_take_over_only_bf16_training_of_outputs_up_to_7x7():
+    from deepstep.engine.backends import MatmulGradConv2d, use_matmul_weight_grad
+
+    torch.manual_seed(0)
+    plain = nn.Conv2d(64, 32, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    conv = nn.Conv2d(64, 32, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    conv.load_state_dict(plain.state_dict())
+    assert use_matmul_weight_grad(conv) == 1 and isinstance(conv, MatmulGradConv2d)
+    small, large = torch.randn(8, 64, 7, 7), torch.randn(8, 64, 8, 8)
+    ours = "_MatmulWeightGradBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours in _grad_fn_names(conv(small))
+        assert ours not in _grad_fn_names(conv(large))  # 8x8 outputs: oneDNN's own gradient is faster
+        with torch.no_grad():
+            assert conv(small).grad_fn is None
+    assert ours not in _grad_fn_names(conv(small))  # fp32
+
+    grads = []
+    for layer in (plain, conv):
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(small)
+        out.float().square().sum().backward()
+        grads.append(layer.weight.grad)
+    assert grads[1].dtype == torch.float32
+    assert (grads[1] - grads[0]).abs().max() <= 0.01 * grads[0].abs().max()  # both round to bf16
+
+
+def test_use_matmul_weight_grad_changes_only_stride_1_convs_from_64_channels_and_keeps_their_parameters():
+    from deepstep.engine.backends import MatmulGradConv2d, use_matmul_weight_grad
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.Conv2d(64, 64, 3, stride=2),
+        nn.Conv2d(64, 64, 3, groups=2),
+        nn.Conv2d(64, 64, 3, dilation=2),
+        nn.Conv2d(64, 64, 3, padding="same"),
+        nn.Conv2d(64, 63, 3),
+        nn.Conv2d(63, 64, 3),  # fewer input channels: oneDNN's gradient is faster
+        nn.Sequential(nn.Conv2d(64, 4, 1)),
+    )
+    params, state = list(model.parameters()), {k: v.clone() for k, v in model.state_dict().items()}
+    assert use_matmul_weight_grad(model) == 3
+    assert [type(m) is MatmulGradConv2d for m in model.modules() if isinstance(m, nn.Conv2d)] == [
+        True, False, False, False, False, True, False, True
+    ]  # fmt: skip
+    assert list(model.parameters()) == params  # the same objects: an optimizer made before still steps them
+    assert list(model.state_dict()) == list(state)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert model[0].columns is model[7][0].columns  # one buffer for the model
+
+
+def test_the_im2col_buffer_is_reused_from_step_to_step():
+    from deepstep.engine.backends import use_matmul_weight_grad
+
+    model = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 8, 1))
+    assert use_matmul_weight_grad(model) == 2
+    x = torch.randn(2, 64, 6, 6)
+    pointers = []
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().sum().backward()
+        pointers.append(model[0].columns.buffer.data_ptr())
+    assert len(set(pointers)) == 1 and model[0].columns.buffer.numel() == 2 * 6 * 6 * 9 * 64  # the larger layer's
+
+
+def test_cpu_kernels_take_the_matmul_weight_gradient_only_in_bf16_on_a_cpu_with_fast_bf16(monkeypatch):
+    from deepstep.engine import backends
+
+    net = nn.Sequential(nn.Conv2d(64, 4, 3))
+    bf16, fp32 = Precision("bf16", "cpu", ""), Precision("32", "cpu", "")
+    monkeypatch.setattr(backends, "cpu_has_fast_bf16", lambda: True)
+    choice = backends.choose_cpu_kernels(net, 64, bf16)
+    assert choice.matmul_weight_grad and "weight gradients" in choice.describe()
+    assert not backends.choose_cpu_kernels(net, 64, fp32).matmul_weight_grad
+    assert not backends.choose_cpu_kernels(nn.Linear(2, 2), 64, bf16).matmul_weight_grad
+    monkeypatch.setattr(backends, "cpu_has_fast_bf16", lambda: False)  # emulated bf16: not measured
+    assert not backends.choose_cpu_kernels(net, 64, bf16).matmul_weight_grad
