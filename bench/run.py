@@ -364,12 +364,67 @@ def bench_time_to_accuracy(quick: bool, recipe: str = "cifar-fast") -> dict:
     }
 
 
+# (input channels, output channels, output side) of 3x3 convs: airbench's three late layers and
+# resnet-cifar's 4x4 ones, then neighbours on each side of the rule in engine/backends.py
+CONV_SHAPES = [(256, 256, 3), (256, 256, 7), (128, 128, 4), (64, 256, 7), (32, 32, 4), (256, 256, 8), (64, 64, 15)]
+
+
+def bench_conv_weight_grad(quick: bool) -> dict:
+    """Milliseconds of one bf16 weight gradient of a 3x3 conv (250 images, channels_last) by oneDNN's
+    kernel and by deepstep's im2col + matmul (engine/backends.py), in alternating calls, with each
+    one's largest error against the fp32 gradient as a fraction of its largest value, and what
+    deepstep uses for that layer on this CPU. Needs no data; --quick: the first two shapes."""
+    import torch.nn.functional as F
+
+    from deepstep.engine import backends
+
+    torch.manual_seed(0)
+    images, rounds = 250, 5 if quick else 15
+    rows = []
+    for c_in, c_out, side in CONV_SHAPES[:2] if quick else CONV_SHAPES:
+        x = torch.randn(images, c_in, side, side).contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(c_out, c_in, 3, 3) * (9 * c_in) ** -0.5
+        weight = weight.contiguous(memory_format=torch.channels_last).requires_grad_()
+        grad = torch.randn(images, c_out, side, side).contiguous(memory_format=torch.channels_last)
+        reference = torch.autograd.grad(F.conv2d(x, weight, padding=1), weight, grad)[0]
+        x16, grad16 = x.bfloat16(), grad.bfloat16()
+        weight16 = weight.detach().bfloat16().requires_grad_()
+        outputs = {  # the forward passes, once; each round times the weight gradient alone
+            "onednn": F.conv2d(x16, weight16, padding=1),
+            "matmul": backends._MatmulWeightGrad.apply(x16, weight16, None, (1, 1), backends.Columns()),
+        }
+        seconds, grads = {k: [] for k in outputs}, {}
+        for _ in range(rounds + 1):  # the first round warms up and is not counted
+            for name, out in outputs.items():
+                start = time.perf_counter()
+                grads[name] = torch.autograd.grad(out, weight16, grad16, retain_graph=True)[0]
+                seconds[name].append(time.perf_counter() - start)
+        ms = {k: statistics.median(v[1:]) * 1e3 for k, v in seconds.items()}
+        error = {k: float((g.float() - reference).abs().max() / reference.abs().max()) for k, g in grads.items()}
+        small = (
+            c_in >= backends.MATMUL_WEIGHT_GRAD_MIN_CHANNELS and side**2 <= backends.MATMUL_WEIGHT_GRAD_MAX_POSITIONS
+        )
+        rows.append(
+            {
+                "layer": f"{c_in}->{c_out}, {side}x{side} out",
+                "onednn_ms": ms["onednn"],
+                "matmul_ms": ms["matmul"],
+                "onednn/matmul": ms["onednn"] / ms["matmul"],
+                "error_onednn": error["onednn"],
+                "error_matmul": error["matmul"],
+                "deepstep_uses": "matmul" if small and backends.cpu_has_fast_bf16() else "oneDNN",
+            }
+        )
+    return {"rows": rows, "images": images, "rounds": rounds}
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict]] = {
     "time_to_accuracy": bench_time_to_accuracy,
     "sequences": bench_sequences,
     "tutorial": bench_tutorial,
     "overhead": bench_overhead,
     "inference": bench_inference,
+    "conv_weight_grad": bench_conv_weight_grad,
 }
 
 

@@ -1,6 +1,7 @@
 """Runtime settings that change speed, not results: CPU threads, how freed memory is kept, the
 CPU convolution kernels (oneDNN or PyTorch's own im2col + GEMM), the memory format, and how
-small convolutions' weight gradients are computed in bf16.
+small convolutions' weight gradients are computed in bf16 (which rounds differently, with the
+same error against fp32).
 
 The rule in `choose_cpu_kernels` comes from measurements on a 2-core AVX-512 CPU (torch 2.14,
 separate processes, LeNet on 32x32 images; the machine's own noise is about +-30%, so each
@@ -14,12 +15,12 @@ A timing-based tuner (like cudnn.benchmark) was tried and dropped: on this machi
 is larger than the differences it has to see, and it made runs with the same seed pick
 different kernels.
 
-oneDNN's bf16 weight gradient is slow where a conv's output is small: 2-14x the time of im2col
-+ one matrix product at 2x2-4x4 outputs and 1.1-1.7x at 7x7 (3x3 convs, 64-512 channels, 256
-images, channels_last; same error against fp32, 0.002 of the largest gradient), while at 8x8 and
-above oneDNN is as fast or faster (0.15-1.04x), as it is with fewer than 64 input channels
-(0.31-0.89x at 16 and 32), and in fp32 the matrix product wins only at 3x3 outputs with 256+
-channels. So `MatmulGradConv2d` takes over those weight gradients in bf16, for outputs of up to
+oneDNN's bf16 weight gradient is slow where a conv's output is small: 1.3-14x the time of im2col
++ one matrix product at 2x2-4x4 outputs and 1.0-1.7x at 7x7 (3x3 convs, 64-512 channels, 250-256
+images, channels_last, 29 November 2026; same error against fp32, 0.002 of the largest gradient;
+the ratio is higher on the machine's slow hours), while at 8x8 and above oneDNN is as fast or
+faster (0.15-1.04x), as it is with fewer than 64 input channels (0.31-0.89x at 16 and 32), and
+in fp32 the matrix product wins only at 3x3 outputs with 256+ channels. So `MatmulGradConv2d` takes over those weight gradients in bf16, for outputs of up to
 7x7 from 64 or more input channels.
 """
 
@@ -86,7 +87,7 @@ def prepare_cpu(device: torch.device) -> int | None:
 
 class Columns:
     """One buffer, reused, for the im2col columns of every `MatmulGradConv2d` in a model: the backward
-    pass runs one layer at a time, and a fresh block for each (56 MiB for a 256-channel 7x7 layer at
+    pass runs one layer at a time, and a fresh block for each (54 MiB for a 256-channel 7x7 layer at
     250 images) would be mapped from the OS and page-faulted every step (see `keep_freed_memory`)."""
 
     def __init__(self) -> None:
@@ -140,9 +141,10 @@ class _MatmulWeightGrad(torch.autograd.Function):
 
 
 class MatmulGradConv2d(nn.Conv2d):
-    """nn.Conv2d (stride 1, no dilation or groups, 64+ input channels) whose weight gradient, when it trains in bf16 on a
-    CPU with outputs of at most `MATMUL_WEIGHT_GRAD_MAX_POSITIONS`, comes from im2col + one matrix
-    product (see module doc); everywhere else, including inference, it is nn.Conv2d itself."""
+    """nn.Conv2d (stride 1, no dilation or groups, 64+ input channels) whose weight gradient, when it
+    trains in bf16 on a CPU with outputs of at most `MATMUL_WEIGHT_GRAD_MAX_POSITIONS`, comes from
+    im2col + one matrix product (see module doc); everywhere else, inference included, it is
+    nn.Conv2d itself."""
 
     columns: Columns
 
@@ -177,8 +179,8 @@ def _takes_matmul_weight_grad(conv: nn.Module) -> bool:
 
 def use_matmul_weight_grad(model: nn.Module) -> int:
     """Make the model's stride-1 nn.Conv2d layers with 64 or more input channels `MatmulGradConv2d`s
-    sharing one `Columns`; returns how many. Each keeps its object, parameters and state_dict keys: only its class changes, so
-    optimizers, hooks and checkpoints see the same module."""
+    sharing one `Columns`; returns how many. Only their class changes: each keeps its object,
+    parameters and state_dict keys, so optimizers, hooks and checkpoints see the same module."""
     columns, count = Columns(), 0
     for module in model.modules():
         if _takes_matmul_weight_grad(module):
