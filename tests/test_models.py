@@ -165,6 +165,41 @@ def test_the_airbench_whitening_bias_learns_in_its_first_epochs_only(image_folde
     assert not torch.equal(second.fc.weight, first.fc.weight)  # while the rest went on learning
 
 
+def test_airbench_in_bf16_takes_its_late_weight_gradients_from_a_matmul_and_saves_plain_convs(
+    image_folder, monkeypatch
+):
+    import deepstep
+    from deepstep.engine import backends, precision
+    from deepstep.engine.run_dir import RunDir
+    from deepstep.tasks.image_classification import load_trained
+
+    for module in (backends, precision):  # any CPU is made one with AMX here
+        monkeypatch.setattr(module, "cpu_has_fast_bf16", lambda: True)
+    filled, fill = [], backends.Columns.fill
+
+    def recording_fill(self, x, kernel, padding):
+        filled.append(tuple(x.shape[1:]))
+        return fill(self, x, kernel, padding)
+
+    monkeypatch.setattr(backends.Columns, "fill", recording_fill)
+    run = deepstep.train(
+        data=str(image_folder),
+        model="airbench",
+        model_args={"width": 16},
+        epochs=1,
+        batch_size=16,
+        precision="bf16",
+        out="runs/air-bf16",
+        verbose=False,
+    )
+    assert "im2col + matmul" in run.info["device"]["kernels"]
+    # block2's second conv and block3's two (4w = 64 input channels, 7x7 and 3x3 outputs); not
+    # block1's (15x15 and larger outputs) nor block2's first (16 input channels)
+    assert set(filled) == {(64, 7, 7), (64, 3, 3)} and len(filled) % 3 == 0
+    model = load_trained(RunDir.open(run.path)).model  # the checkpoint rebuilds the plain model
+    assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
 def _train_airbench_recipe(image_folder, recipe: str):
     """Two epochs of `recipe` at width 4 and batch 16 on the generated images; the run."""
     import deepstep
