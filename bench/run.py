@@ -377,6 +377,7 @@ def bench_conv_weight_grad(quick: bool) -> dict:
     import torch.nn.functional as F
 
     from deepstep.engine import backends
+    from deepstep.engine.precision import Precision
 
     torch.manual_seed(0)
     images, rounds = 250, 5 if quick else 15
@@ -401,9 +402,11 @@ def bench_conv_weight_grad(quick: bool) -> dict:
                 seconds[name].append(time.perf_counter() - start)
         ms = {k: statistics.median(v[1:]) * 1e3 for k, v in seconds.items()}
         error = {k: float((g.float() - reference).abs().max() / reference.abs().max()) for k, g in grads.items()}
-        small = (
-            c_in >= backends.MATMUL_WEIGHT_GRAD_MIN_CHANNELS and side**2 <= backends.MATMUL_WEIGHT_GRAD_MAX_POSITIONS
-        )
+        # what deepstep train does with such a layer, asked of its own kernel choice and layer
+        conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        backends.apply_kernels(conv, backends.choose_cpu_kernels(conv, images, Precision("bf16", "cpu", "")))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            uses_matmul = type(conv(x).grad_fn).__name__ == "_MatmulWeightGradBackward"
         rows.append(
             {
                 "layer": f"{c_in}->{c_out}, {side}x{side} out",
@@ -412,7 +415,7 @@ def bench_conv_weight_grad(quick: bool) -> dict:
                 "onednn/matmul": ms["onednn"] / ms["matmul"],
                 "error_onednn": error["onednn"],
                 "error_matmul": error["matmul"],
-                "deepstep_uses": "matmul" if small and backends.cpu_has_fast_bf16() else "oneDNN",
+                "deepstep_uses": "matmul" if uses_matmul else "oneDNN",
             }
         )
     return {"rows": rows, "images": images, "rounds": rounds}

@@ -20,8 +20,9 @@ oneDNN's bf16 weight gradient is slow where a conv's output is small: 1.3-14x th
 images, channels_last, 29 November 2026; same error against fp32, 0.002 of the largest gradient;
 the ratio is higher on the machine's slow hours), while at 8x8 and above oneDNN is as fast or
 faster (0.15-1.04x), as it is with fewer than 64 input channels (0.31-0.89x at 16 and 32), and
-in fp32 the matrix product wins only at 3x3 outputs with 256+ channels. So `MatmulGradConv2d` takes over those weight gradients in bf16, for outputs of up to
-7x7 from 64 or more input channels.
+in fp32 the matrix product wins only at 3x3 outputs with 256+ channels. So `MatmulGradConv2d`
+takes over those weight gradients in bf16, for outputs of up to 7x7 from 64 or more input
+channels.
 """
 
 from __future__ import annotations
