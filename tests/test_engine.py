@@ -261,6 +261,61 @@ def test_norm_biases_learn_faster_and_are_decayed_as_much_per_step_as_the_weight
     assert scaled[id(conv.weight)] == scaled[id(fc.weight)] == (0.5, 0.01)
 
 
+class _Hinted(nn.Sequential):
+    """conv, BN, flatten, linear; the conv asks for its bias to train as the norm shifts do, its
+    rate falling to 0 by the end of epoch 2."""
+
+    def __init__(self, hint: dict | None = None):
+        super().__init__(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+        self.hint = hint or {"norm_bias": True, "stop_epoch": 2}
+
+    def optimizer_hints(self):
+        return [{"params": [self[0].bias], **self.hint}]
+
+
+def _group_of(optimizer, parameter):
+    return next(g for g in optimizer.param_groups if any(p is parameter for p in g["params"]))
+
+
+def test_a_hinted_bias_trains_as_the_norm_shifts_and_its_rate_falls_to_zero_by_its_stop_epoch():
+    model = _Hinted()
+    opt = build_optimizer("sgd", model, lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.01, norm_lr_scale=64.0)
+    sched = build_schedule("linear", opt, total_steps=40, warmup_steps=0, steps_per_epoch=5)
+    hinted, norm, weights = (_group_of(opt, p) for p in (model[0].bias, model[1].bias, model[0].weight))
+    assert hinted is not norm and len(hinted["params"]) == 1  # a group of its own
+    assert hinted["lr"] == norm["lr"] == 32.0 and hinted["weight_decay"] == norm["weight_decay"] == 0.01 / 64
+    rates = []
+    for _ in range(40):
+        rates.append((hinted["lr"], norm["lr"], weights["lr"]))
+        opt.step()
+        sched.step()
+    assert [r[0] for r in rates[:11]] == pytest.approx([32.0 * (1 - step / 10) for step in range(11)])
+    assert all(r[0] == 0.0 for r in rates[10:])  # and stays at 0 after epoch 2
+    assert rates[10][1:] == pytest.approx((32.0 * 30 / 40, 0.5 * 30 / 40))  # the others: the run's schedule
+
+
+def test_a_hint_without_norm_bias_keeps_the_rate_and_decay_and_muon_keeps_its_stop_epoch():
+    model = _Hinted({"stop_epoch": 1})
+    opt = build_optimizer("sgd", model, lr=0.5, momentum=0.9, nesterov=False, weight_decay=0.01, norm_lr_scale=64.0)
+    assert (_group_of(opt, model[0].bias)["lr"], _group_of(opt, model[0].bias)["weight_decay"]) == (0.5, 0.0)
+    model = _Hinted()
+    model.optimizer_hints = lambda: [{"params": [model[0].weight], "stop_epoch": 1}]  # a conv filter bank
+    opt = build_optimizer("muon", model, lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.01, muon_lr=0.2)
+    filters = _group_of(opt, model[0].weight)
+    assert filters["muon"] and filters["stop_epoch"] == 1 and filters["lr"] == 0.2
+    sched = build_schedule("none", opt, total_steps=10, warmup_steps=0, steps_per_epoch=4)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert filters["lr"] == 0.0 and _group_of(opt, model[3].weight)["lr"] == 0.5
+
+
+def test_a_stop_epoch_without_steps_per_epoch_is_refused():
+    opt = build_optimizer("sgd", _Hinted(), lr=0.5, momentum=0.9, nesterov=False, weight_decay=0.0)
+    with pytest.raises(ValueError, match="needs the schedule's steps_per_epoch"):
+        build_schedule("linear", opt, total_steps=10, warmup_steps=0)
+
+
 def test_weight_decay_skips_biases_and_norm_scales():
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
     opt = build_optimizer("adamw", model, lr=0.1, momentum=0.9, nesterov=False, weight_decay=0.5)

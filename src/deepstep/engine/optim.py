@@ -28,14 +28,22 @@ def parameter_groups(
     are decayed by as much per step as the weights (weight decay / norm_lr_scale): airbench94's
     way of letting them move fast without growing. Frozen parameters are included: they have no
     gradient, so the optimizer skips them until they are unfrozen.
+
+    A module can ask for more with an `optimizer_hints()` method: a list of {"params": [...]}
+    with "norm_bias": True (train them as the norm biases are trained) and/or "stop_epoch": n
+    (their rate falls from its start to 0 over the first n epochs; see `build_schedule`). Each
+    hint becomes a group of its own, after the others.
     """
     scaled_ids = set(map(id, scaled))
+    hints = [hint for m in model.modules() if hasattr(m, "optimizer_hints") for hint in m.optimizer_hints()]
+    hinted_ids = {id(p) for hint in hints for p in hint["params"]}
     norm_bias_ids = set()
     if norm_lr_scale != 1.0:
         norm_bias_ids = {id(m.bias) for m in model.modules() if isinstance(m, NORM_LAYERS) and m.bias is not None}
     groups: dict[tuple[bool, bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
-        groups.setdefault((p.ndim > 1, id(p) in scaled_ids, id(p) in norm_bias_ids), []).append(p)
+        if id(p) not in hinted_ids:
+            groups.setdefault((p.ndim > 1, id(p) in scaled_ids, id(p) in norm_bias_ids), []).append(p)
 
     def group(decay: bool, is_scaled: bool, norm_bias: bool, params: list[nn.Parameter]) -> dict:
         group_lr = lr * (lr_scale if is_scaled else 1.0)
@@ -44,7 +52,13 @@ def parameter_groups(
         return {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": group_lr}
 
     order = sorted(groups, key=lambda key: (not key[0], key[1], key[2]))  # decayed weights first: the logged lr
-    return [group(*key, groups[key]) for key in order]
+    hinted = []
+    for hint in hints:
+        norm_bias = hint.get("norm_bias", False)
+        extra = {"stop_epoch": hint["stop_epoch"]} if "stop_epoch" in hint else {}
+        decay = not norm_bias and all(p.ndim > 1 for p in hint["params"])
+        hinted.append({**group(decay, False, norm_bias and norm_lr_scale != 1.0, hint["params"]), **extra})
+    return [group(*key, groups[key]) for key in order] + hinted
 
 
 def orthogonalize(matrix: torch.Tensor, steps: int = 3) -> torch.Tensor:
@@ -117,8 +131,10 @@ def muon_groups(groups: list[dict], lr: float, muon_lr: float, muon_momentum: fl
         others = [p for p in group["params"] if p.ndim != 4]
         if filters:
             scale = group["lr"] / lr
+            extra = {"stop_epoch": group["stop_epoch"]} if "stop_epoch" in group else {}
             split.append(
                 {"params": filters, "lr": muon_lr * scale, "momentum": muon_momentum, "nesterov": True, "muon": True}
+                | extra
             )
         if others:
             split.append({**group, "params": others})
@@ -220,13 +236,23 @@ def build_schedule(
     warmup_steps: int,
     start_factor: float = 0.0,
     end_factor: float = 0.0,
+    steps_per_epoch: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step schedule: the factor on the base learning rate after each optimizer step. The
-    warm-up starts at `start_factor`; cosine and one-cycle end at `end_factor`."""
+    warm-up starts at `start_factor`; cosine and one-cycle end at `end_factor`. A group with a
+    "stop_epoch" (`parameter_groups`' hints) instead falls linearly from its rate at the first step
+    to 0 at the end of that epoch, as airbench94's whitening bias does, and stays there."""
     factor = SCHEDULES[name]
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: factor(step, total_steps, warmup_steps, start_factor, end_factor)
-    )
+
+    def group_factor(group: dict) -> Callable[[int], float]:
+        if "stop_epoch" not in group:
+            return lambda step: factor(step, total_steps, warmup_steps, start_factor, end_factor)
+        if not steps_per_epoch:
+            raise ValueError("a group with a stop_epoch needs the schedule's steps_per_epoch")
+        stop = group["stop_epoch"] * steps_per_epoch
+        return lambda step: max(0.0, 1 - step / stop) if stop else 0.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [group_factor(g) for g in optimizer.param_groups])
 
 
 class Lookahead:

@@ -249,6 +249,7 @@ def optimization(
         warmup_steps=int(config.warmup * total_steps),
         start_factor=config.lr_start_factor,
         end_factor=config.lr_end_factor,
+        steps_per_epoch=steps_per_epoch,
     )
     return optimizer, schedule
 
