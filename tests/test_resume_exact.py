@@ -95,6 +95,23 @@ def test_a_forecast_with_dropout_stopped_mid_epoch_resumes_to_identical_weights(
     _assert_same_run("runs/whole", "runs/stopped")
 
 
+def test_a_checkpoint_whose_optimizer_groups_differ_from_this_versions_is_refused_in_one_line(
+    image_folder, monkeypatch, capsys
+):
+    args = ["train", "--data", str(image_folder), "--epochs", "1", "--batch-size", "8", "--quiet"]
+    assert main([*args, "--out", "runs/groups"]) == 0
+    kept = Path("runs/groups/checkpoints/last.json").read_text()
+    # as a later version would: the same settings, one more parameter group (each Linear's bias)
+    monkeypatch.setattr(torch.nn.Linear, "optimizer_hints", lambda self: [{"params": [self.bias]}], raising=False)
+    capsys.readouterr()
+    assert main(["train", "--out", "runs/groups", "--resume", "--epochs", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(
+        r"deepstep train: error: .*runs/groups: its last checkpoint's optimizer has \d+ parameter groups .*", err
+    ), err
+    assert Path("runs/groups/checkpoints/last.json").read_text() == kept
+
+
 def test_a_nan_loss_inside_an_epoch_keeps_the_last_good_checkpoint(image_folder, capsys):
     args = ["train", "--data", str(image_folder), "--epochs", "2", "--batch-size", "8", "--lr", "1e30"]
     assert main([*args, "--checkpoint-every", "1", "--momentum", "0", "--quiet", "--out", "runs/nan"]) == 2

@@ -18,7 +18,7 @@ from deepstep.engine.loop import Meter, Progress, Step, evaluate, train_one_epoc
 from deepstep.engine.optim import Lookahead
 from deepstep.engine.precision import Precision
 from deepstep.engine.run_dir import RunDir
-from deepstep.errors import NonFiniteLoss
+from deepstep.errors import DeepstepError, NonFiniteLoss
 
 
 @dataclass
@@ -112,6 +112,13 @@ def resume(training: Training, run: RunDir) -> FitState:
     """Load the last checkpoint's weights and training state; return where to continue."""
     load_weights(run.checkpoints, "last", training.model)
     state = load_state(run.checkpoints, "last")
+    saved, built = len(state["optimizer"]["param_groups"]), len(training.optimizer.param_groups)
+    if saved != built:  # torch would raise a ValueError with a traceback
+        raise DeepstepError(
+            f"{run.path}: its last checkpoint's optimizer has {saved} parameter groups and this version of "
+            f"deepstep builds {built} for the same settings; finish it with the version that started it, "
+            "or start a new run"
+        )
     training.optimizer.load_state_dict(state["optimizer"])
     training.scheduler.load_state_dict(state["scheduler"])
     if state["scaler"]:
