@@ -14,6 +14,17 @@ def test_flags_override_the_config_file_which_overrides_the_recipe(tmp_path):
     assert config.lr == 0.1  # the flag beats the file
 
 
+def test_model_arguments_add_to_the_ones_before_until_the_model_changes(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('model = "airbench"\n[model-args]\nwidth = 8\nwhiten_bias = "norm"\n')
+    config = resolve_config(read_config_file(path), {"model_args": {"width": 48, "whiten_bias_epochs": 2}})
+    assert config.model_args == {"width": 48, "whiten_bias": "norm", "whiten_bias_epochs": 2}  # the flag beats the file
+    # another model does not take the file's model arguments
+    assert resolve_config(read_config_file(path), {"model": "resnet-cifar"}).model_args == {}
+    config = resolve_config(read_config_file(path), {"model": "resnet-cifar", "model_args": {"width": 2}})
+    assert config.model_args == {"width": 2}
+
+
 def test_yaml_and_toml_files_give_the_same_config(tmp_path):
     (tmp_path / "a.toml").write_text(
         'model = "resnet-cifar"\nepochs = 3\nmean = [0.5, 0.5, 0.5]\n[model-args]\nwidth = 8\n'

@@ -466,19 +466,25 @@ def preset_source(config: TrainConfig, name: str) -> str:
 def resolve_config(
     file_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None, task: str | None = None
 ) -> TrainConfig:
-    """Defaults < the task's defaults < recipe < config file < flags, validated."""
+    """Defaults < the task's defaults < recipe < config file < flags, validated. Model arguments
+    are merged one by one while the model stays the same (a file's `model-args: {width: 8}` and
+    `--model-arg whiten_bias=norm` give both; a `--model` other than the file's drops the file's)."""
     file_values = file_values or {}
     flags = flags or {}
     recipe_name = flags.get("recipe", file_values.get("recipe"))
     values: dict[str, Any] = dict(TASK_DEFAULTS.get(task or "", {}))
     if task is not None:
         values["task"] = task
+    layers = [file_values, flags]
     if recipe_name is not None:
         if recipe_name not in RECIPES:
             raise DeepstepError(
                 f"unknown recipe {recipe_name!r}{did_you_mean(recipe_name, RECIPES)}; recipes: {', '.join(RECIPES)}"
             )
-        values.update(RECIPES[recipe_name])
-    values.update(file_values)
-    values.update(flags)
+        layers.insert(0, RECIPES[recipe_name])
+    for layer in layers:
+        same_model = layer.get("model", values.get("model")) == values.get("model")
+        model_args = {**(values.get("model_args", {}) if same_model else {}), **layer.get("model_args", {})}
+        values.update(layer)
+        values["model_args"] = model_args
     return TrainConfig(**values).validate()
