@@ -165,6 +165,34 @@ def test_the_airbench_whitening_bias_learns_in_its_first_epochs_only(image_folde
     assert not torch.equal(second.fc.weight, first.fc.weight)  # while the rest went on learning
 
 
+def test_airbench_with_whiten_bias_norm_trains_it_as_the_norm_shifts_down_to_zero_by_its_last_epoch(image_folder):
+    import deepstep
+    from deepstep.engine.checkpoint import load_state
+
+    run = deepstep.train(
+        data=str(image_folder),
+        recipe="cifar-airbench-muon",
+        model_args={"width": 4, "whiten_bias": "norm"},
+        epochs=2,
+        batch_size=16,
+        out="runs/whiten-norm",
+        verbose=False,
+    )
+    groups = load_state(run.path / "checkpoints", "last")["optimizer"]["param_groups"]
+    (whiten,) = [g for g in groups if "stop_epoch" in g]
+    assert whiten["stop_epoch"] == 3 and len(whiten["params"]) == 1
+    assert whiten["initial_lr"] == 1.66 * 64 and whiten["weight_decay"] == pytest.approx(2.4e-3 / 64)
+    assert whiten["lr"] == pytest.approx(1.66 * 64 / 3)  # 2 of its 3 epochs done (batch 16: equal epochs)
+
+
+def test_airbench_names_the_ways_its_whitening_bias_can_learn_when_given_another():
+    from deepstep.models import create_model
+
+    with pytest.raises(DeepstepError, match=r"whiten_bias is one of base, norm, got 'fast'$"):
+        create_model("airbench", whiten_bias="fast")
+    assert create_model("airbench", width=4).optimizer_hints() == []  # base: as the other biases
+
+
 def test_airbench_in_bf16_takes_its_late_weight_gradients_from_a_matmul_and_saves_plain_convs(
     image_folder, monkeypatch
 ):

@@ -10,8 +10,10 @@ then starts from decorrelated inputs, which is much of why airbench trains in so
 As in airbench94, every 3x3 conv starts with identity filters for its first channels, and the
 batch norms learn only their shift (scale fixed at 1), and the whitening layer's bias learns for
 the first 3 epochs only (`whiten_bias_epochs`; from then on the backward pass stops before the
-first block, which saves its input gradient); `--recipe cifar-airbench` holds the rest of its
-training (batch 1024, the norm shifts at 64x the learning rate, Lookahead, ...).
+first block, which saves its input gradient). It learns as the other biases do, or with
+`whiten_bias="norm"` (airbench94's Muon version) as the norm shifts learn (`--norm-lr-scale`), its
+rate falling to 0 over those epochs. `--recipe cifar-airbench` holds the rest of its training
+(batch 1024, the norm shifts at 64x the learning rate, Lookahead, ...).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from torch import nn
 from deepstep.models.registry import register_model
 
 WHITEN_PATCH = 2  # the whitening layer's kernel: 2x2 patches
+WHITEN_BIAS = {
+    "base": "at --lr with the run's schedule, not decayed, as the other biases (airbench94)",
+    "norm": "as the norm shifts, its rate falling to 0 over whiten_bias_epochs (airbench94's Muon version)",
+}
 
 
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
@@ -85,11 +91,14 @@ class Airbench(nn.Module):
         in_channels: int = 3,
         scale: float = 1 / 9,
         whiten_bias_epochs: int = 3,
+        whiten_bias: str = "base",
     ):
         super().__init__()
         if whiten_bias_epochs < 0:
             raise ValueError(f"whiten_bias_epochs is a number of epochs >= 0, got {whiten_bias_epochs}")
-        self.whiten_bias_epochs = whiten_bias_epochs
+        if whiten_bias not in WHITEN_BIAS:
+            raise ValueError(f"whiten_bias is one of {', '.join(WHITEN_BIAS)}, got {whiten_bias!r}")
+        self.whiten_bias_epochs, self.whiten_bias = whiten_bias_epochs, whiten_bias
         whiten_width = 2 * in_channels * WHITEN_PATCH * WHITEN_PATCH  # each direction and its negative
         self.whiten = nn.Conv2d(in_channels, whiten_width, kernel_size=WHITEN_PATCH, bias=True)  # (B, 24, 31, 31)
         self.whiten.weight.requires_grad_(False)  # set by init_from_data; its bias is learned
@@ -109,6 +118,14 @@ class Airbench(nn.Module):
         self.whiten.bias.zero_()
         return f"whitening layer set from the {WHITEN_PATCH}x{WHITEN_PATCH} patches of {len(images):,} training images"
 
+    def optimizer_hints(self) -> list[dict]:
+        """For `engine.optim.parameter_groups`: with whiten_bias="norm", the whitening bias trains as
+        the norm shifts do (at --norm-lr-scale x the rate, decayed as much per step as the weights),
+        its rate falling linearly to 0 by the end of its last epoch."""
+        if self.whiten_bias == "base":
+            return []
+        return [{"params": [self.whiten.bias], "norm_bias": True, "stop_epoch": self.whiten_bias_epochs}]
+
     def set_epoch(self, epoch: int) -> None:
         """Called by training before each (1-based) epoch: the whitening bias learns only in the first
         `whiten_bias_epochs` epochs (airbench94: 3)."""
@@ -123,7 +140,9 @@ class Airbench(nn.Module):
     "airbench",
     input_size=(3, 32, 32),
     description="airbench94-style net for 32x32 images: fixed whitening layer set from the data, "
-    "conv-pool-BN-GELU blocks; width and whiten_bias_epochs options",
+    "conv-pool-BN-GELU blocks; width, whiten_bias_epochs and whiten_bias (base or norm) options",
 )
-def airbench(num_classes: int = 10, width: int = 64, whiten_bias_epochs: int = 3) -> nn.Module:
-    return Airbench(num_classes, width, whiten_bias_epochs=whiten_bias_epochs)
+def airbench(
+    num_classes: int = 10, width: int = 64, whiten_bias_epochs: int = 3, whiten_bias: str = "base"
+) -> nn.Module:
+    return Airbench(num_classes, width, whiten_bias_epochs=whiten_bias_epochs, whiten_bias=whiten_bias)
