@@ -66,7 +66,7 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "metavar": "KEY=VALUE",
             "type": key_value,
             "action": "append",
-            "help": "a model argument, e.g. width=32 (repeatable; added to a recipe's own for the same model)",
+            "help": "a model argument, e.g. width=32 (repeatable; added to the config file's for the same model)",
         },
     ),
     (

@@ -24,10 +24,7 @@ from torch import nn
 from deepstep.models.registry import register_model
 
 WHITEN_PATCH = 2  # the whitening layer's kernel: 2x2 patches
-WHITEN_BIAS = {
-    "base": "at --lr with the run's schedule, not decayed, as the other biases (airbench94)",
-    "norm": "as the norm shifts, its rate falling to 0 over whiten_bias_epochs (airbench94's Muon version)",
-}
+WHITEN_BIAS = ("base", "norm")  # how its bias learns: as the other biases, or as the norm shifts (`optimizer_hints`)
 
 
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
