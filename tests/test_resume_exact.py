@@ -53,13 +53,21 @@ def _stop_after_checkpoint(monkeypatch, nth: int) -> None:
 
 @pytest.mark.parametrize(
     ("precision", "extra"),
-    [("32", []), ("bf16", []), ("32", ["--alternate-flip"]), ("32", ["--lookahead"]), ("32", ["--optimizer", "muon"])],
+    [
+        ("32", []),
+        ("bf16", []),
+        ("32", ["--alternate-flip"]),
+        ("32", ["--lookahead"]),
+        ("32", ["--optimizer", "muon"]),
+        ("32", ["--model", "airbench", "--model-arg", "width=4", "--model-arg", "whiten_bias=norm"]),
+    ],
 )
 def test_an_image_run_stopped_mid_epoch_resumes_to_identical_weights(image_folder, monkeypatch, precision, extra):
     # bf16 autocast on the CPU is as deterministic as fp32: the same kernels on the same inputs.
     # The alternating flip mirrors by the epoch's number: the resumed epoch 2 must know it is the second.
     # Lookahead's slow copy exists from step 10 of 21 on, before the stop at step 11: it must be saved.
     # Muon keeps a momentum buffer per filter bank, in its own optimizer class.
+    # airbench's whitening bias (whiten_bias=norm) has a schedule of its own, falling to 0 by epoch 3.
     args = ["train", "--data", str(image_folder), "--epochs", "3", "--batch-size", "8", "--augment", *extra]
     args += ["--precision", precision, "--checkpoint-every", "2", "--quiet"]
     assert main([*args, "--out", "runs/whole"]) == 0
