@@ -264,7 +264,7 @@ class Lookahead:
     from almost 0 to 0.77, so the averaging is weak while the learning rate is high and strong at
     the end. An epoch that ends between two such steps ends with one more, so that validation and
     checkpoints see the slow copy and the steps since the last update are averaged in, not lost.
-    Measured in the README (`--lookahead`).
+    Measured in bench/RESULTS.md (`--lookahead`).
     """
 
     def __init__(
