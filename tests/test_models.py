@@ -166,18 +166,9 @@ def test_the_airbench_whitening_bias_learns_in_its_first_epochs_only(image_folde
 
 
 def test_airbench_with_whiten_bias_norm_trains_it_as_the_norm_shifts_down_to_zero_by_its_last_epoch(image_folder):
-    import deepstep
     from deepstep.engine.checkpoint import load_state
 
-    run = deepstep.train(
-        data=str(image_folder),
-        recipe="cifar-airbench-muon",
-        model_args={"width": 4, "whiten_bias": "norm"},
-        epochs=2,
-        batch_size=16,
-        out="runs/whiten-norm",
-        verbose=False,
-    )
+    run = _train_airbench_recipe(image_folder, "cifar-airbench-muon", whiten_bias="norm")
     groups = load_state(run.path / "checkpoints", "last")["optimizer"]["param_groups"]
     (whiten,) = [g for g in groups if "stop_epoch" in g]
     assert whiten["stop_epoch"] == 3 and len(whiten["params"]) == 1
@@ -228,14 +219,14 @@ def test_airbench_in_bf16_takes_its_late_weight_gradients_from_a_matmul_and_save
     assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
 
-def _train_airbench_recipe(image_folder, recipe: str):
-    """Two epochs of `recipe` at width 4 and batch 16 on the generated images; the run."""
+def _train_airbench_recipe(image_folder, recipe: str, **model_args):
+    """Two epochs of `recipe` at width 4 (and `model_args`) and batch 16 on the generated images; the run."""
     import deepstep
 
     return deepstep.train(
         data=str(image_folder),
         recipe=recipe,
-        model_args={"width": 4},
+        model_args={"width": 4, **model_args},
         epochs=2,
         batch_size=16,
         out=f"runs/{recipe}",
