@@ -28,6 +28,7 @@ channels.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -201,7 +202,11 @@ class KernelChoice:
         kernels = "oneDNN" if self.onednn else "PyTorch's native"
         text = f"{kernels} convolutions, {'channels_last' if self.channels_last else 'contiguous'}"
         if self.matmul_weight_grad:
-            text += "; bf16 weight gradients of conv outputs up to 7x7 by im2col + matmul (64+ input channels)"
+            side = math.isqrt(MATMUL_WEIGHT_GRAD_MAX_POSITIONS)
+            text += (
+                f"; bf16 weight gradients of conv outputs up to {side}x{side} by im2col + matmul "
+                f"({MATMUL_WEIGHT_GRAD_MIN_CHANNELS}+ input channels)"
+            )
         return text
 
 
