@@ -63,6 +63,37 @@ def test_the_validation_accuracy_matches_what_training_recorded_for_that_epoch(t
     assert abs(result["accuracy"] - float(last["val_acc"])) < 1e-6
 
 
+def test_evaluation_runs_in_the_precision_asked_for_and_records_it(trained_run, capsys, monkeypatch):
+    from deepstep.engine import loop
+    from deepstep.engine.precision import cpu_has_fast_bf16
+
+    used = []
+    real_evaluate = loop.evaluate
+
+    def spy(model, step, batches, precision, **kwargs):
+        used.append((precision.name, batches.channels_last))
+        return real_evaluate(model, step, batches, precision, **kwargs)
+
+    monkeypatch.setattr("deepstep.tasks.image_classification.evaluate", spy)
+    results = {}
+    for name in ("32", "bf16"):
+        assert main(["evaluate", str(trained_run), "--split", "val", "--precision", name, "--json"]) == 0
+        results[name] = json.loads(capsys.readouterr().out)
+    assert [r["device"]["precision"] for r in results.values()] == ["32", "bf16"]
+    assert used == [("32", True), ("bf16", True)]  # batches of 256: oneDNN's channels_last kernels, as training's
+    assert results["bf16"]["loss"] == pytest.approx(results["32"]["loss"], rel=0.05)  # bf16 rounds, nothing more
+    # auto decides as training does: lenet on 256 images has enough work for bf16 where the CPU has it
+    assert main(["evaluate", str(trained_run), "--precision", "auto"]) == 0
+    picked = "bf16" if cpu_has_fast_bf16() else "32"
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"epoch 2, precision {picked})")
+    record = json.loads((trained_run / "evaluations.json").read_text())[0]
+    assert record["device"]["precision"] == picked and record["device"]["precision_reason"].startswith("auto: ")
+    import deepstep
+
+    with pytest.raises(DeepstepError, match="--precision 'fp8' is not one of auto, 32, bf16, 16"):
+        deepstep.load_run(trained_run).evaluate("val", precision="fp8", verbose=False)
+
+
 def test_evaluating_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "is not a deepstep run folder" in capsys.readouterr().err

@@ -241,6 +241,8 @@ def test_options_a_task_has_no_use_for_are_refused_not_ignored(seasonal_csv, seq
     assert main(train) == 0
     assert main(["evaluate", "runs/s", "--split", "val", "--baselines", "--backtest"]) == 2
     assert "--baselines, --backtest do not apply to runs/s (sequence-classification)" in capsys.readouterr().err
+    assert main(["evaluate", "runs/s", "--split", "val", "--precision", "bf16"]) == 2
+    assert "--precision does not apply to runs/s (sequence-classification)" in capsys.readouterr().err
     seq = str(sequence_folder / "dataset" / "seq_1.csv")
     assert main(["predict", "runs/s", seq, "--plot", "p.png"]) == 2
     assert "--plot does not apply to runs/s" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepstep.config import TrainConfig, parse_image_size, preset_source
+from deepstep.config import PRECISIONS, TrainConfig, parse_image_size, preset_source
 from deepstep.data.folders import find_images
 from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize
 from deepstep.data.sources import ImageSource, ImageSplit, default_data_dir, open_image_source
@@ -34,7 +34,7 @@ from deepstep.engine.backends import (
 )
 from deepstep.engine.fit import Monitor, Training, fit, resume
 from deepstep.engine.loop import Step, evaluate
-from deepstep.engine.precision import Precision, pays_off, resolve_device, resolve_precision
+from deepstep.engine.precision import Precision, pays_off, resolve_device, resolve_precision, supported_by
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError, did_you_mean
 from deepstep.hardware import available_cores
@@ -780,12 +780,15 @@ def evaluate_run(
     tta: bool | str | None = None,
     data_dir: str | None = None,
     data: str | None = None,
+    precision: str = "32",
     log: Log = print,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Loss, accuracy, per-class accuracy and confusion matrix on `split` (test or val);
     with `tta` ("flip" or "flip-translate"), each image's logits are averaged over views of it.
-    `data`: where the run's data is now, if it moved since training.
+    `data`: where the run's data is now, if it moved since training. `precision`: "32" (the
+    default), "bf16", "16" or "auto", as training's --precision; the kernels are chosen as
+    training chooses them for that precision.
 
     The test split is measured once per run; a second measurement needs `force` and is recorded.
     """
@@ -795,24 +798,34 @@ def evaluate_run(
         raise DeepstepError(
             f"--split {split!r}: evaluate measures 'test' or 'val' (the train part is reported by training)"
         )
+    if precision not in PRECISIONS:
+        raise DeepstepError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     history = test_evaluations(run, split, force, lambda e: f"accuracy {e['accuracy']:.2%}")
     info = run.read_json("run.json")
     config = run_config(run, data)
     trained = load_trained(run, checkpoint)
     part = _evaluation_part(info, config, trained.prep, split, data_dir, log, progress)
     device = resolve_device(config.device)
-    batches = make_batches(part, trained.prep, batch_size=256, device=device, workers=config.workers)
+    batch_size = 256
+    batches = make_batches(part, trained.prep, batch_size=batch_size, device=device, workers=config.workers)
     model = trained.model.to(device)
+    chosen = supported_by(resolve_precision(precision, device), model, auto=precision == "auto")
+    if precision == "auto":  # as training decides it, for a batch of this size
+        prep = trained.prep
+        cost = check_model_fits(
+            trained.record["model"]["name"], trained.record["model"]["args"], prep.channels, prep.size
+        )
+        chosen = pays_off(chosen, batch_size * cost.mult_adds, auto=True)
+    batches.channels_last = _choose_kernels(model, chosen, batch_size, device)["channels_last"]
     if tta:
         model = ViewAveraged(model, tta)
-    means, kept = evaluate(
-        model, classification_step(), batches, resolve_precision("32", device), keep=("output", "target")
-    )
+    means, kept = evaluate(model, classification_step(), batches, chosen, keep=("output", "target"))
     report = _classification_report(kept["output"], kept["target"], trained.classes)
     result = {
         "split": split,
         "checkpoint": checkpoint,
         "tta": tta,
+        "device": {"type": device.type, "precision": chosen.name, "precision_reason": chosen.reason},
         "epoch": trained.record["epoch"],
         "images": len(kept["target"]),
         "accuracy": report.pop("accuracy"),
@@ -830,7 +843,7 @@ def evaluate_run(
         record_test_evaluation(
             run,
             history,
-            {key: result[key] for key in ("time", "checkpoint", "tta", "epoch", "accuracy", "loss")},
+            {key: result[key] for key in ("time", "checkpoint", "tta", "device", "epoch", "accuracy", "loss")},
         )
     return result
 
