@@ -342,6 +342,12 @@ def test_bf16_precision_runs_matrix_work_in_bf16_on_the_cpu():
     assert math.isclose(float((torch.ones(2, 2) @ torch.ones(2, 2))[0, 0]), 2.0)
 
 
+def test_fp16_on_a_cpu_runs_but_says_it_will_be_slow_and_names_bf16():
+    precision = resolve_precision("16", torch.device("cpu"))
+    assert precision.name == "16" and "30-350x slower in training" in precision.reason and "bf16" in precision.reason
+    assert "slower" not in resolve_precision("16", torch.device("cuda")).reason
+
+
 def test_auto_bf16_on_a_cpu_falls_back_to_fp32_for_gru_and_rnn_layers_and_for_small_steps(monkeypatch):
     from deepstep.engine import precision as prec
 

@@ -817,6 +817,8 @@ def evaluate_run(
         )
         chosen = pays_off(chosen, batch_size * cost.mult_adds, auto=True)
     batches.channels_last = _choose_kernels(model, chosen, batch_size, device)["channels_last"]
+    if chosen.name != "32":
+        log(f"precision {chosen.name} ({chosen.reason})")
     if tta:
         model = ViewAveraged(model, tta)
     means, kept = evaluate(model, classification_step(), batches, chosen, keep=("output", "target"))
