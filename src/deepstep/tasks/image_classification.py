@@ -809,13 +809,7 @@ def evaluate_run(
     batch_size = 256
     batches = make_batches(part, trained.prep, batch_size=batch_size, device=device, workers=config.workers)
     model = trained.model.to(device)
-    chosen = supported_by(resolve_precision(precision, device), model, auto=precision == "auto")
-    if precision == "auto":  # as training decides it, for a batch of this size
-        prep = trained.prep
-        cost = check_model_fits(
-            trained.record["model"]["name"], trained.record["model"]["args"], prep.channels, prep.size
-        )
-        chosen = pays_off(chosen, batch_size * cost.mult_adds, auto=True)
+    chosen = _inference_precision(precision, trained, device, batch_size)
     batches.channels_last = _choose_kernels(model, chosen, batch_size, device)["channels_last"]
     if chosen.name != "32":
         log(f"precision {chosen.name} ({chosen.reason})")
@@ -848,6 +842,16 @@ def evaluate_run(
             {key: result[key] for key in ("time", "checkpoint", "tta", "device", "epoch", "accuracy", "loss")},
         )
     return result
+
+
+def _inference_precision(requested: str, trained: TrainedModel, device: torch.device, batch_size: int) -> Precision:
+    """`requested` resolved as training resolves its --precision, for forward calls of `batch_size` images."""
+    precision = supported_by(resolve_precision(requested, device), trained.model, auto=requested == "auto")
+    if requested != "auto":
+        return precision
+    model, prep = trained.record["model"], trained.prep
+    cost = check_model_fits(model["name"], model["args"], prep.channels, prep.size)
+    return pays_off(precision, batch_size * cost.mult_adds, auto=True)
 
 
 def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data_dir, log, progress) -> Part:
