@@ -80,7 +80,13 @@ def test_evaluation_runs_in_the_precision_asked_for_and_records_it(trained_run, 
         assert main(["evaluate", str(trained_run), "--split", "val", "--precision", name, "--json"]) == 0
         results[name] = json.loads(capsys.readouterr().out)
     assert [r["device"]["precision"] for r in results.values()] == ["32", "bf16"]
-    assert used == [("32", True), ("bf16", True)]  # batches of 256: oneDNN's channels_last kernels, as training's
+    assert main(["evaluate", str(trained_run), "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"]["precision_reason"] == "fp32, evaluate's default"
+    assert used == [
+        ("32", True),
+        ("bf16", True),
+        ("32", True),
+    ]  # batches of 256: oneDNN's channels_last kernels, as training's
     assert results["bf16"]["loss"] == pytest.approx(results["32"]["loss"], rel=0.05)  # bf16 rounds, nothing more
     # auto decides as training does: lenet on 256 images has enough work for bf16 where the CPU has it
     assert main(["evaluate", str(trained_run), "--precision", "auto"]) == 0

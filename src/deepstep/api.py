@@ -59,12 +59,12 @@ class Run:
         baselines: bool | list[str] = False,
         backtest: bool = False,
         data: str | None = None,
-        precision: str = "32",
+        precision: str | None = None,
         verbose: bool = True,
     ) -> dict[str, Any]:
         """The run's metrics on `split`; the test split once per run. Images: accuracy, loss, per-class
-        accuracy, confusion matrix (`tta`: "flip" or "flip-translate" averaging; `precision`: "32",
-        "bf16", "16" or "auto", as training's). Forecasting: MAE,
+        accuracy, confusion matrix (`tta`: "flip" or "flip-translate" averaging; `precision`: None or
+        "32" for fp32, "bf16", "16" or "auto", as training's). Forecasting: MAE,
         RMSE, MAPE, sMAPE, MASE (`baselines`, `backtest`). Sequences: accuracy, precision, recall, F1,
         ROC AUC. `data`: where the run's data is now, if it moved since training."""
         task = self.task

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         tta=tta_from_flags(args),
         data_dir=args.data_dir,
         data=args.data,
-        precision=args.precision or "32",
+        precision=args.precision,
         log=(lambda m: None) if quiet else print,
         progress=progress_enabled(args) and not quiet,
     )

@@ -780,15 +780,15 @@ def evaluate_run(
     tta: bool | str | None = None,
     data_dir: str | None = None,
     data: str | None = None,
-    precision: str = "32",
+    precision: str | None = None,
     log: Log = print,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Loss, accuracy, per-class accuracy and confusion matrix on `split` (test or val);
     with `tta` ("flip" or "flip-translate"), each image's logits are averaged over views of it.
-    `data`: where the run's data is now, if it moved since training. `precision`: "32" (the
-    default), "bf16", "16" or "auto", as training's --precision; the kernels are chosen as
-    training chooses them for that precision.
+    `data`: where the run's data is now, if it moved since training. `precision`: "32" (fp32,
+    also when None), "bf16", "16" or "auto", as training's --precision; the kernels are chosen
+    as training chooses them for that precision.
 
     The test split is measured once per run; a second measurement needs `force` and is recorded.
     """
@@ -798,7 +798,7 @@ def evaluate_run(
         raise DeepstepError(
             f"--split {split!r}: evaluate measures 'test' or 'val' (the train part is reported by training)"
         )
-    if precision not in PRECISIONS:
+    if precision is not None and precision not in PRECISIONS:
         raise DeepstepError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     history = test_evaluations(run, split, force, lambda e: f"accuracy {e['accuracy']:.2%}")
     info = run.read_json("run.json")
@@ -844,8 +844,13 @@ def evaluate_run(
     return result
 
 
-def _inference_precision(requested: str, trained: TrainedModel, device: torch.device, batch_size: int) -> Precision:
-    """`requested` resolved as training resolves its --precision, for forward calls of `batch_size` images."""
+def _inference_precision(
+    requested: str | None, trained: TrainedModel, device: torch.device, batch_size: int
+) -> Precision:
+    """`requested` resolved as training resolves its --precision, for forward calls of `batch_size`
+    images; fp32 when None."""
+    if requested is None:
+        return Precision("32", device.type, "fp32, evaluate's default")
     precision = supported_by(resolve_precision(requested, device), trained.model, auto=requested == "auto")
     if requested != "auto":
         return precision
