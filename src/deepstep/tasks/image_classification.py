@@ -829,9 +829,8 @@ def evaluate_run(
         **report,
         "time": now(),
     }
-    title = f"{split}: accuracy {result['accuracy']:.2%} ({result['images']} images)" + (
-        f" with {tta} TTA" if tta else ""
-    )
+    title = f"{split}: accuracy {result['accuracy']:.2%} ({result['images']} images)"
+    title += (f" with {tta} TTA" if tta else "") + (f", in {chosen.name}" if chosen.name != "32" else "")
     matrix = np.asarray(result["confusion_matrix"])
     result["files"] = save_confusion(run.path, split, matrix, trained.classes, title)
     run.write_json(f"{split}.json", result)
