@@ -63,9 +63,10 @@ def test_the_validation_accuracy_matches_what_training_recorded_for_that_epoch(t
     assert abs(result["accuracy"] - float(last["val_acc"])) < 1e-6
 
 
-def test_evaluation_runs_in_the_precision_asked_for_and_records_it(trained_run, capsys, monkeypatch):
+def test_evaluation_runs_in_the_precision_asked_for_with_trainings_kernels_and_records_it(
+    trained_run, capsys, monkeypatch
+):
     from deepstep.engine import loop
-    from deepstep.engine.precision import cpu_has_fast_bf16
 
     used = []
     real_evaluate = loop.evaluate
@@ -80,23 +81,28 @@ def test_evaluation_runs_in_the_precision_asked_for_and_records_it(trained_run, 
         assert main(["evaluate", str(trained_run), "--split", "val", "--precision", name, "--json"]) == 0
         results[name] = json.loads(capsys.readouterr().out)
     assert [r["device"]["precision"] for r in results.values()] == ["32", "bf16"]
-    assert main(["evaluate", str(trained_run), "--split", "val", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["device"]["precision_reason"] == "fp32, evaluate's default"
-    assert used == [
-        ("32", True),
-        ("bf16", True),
-        ("32", True),
-    ]  # batches of 256: oneDNN's channels_last kernels, as training's
+    # batches of 256: oneDNN's channels_last kernels, as training would pick for them
+    assert used == [("32", True), ("bf16", True)]
     assert results["bf16"]["loss"] == pytest.approx(results["32"]["loss"], rel=0.05)  # bf16 rounds, nothing more
-    # auto decides as training does: lenet on 256 images has enough work for bf16 where the CPU has it
+
+
+def test_evaluation_precision_auto_decides_as_training_does_and_the_test_record_keeps_it(trained_run, capsys):
+    from deepstep.engine.precision import cpu_has_fast_bf16
+
     assert main(["evaluate", str(trained_run), "--precision", "auto"]) == 0
-    picked = "bf16" if cpu_has_fast_bf16() else "32"
+    picked = "bf16" if cpu_has_fast_bf16() else "32"  # lenet on 256 images has enough work for bf16 to pay
     report = [line for line in capsys.readouterr().out.splitlines() if line.startswith("test: accuracy")]
     assert report[0].endswith(f"epoch 2, precision {picked})")
     record = json.loads((trained_run / "evaluations.json").read_text())[0]
     assert record["device"]["precision"] == picked and record["device"]["precision_reason"].startswith("auto: ")
+
+
+def test_evaluation_is_fp32_unless_asked_and_an_unknown_precision_is_refused(trained_run, capsys):
     import deepstep
 
+    assert main(["evaluate", str(trained_run), "--split", "val", "--json"]) == 0
+    device = json.loads(capsys.readouterr().out)["device"]
+    assert device["precision"] == "32" and device["precision_reason"] == "fp32, evaluate's default"
     with pytest.raises(DeepstepError, match="--precision 'fp8' is not one of auto, 32, bf16, 16"):
         deepstep.load_run(trained_run).evaluate("val", precision="fp8", verbose=False)
 
