@@ -102,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
     from deepstep.tasks import run_task
 
     task = run_task(args.run_dir)
-    tta = ("tta", "tta_translate", "precision")
+    images = ("tta", "tta_translate", "precision")
     forecast = ("baselines", "backtest", "order", "seasonal_order")
-    unused = {"image-classification": forecast, "forecasting": tta, "sequence-classification": tta + forecast}
+    unused = {"image-classification": forecast, "forecasting": images, "sequence-classification": images + forecast}
     refuse_options(args, unused[task], args.run_dir, task)
     if task == "forecasting":
         return _run_forecast(args)
