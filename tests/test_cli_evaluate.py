@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import deepstep
 from conftest import CLASSES
 from deepstep.cli import main
 from deepstep.errors import DeepstepError
@@ -105,6 +106,22 @@ def test_evaluation_is_fp32_unless_asked_and_an_unknown_precision_is_refused(tra
     assert device["precision"] == "32" and device["precision_reason"] == "fp32, evaluate's default"
     with pytest.raises(DeepstepError, match="--precision 'fp8' is not one of auto, 32, bf16, 16"):
         deepstep.load_run(trained_run).evaluate("val", precision="fp8", verbose=False)
+
+
+def test_evaluation_and_prediction_run_on_the_device_asked_for(trained_run, image_folder, capsys):
+    assert main(["evaluate", str(trained_run), "--split", "val", "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"]["type"] == "cpu"
+    if torch.cuda.is_available():
+        return
+    image = str(image_folder / "test" / "circle" / "000.png")
+    for command in (["evaluate", str(trained_run)], ["predict", str(trained_run), image]):
+        assert main([*command, "--device", "cuda"]) == 2
+        assert capsys.readouterr().err == (
+            f"deepstep {command[0]}: error: --device cuda: no CUDA device is visible to PyTorch; "
+            "use --device cpu or auto\n"
+        )
+    with pytest.raises(DeepstepError, match=r"^--device 'gpu' is not a device; use auto, cpu, cuda or mps$"):
+        deepstep.load_run(trained_run).predict(image, device="gpu")
 
 
 def test_evaluating_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path, capsys):

@@ -83,3 +83,59 @@ def test_predict_with_tta_still_gives_a_distribution(flag, trained_run, image_fo
     assert main(["predict", str(trained_run), str(image_folder / "test" / "circle"), flag, "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert len(results) == 6 and all(abs(sum(t["probability"] for t in r["top_k"]) - 1) < 1e-5 for r in results)
+
+
+def test_predict_runs_in_the_precision_asked_for_with_the_kernels_training_would_pick(
+    trained_run, image_folder, capsys, monkeypatch
+):
+    import torch
+
+    from deepstep.tasks import image_classification
+
+    seen = []
+    real = image_classification.classify_files
+
+    def spy(model, *args, precision, channels_last, **kwargs):
+        seen.append((precision.name, channels_last, torch.is_autocast_enabled("cpu")))
+        return real(model, *args, precision=precision, channels_last=channels_last, **kwargs)
+
+    monkeypatch.setattr(image_classification, "classify_files", spy)
+    folder = str(image_folder / "test")
+    results = {}
+    for name in ("32", "bf16"):
+        assert main(["predict", str(trained_run), folder, "--precision", name, "--json"]) == 0
+        captured = capsys.readouterr()
+        results[name] = json.loads(captured.out)  # --json: the precision line goes to stderr
+        assert captured.err == ("" if name == "32" else "precision bf16 (--precision bf16)\n")
+    # batches of 64: oneDNN's channels_last kernels, as training would pick for them
+    assert [s[:2] for s in seen] == [("32", True), ("bf16", True)] and not any(s[2] for s in seen)
+    for fp32, bf16 in zip(results["32"], results["bf16"], strict=True):
+        assert bf16["top_k"][0]["probability"] == pytest.approx(fp32["top_k"][0]["probability"], abs=0.02)
+
+
+def test_predict_in_bf16_runs_every_batch_in_one_autocast_region_so_weights_are_cast_once(
+    trained_run, image_folder, monkeypatch
+):
+    import torch
+
+    from deepstep.engine.precision import Precision
+    from deepstep.tasks import image_classification
+
+    entered, outputs = [], []
+    real_autocast, real_ready = Precision.autocast, image_classification._ready_for_inference
+
+    def counting_autocast(self):
+        entered.append(self.name)
+        return real_autocast(self)
+
+    def ready(model, *args):
+        model.register_forward_hook(lambda module, inputs, output: outputs.append(output.dtype))
+        return real_ready(model, *args)
+
+    monkeypatch.setattr(Precision, "autocast", counting_autocast)
+    monkeypatch.setattr(image_classification, "_ready_for_inference", ready)
+    results = image_classification.predict_run(
+        trained_run, [image_folder / "test"], batch_size=4, precision="bf16", log=lambda m: None
+    )
+    assert len(results) == 18 and outputs == [torch.bfloat16] * 5  # 18 images in batches of 4
+    assert entered == ["bf16"]  # autocast keeps its weight casts for the region: one region, one cast

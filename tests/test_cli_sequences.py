@@ -4,7 +4,11 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
+import deepstep
 from deepstep.cli import main
+from deepstep.errors import DeepstepError
 
 
 def _json(capsys):
@@ -246,6 +250,10 @@ def test_options_a_task_has_no_use_for_are_refused_not_ignored(seasonal_csv, seq
     seq = str(sequence_folder / "dataset" / "seq_1.csv")
     assert main(["predict", "runs/s", seq, "--plot", "p.png"]) == 2
     assert "--plot does not apply to runs/s" in capsys.readouterr().err
+    assert main(["predict", "runs/s", seq, "--precision", "bf16", "--device", "cpu"]) == 2
+    assert "--precision, --device do not apply to runs/s (sequence-classification)" in capsys.readouterr().err
+    with pytest.raises(DeepstepError, match=r"^device= is for image runs; runs/s is sequence-classification"):
+        deepstep.load_run("runs/s").predict(seq, device="cpu")
     assert main(["predict", "runs/s", seq]) == 0  # without it, the same command works
 
 

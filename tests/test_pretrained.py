@@ -113,3 +113,27 @@ def test_an_unknown_pretrained_model_suggests_close_names(tmp_path, capsys):
     assert main(["predict", "--model", "vgg61", "--pretrained", str(_photo(tmp_path / "x.png"))]) == 2
     err = capsys.readouterr().err
     assert "no ImageNet weights for model 'vgg61' (did you mean" in err and "'vgg16'" in err
+
+
+def test_pretrained_prediction_in_bf16_names_its_precision_and_keeps_the_answer(tmp_path, capsys):
+    import deepstep
+    from deepstep.engine.precision import cpu_has_fast_bf16
+
+    def lean_to_golden_retriever(state):
+        state["classifier.3.bias"][GOLDEN_RETRIEVER] = 8.0  # a clear favourite, not a certainty
+
+    write_pretrained_weights("mobilenet_v3_small", lean_to_golden_retriever)
+    photos = [_photo(tmp_path / f"{i}.png", (120 + 40 * i, 90)) for i in range(3)]
+    model = deepstep.pretrained("mobilenet_v3_small")
+    fp32 = model.predict(photos, top_k=3, verbose=False)
+    bf16 = model.predict(photos, top_k=3, precision="bf16", verbose=False)
+    for a, b in zip(fp32, bf16, strict=True):
+        assert a["label"] == b["label"] == "golden retriever" and 0.05 < a["top_k"][0]["probability"] < 0.95
+        assert b["top_k"][0]["probability"] == pytest.approx(a["top_k"][0]["probability"], abs=0.02)
+    args = ["predict", "--model", "mobilenet_v3_small", "--pretrained", *map(str, photos), "--precision", "auto"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    if cpu_has_fast_bf16():  # 16 images x 56 M multiply-adds a call: enough work for bf16 to pay
+        assert lines[0] == "precision bf16 (auto: bf16 autocast, this CPU has AMX/AVX-512-BF16)" and len(lines) == 4
+    else:
+        assert len(lines) == 3

@@ -60,14 +60,16 @@ class Run:
         backtest: bool = False,
         data: str | None = None,
         precision: str | None = None,
+        device: str | None = None,
         verbose: bool = True,
     ) -> dict[str, Any]:
         """The run's metrics on `split`; the test split once per run. Images: accuracy, loss, per-class
         accuracy, confusion matrix (`tta`: "flip" or "flip-translate" averaging; `precision`: None or
-        "32" for fp32, "bf16", "16" or "auto", as training's). Forecasting: MAE,
-        RMSE, MAPE, sMAPE, MASE (`baselines`, `backtest`). Sequences: accuracy, precision, recall, F1,
-        ROC AUC. `data`: where the run's data is now, if it moved since training."""
+        "32" for fp32, "bf16", "16" or "auto", as training's; `device`: as train's, auto when None).
+        Forecasting: MAE, RMSE, MAPE, sMAPE, MASE (`baselines`, `backtest`). Sequences: accuracy,
+        precision, recall, F1, ROC AUC. `data`: where the run's data is now, if it moved since training."""
         task = self.task
+        _images_only(task, self.path, precision=precision, device=device)
         if task == "forecasting":
             from deepstep.tasks.forecasting import evaluate_run as evaluate_forecast
 
@@ -97,6 +99,7 @@ class Run:
             tta=tta,
             data=data,
             precision=precision,
+            device=device,
             log=_log(verbose),
             progress=verbose,
         )
@@ -110,11 +113,16 @@ class Run:
         checkpoint: str = "best",
         tta: bool | str | None = None,
         data: str | None = None,
+        precision: str | None = None,
+        device: str | None = None,
+        verbose: bool = True,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """Top-k classes with softmax probabilities for each image file (or folder of images); the
         class of each sequence CSV; or, for a forecasting run (no inputs), the steps after its data
-        (`data`: where the series is now, if it moved since training)."""
+        (`data`: where the series is now, if it moved since training). Images only: `precision`, as
+        evaluate's; `device`, as train's (auto when None)."""
         task = self.task
+        _images_only(task, self.path, precision=precision, device=device)
         if task == "forecasting":
             from deepstep.tasks.forecasting import predict_run as forecast
 
@@ -132,7 +140,17 @@ class Run:
             return classify(self.path, inputs, checkpoint=checkpoint)
         from deepstep.tasks.image_classification import predict_run
 
-        return predict_run(self.path, inputs, top_k=top_k, plot=plot, checkpoint=checkpoint, tta=tta)
+        return predict_run(
+            self.path,
+            inputs,
+            top_k=top_k,
+            plot=plot,
+            checkpoint=checkpoint,
+            tta=tta,
+            precision=precision,
+            device=device,
+            log=_log(verbose),
+        )
 
     def export(
         self, format: str = "onnx", out: str | Path | None = None, *, checkpoint: str = "best"
@@ -144,6 +162,13 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
+
+
+def _images_only(task: str, path: Path, **options: Any) -> None:
+    """A one-line error for options that only image runs take, given for another task's run."""
+    given = [name for name, value in options.items() if value is not None]
+    if given and task != "image-classification":
+        raise DeepstepError(f"{given[0]}= is for image runs; {path} is {task}: leave it out")
 
 
 def _log(verbose: bool):
@@ -254,12 +279,19 @@ class Pretrained:
         top_k: int = 5,
         plot: str | Path | None = None,
         tta: bool | str | None = None,
+        precision: str | None = None,
+        device: str | None = None,
+        verbose: bool = True,
     ) -> list[dict[str, Any]]:
-        """Top-k ImageNet label names with softmax probabilities for each image (or folder)."""
+        """Top-k ImageNet label names with softmax probabilities for each image (or folder);
+        `precision`: None or "32" for fp32, "bf16", "16" or "auto", as training's; `device`: as
+        train's (auto when None)."""
         from deepstep.tasks.image_classification import predict_pretrained
 
         paths = [images] if isinstance(images, str | Path) else list(images)
-        return predict_pretrained(self.name, paths, top_k=top_k, plot=plot, tta=tta)
+        return predict_pretrained(
+            self.name, paths, top_k=top_k, plot=plot, tta=tta, precision=precision, device=device, log=_log(verbose)
+        )
 
 
 def pretrained(name: str) -> Pretrained:

@@ -14,7 +14,7 @@ from deepstep.cli.common import (
     refuse_options,
     tta_from_flags,
 )
-from deepstep.config import PRECISIONS
+from deepstep.config import DEVICES, PRECISIONS
 
 EXAMPLES = """\
 examples:
@@ -87,6 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=PRECISIONS,
         help="images: as train's --precision (default 32; bf16 is about 3x faster on CPUs with AMX)",
     )
+    parser.add_argument("--device", choices=DEVICES, help="images: default auto (cuda, then mps, then cpu)")
     parser.add_argument(
         "--data",
         metavar="PATH",
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from deepstep.tasks import run_task
 
     task = run_task(args.run_dir)
-    images = ("tta", "tta_translate", "precision")
+    images = ("tta", "tta_translate", "precision", "device")
     forecast = ("baselines", "backtest", "order", "seasonal_order")
     unused = {"image-classification": forecast, "forecasting": images, "sequence-classification": images + forecast}
     refuse_options(args, unused[task], args.run_dir, task)
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         data=args.data,
         precision=args.precision,
+        device=args.device,
         log=(lambda m: None) if quiet else print,
         progress=progress_enabled(args) and not quiet,
     )

@@ -4,8 +4,10 @@ pre-processing; for a forecasting run, the steps after the end of its data."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from deepstep.cli.common import add_tta_options, formatter, print_json, refuse_options, tta_from_flags
+from deepstep.config import DEVICES, PRECISIONS
 
 EXAMPLES = """\
 examples:
@@ -48,6 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
     add_tta_options(parser)
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="images: as train's --precision (default 32; bf16 is 2-3x faster for big models on CPUs with AMX)",
+    )
+    parser.add_argument("--device", choices=DEVICES, help="images: default auto (cuda, then mps, then cpu)")
+    parser.add_argument(
         "--json", action="store_true", help="print a JSON list: file, label, top_k [{label, probability}]"
     )
     parser.add_argument(
@@ -76,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
         task = run_task(args.inputs[0])
         unused = {
             "image-classification": ("out", "data"),
-            "forecasting": ("tta", "tta_translate"),
-            "sequence-classification": ("tta", "tta_translate", "plot", "out", "data"),
+            "forecasting": ("tta", "tta_translate", "precision", "device"),
+            "sequence-classification": ("tta", "tta_translate", "precision", "device", "plot", "out", "data"),
         }
         refuse_options(args, unused[task], args.inputs[0], task)
         if task == "forecasting":
@@ -85,15 +93,33 @@ def run(args: argparse.Namespace) -> int:
         if task == "sequence-classification":
             return _sequences(args)
     tta = tta_from_flags(args)
+    log = _stderr if args.json else print  # --json keeps stdout for the JSON alone
     if args.pretrained:
-        results = predict_pretrained(args.model, args.inputs, top_k=args.top_k, plot=args.plot, tta=tta)
+        results = predict_pretrained(
+            args.model,
+            args.inputs,
+            top_k=args.top_k,
+            plot=args.plot,
+            tta=tta,
+            precision=args.precision,
+            device=args.device,
+            log=log,
+        )
     elif len(args.inputs) < 2:
         raise DeepstepError(
             f"give a run folder and at least one image: `deepstep predict RUN IMAGE` (got {args.inputs[0]!r})"
         )
     else:
         results = predict_run(
-            args.inputs[0], args.inputs[1:], top_k=args.top_k, checkpoint=args.checkpoint, plot=args.plot, tta=tta
+            args.inputs[0],
+            args.inputs[1:],
+            top_k=args.top_k,
+            checkpoint=args.checkpoint,
+            plot=args.plot,
+            tta=tta,
+            precision=args.precision,
+            device=args.device,
+            log=log,
         )
     if args.json:
         print_json(results)
@@ -107,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
         more = len(results) > PLOT_MAX_IMAGES
         print(f"plot: {args.plot}" + (f" (the first {PLOT_MAX_IMAGES} of {len(results)} images)" if more else ""))
     return 0
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _forecast(args: argparse.Namespace) -> int:

@@ -25,7 +25,10 @@ def resolve_device(requested: str = "auto") -> torch.device:
         raise DeepstepError("--device cuda: no CUDA device is visible to PyTorch; use --device cpu or auto")
     if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise DeepstepError("--device mps: Apple's MPS backend is not available here; use --device cpu or auto")
-    return torch.device(requested)
+    try:
+        return torch.device(requested)
+    except RuntimeError:
+        raise DeepstepError(f"--device {requested!r} is not a device; use auto, cpu, cuda or mps") from None
 
 
 @functools.cache

@@ -781,6 +781,7 @@ def evaluate_run(
     data_dir: str | None = None,
     data: str | None = None,
     precision: str | None = None,
+    device: str | None = None,
     log: Log = print,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -788,7 +789,7 @@ def evaluate_run(
     with `tta` ("flip" or "flip-translate"), each image's logits are averaged over views of it.
     `data`: where the run's data is now, if it moved since training. `precision`: "32" (fp32,
     also when None), "bf16", "16" or "auto", as training's --precision; the kernels are chosen
-    as training chooses them for that precision.
+    as training chooses them for that precision. `device`: as train's --device (auto when None).
 
     The test split is measured once per run; a second measurement needs `force` and is recorded.
     """
@@ -798,21 +799,15 @@ def evaluate_run(
         raise DeepstepError(
             f"--split {split!r}: evaluate measures 'test' or 'val' (the train part is reported by training)"
         )
-    if precision is not None and precision not in PRECISIONS:
-        raise DeepstepError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     history = test_evaluations(run, split, force, lambda e: f"accuracy {e['accuracy']:.2%}")
     info = run.read_json("run.json")
     config = run_config(run, data)
     trained = load_trained(run, checkpoint)
+    on, batch_size = resolve_device(device or "auto"), 256
+    chosen = inference_precision(precision, trained.model, on, lambda: batch_size * _run_cost(trained), "evaluate")
     part = _evaluation_part(info, config, trained.prep, split, data_dir, log, progress)
-    device = resolve_device(config.device)
-    batch_size = 256
-    batches = make_batches(part, trained.prep, batch_size=batch_size, device=device, workers=config.workers)
-    model = trained.model.to(device)
-    chosen = _inference_precision(precision, trained, device, batch_size)
-    batches.channels_last = _choose_kernels(model, chosen, batch_size, device)["channels_last"]
-    if chosen.name != "32":
-        log(f"precision {chosen.name} ({chosen.reason})")
+    batches = make_batches(part, trained.prep, batch_size=batch_size, device=on, workers=config.workers)
+    model, batches.channels_last = _ready_for_inference(trained.model, chosen, batch_size, on, log)
     if tta:
         model = ViewAveraged(model, tta)
     means, kept = evaluate(model, classification_step(), batches, chosen, keep=("output", "target"))
@@ -821,7 +816,7 @@ def evaluate_run(
         "split": split,
         "checkpoint": checkpoint,
         "tta": tta,
-        "device": {"type": device.type, "precision": chosen.name, "precision_reason": chosen.reason},
+        "device": {"type": on.type, "precision": chosen.name, "precision_reason": chosen.reason},
         "epoch": trained.record["epoch"],
         "images": len(kept["target"]),
         "accuracy": report.pop("accuracy"),
@@ -843,19 +838,36 @@ def evaluate_run(
     return result
 
 
-def _inference_precision(
-    requested: str | None, trained: TrainedModel, device: torch.device, batch_size: int
+def inference_precision(
+    requested: str | None, model: nn.Module, device: torch.device, mult_adds: Callable[[], int], command: str
 ) -> Precision:
-    """`requested` resolved as training resolves its --precision, for forward calls of `batch_size`
-    images; fp32 when None."""
+    """`requested` resolved as training resolves its --precision, for forward calls of `mult_adds()`
+    multiply-adds (asked for `auto` only); fp32, `command`'s default, when None."""
     if requested is None:
-        return Precision("32", device.type, "fp32, evaluate's default")
-    precision = supported_by(resolve_precision(requested, device), trained.model, auto=requested == "auto")
-    if requested != "auto":
-        return precision
+        return Precision("32", device.type, f"fp32, {command}'s default")
+    if requested not in PRECISIONS:
+        raise DeepstepError(f"--precision {requested!r} is not one of {', '.join(PRECISIONS)}")
+    auto = requested == "auto"
+    precision = supported_by(resolve_precision(requested, device), model, auto=auto)
+    return pays_off(precision, mult_adds(), auto=True) if auto else precision
+
+
+def _run_cost(trained: TrainedModel) -> int:
+    """Multiply-adds of one forward pass of one image through a trained run's model."""
     model, prep = trained.record["model"], trained.prep
-    cost = check_model_fits(model["name"], model["args"], prep.channels, prep.size)
-    return pays_off(precision, batch_size * cost.mult_adds, auto=True)
+    return check_model_fits(model["name"], model["args"], prep.channels, prep.size).mult_adds
+
+
+def _ready_for_inference(
+    model: nn.Module, precision: Precision, batch_size: int, device: torch.device, log: Log
+) -> tuple[nn.Module, bool]:
+    """The model on `device` with the kernels training would choose for `precision` and batches of
+    `batch_size`; whether inputs should be channels_last. Says the precision when it is not fp32."""
+    model = model.to(device)
+    channels_last = _choose_kernels(model, precision, batch_size, device)["channels_last"]
+    if precision.name != "32":
+        log(f"precision {precision.name} ({precision.reason})")
+    return model, channels_last
 
 
 def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data_dir, log, progress) -> Part:
@@ -951,15 +963,31 @@ def predict_run(
     plot: str | Path | None = None,
     batch_size: int = 64,
     tta: bool | str | None = None,
+    precision: str | None = None,
+    device: str | None = None,
+    log: Log = print,
 ) -> list[dict[str, Any]]:
-    """Class and softmax probabilities for each image, with the run's own pre-processing."""
+    """Class and softmax probabilities for each image, with the run's own pre-processing.
+    `precision`: as evaluate's (fp32 when None); `device`: as train's (auto when None)."""
     if top_k < 1:
         raise DeepstepError(f"--top-k must be at least 1, got {top_k}")
     run = RunDir.open(run_path)
+    on = resolve_device(device or "auto")
     trained = load_trained(run, checkpoint)
     files = image_files(inputs)
+    chosen = inference_precision(precision, trained.model, on, lambda: batch_size * _run_cost(trained), "predict")
+    model, channels_last = _ready_for_inference(trained.model, chosen, batch_size, on, log)
     return classify_files(
-        trained.model, trained.classes, trained.prep, files, top_k=top_k, plot=plot, batch_size=batch_size, tta=tta
+        model,
+        trained.classes,
+        trained.prep,
+        files,
+        top_k=top_k,
+        plot=plot,
+        batch_size=batch_size,
+        tta=tta,
+        precision=chosen,
+        channels_last=channels_last,
     )
 
 
@@ -971,18 +999,36 @@ def predict_pretrained(
     plot: str | Path | None = None,
     batch_size: int = 16,
     tta: bool | str | None = None,
+    precision: str | None = None,
+    device: str | None = None,
+    log: Log = print,
 ) -> list[dict[str, Any]]:
     """ImageNet top-k label names and probabilities from torchvision's pretrained `model_name`,
-    with the weights' own pre-processing (resize the short side, center-crop, normalise)."""
+    with the weights' own pre-processing (resize the short side, center-crop, normalise).
+    `precision`: as evaluate's (fp32 when None); `device`: as train's (auto when None)."""
     from deepstep.models.pretrained import load_pretrained
 
     if top_k < 1:
         raise DeepstepError(f"--top-k must be at least 1, got {top_k}")
-    files = image_files(inputs)  # a wrong path is said before the weights are loaded (or downloaded)
+    files = image_files(inputs)  # a wrong path or device is said before the weights are loaded (or downloaded)
+    on = resolve_device(device or "auto")
     model, spec = load_pretrained(model_name)
+    chosen = inference_precision(precision, model, on, lambda: batch_size * spec.multiply_adds, "predict")
+    model, channels_last = _ready_for_inference(model, chosen, batch_size, on, log)
     p = spec.preprocessing
     prep = Preprocessing(3, p["crop"], p["resize"], p["mean"], p["std"])
-    return classify_files(model, spec.categories, prep, files, top_k=top_k, plot=plot, batch_size=batch_size, tta=tta)
+    return classify_files(
+        model,
+        spec.categories,
+        prep,
+        files,
+        top_k=top_k,
+        plot=plot,
+        batch_size=batch_size,
+        tta=tta,
+        precision=chosen,
+        channels_last=channels_last,
+    )
 
 
 def classify_files(
@@ -995,17 +1041,24 @@ def classify_files(
     plot: str | Path | None,
     batch_size: int,
     tta: bool | str | None,
+    precision: Precision | None = None,
+    channels_last: bool = False,
 ) -> list[dict[str, Any]]:
     """Softmax over the model's outputs for each image file (from `image_files`, which checks
-    each path once): the top-k classes, best first."""
+    each path once): the top-k classes, best first. The images go to the model's device; one
+    autocast region for all batches (fp32 when `precision` is None), so that it casts the weights once."""
     tta = tta_mode(tta)
     top_k = min(top_k, len(classes))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    precision = precision or Precision("32", device.type, "fp32")
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     model = ViewAveraged(model, tta) if tta else model
     images = np.stack([read_for_model(f, prep) for f in files])
     results = []
-    with torch.inference_mode():
+    with torch.inference_mode(), precision.autocast():
         for start in range(0, len(files), batch_size):
             x = prep.normalize(torch.from_numpy(images[start : start + batch_size]))
+            x = x.to(device, non_blocking=True).contiguous(memory_format=layout)
             probs = torch.softmax(model(x).float(), dim=1)
             values, indices = probs.topk(top_k, dim=1)
             for file, p, idx in zip(files[start : start + batch_size], values.tolist(), indices.tolist(), strict=True):
