@@ -139,3 +139,24 @@ def test_predict_in_bf16_runs_every_batch_in_one_autocast_region_so_weights_are_
     )
     assert len(results) == 18 and outputs == [torch.bfloat16] * 5  # 18 images in batches of 4
     assert entered == ["bf16"]  # autocast keeps its weight casts for the region: one region, one cast
+
+
+def test_predict_decodes_a_batch_at_a_time_so_any_folder_fits_in_memory(trained_run, image_folder, monkeypatch):
+    from deepstep.tasks import image_classification
+
+    read, read_at_each_call = [], []
+    real_read, real_ready = image_classification.read_for_model, image_classification._ready_for_inference
+
+    def counting_read(path, prep):
+        read.append(path)
+        return real_read(path, prep)
+
+    def ready(model, *args):
+        model.register_forward_hook(lambda module, inputs, output: read_at_each_call.append(len(read)))
+        return real_ready(model, *args)
+
+    monkeypatch.setattr(image_classification, "read_for_model", counting_read)
+    monkeypatch.setattr(image_classification, "_ready_for_inference", ready)
+    results = image_classification.predict_run(trained_run, [image_folder / "test"], batch_size=4, plot="p.png")
+    assert read_at_each_call == [4, 8, 12, 16, 18] and len(results) == 18
+    assert Image.open("p.png").size[1] > 12 * 150  # the plot still draws the first 12, from the first batches

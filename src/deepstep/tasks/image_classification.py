@@ -1045,19 +1045,22 @@ def classify_files(
     channels_last: bool = False,
 ) -> list[dict[str, Any]]:
     """Softmax over the model's outputs for each image file (from `image_files`, which checks
-    each path once): the top-k classes, best first. The images go to the model's device; one
-    autocast region for all batches (fp32 when `precision` is None), so that it casts the weights once."""
+    each path once): the top-k classes, best first. The files are decoded a batch at a time, so a
+    folder of any size fits in memory, and go to the model's device; one autocast region for all
+    batches (fp32 when `precision` is None), so that it casts the weights once."""
     tta = tta_mode(tta)
     top_k = min(top_k, len(classes))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     precision = precision or Precision("32", device.type, "fp32")
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = ViewAveraged(model, tta) if tta else model
-    images = np.stack([read_for_model(f, prep) for f in files])
-    results = []
+    results, shown = [], []  # shown: the images the plot draws
     with torch.inference_mode(), precision.autocast():
         for start in range(0, len(files), batch_size):
-            x = prep.normalize(torch.from_numpy(images[start : start + batch_size]))
+            images = np.stack([read_for_model(f, prep) for f in files[start : start + batch_size]])
+            if plot is not None and len(shown) < PLOT_MAX_IMAGES:
+                shown.extend(images[: PLOT_MAX_IMAGES - len(shown)])
+            x = prep.normalize(torch.from_numpy(images))
             x = x.to(device, non_blocking=True).contiguous(memory_format=layout)
             probs = torch.softmax(model(x).float(), dim=1)
             values, indices = probs.topk(top_k, dim=1)
@@ -1067,8 +1070,7 @@ def classify_files(
     if plot is not None:
         from deepstep.plots import plot_predictions
 
-        shown = min(len(results), PLOT_MAX_IMAGES)
-        plot_predictions([(images[i], results[i]["file"], results[i]["top_k"]) for i in range(shown)], Path(plot))
+        plot_predictions([(image, r["file"], r["top_k"]) for image, r in zip(shown, results, strict=False)], Path(plot))
     return results
 
 
