@@ -141,7 +141,9 @@ def test_predict_in_bf16_runs_every_batch_in_one_autocast_region_so_weights_are_
     assert entered == ["bf16"]  # autocast keeps its weight casts for the region: one region, one cast
 
 
-def test_predict_decodes_a_batch_at_a_time_so_any_folder_fits_in_memory(trained_run, image_folder, monkeypatch):
+def test_predict_decodes_a_bounded_part_of_the_files_at_a_time_so_any_folder_fits_in_memory(
+    trained_run, image_folder, monkeypatch
+):
     from deepstep.tasks import image_classification
 
     read, read_at_each_call = [], []
@@ -157,6 +159,8 @@ def test_predict_decodes_a_batch_at_a_time_so_any_folder_fits_in_memory(trained_
 
     monkeypatch.setattr(image_classification, "read_for_model", counting_read)
     monkeypatch.setattr(image_classification, "_ready_for_inference", ready)
+    monkeypatch.setattr(image_classification, "PREDICT_DECODE_BYTES", 2 * 4 * 3 * 32 * 32)  # two batches of 4
     results = image_classification.predict_run(trained_run, [image_folder / "test"], batch_size=4, plot="p.png")
-    assert read_at_each_call == [4, 8, 12, 16, 18] and len(results) == 18
-    assert Image.open("p.png").size[1] > 12 * 150  # the plot still draws the first 12, from the first batches
+    assert read_at_each_call == [8, 8, 16, 16, 18] and len(results) == 18
+    assert [r["file"] for r in results] == [str(f) for f in read]  # each file read once, answered in order
+    assert Image.open("p.png").size[1] > 12 * 150  # the plot still draws the first 12, from the first parts
