@@ -263,7 +263,7 @@ def bench_inference(quick: bool) -> dict:
         "rows": rows,
         "deepstep/bare": bare_median / deepstep_median,
         "images": len(files),
-        "seconds": {"deepstep": deepstep_s[1:], "bare": bare_s[1:]},
+        "seconds": {"deepstep": [round(t, 3) for t in deepstep_s[1:]], "bare": [round(t, 3) for t in bare_s[1:]]},
     }
 
 
