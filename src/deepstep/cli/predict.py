@@ -92,35 +92,22 @@ def run(args: argparse.Namespace) -> int:
             return _forecast(args)
         if task == "sequence-classification":
             return _sequences(args)
-    tta = tta_from_flags(args)
-    log = _stderr if args.json else print  # --json keeps stdout for the JSON alone
+    options = {
+        "top_k": args.top_k,
+        "plot": args.plot,
+        "tta": tta_from_flags(args),
+        "precision": args.precision,
+        "device": args.device,
+        "log": _stderr if args.json else print,  # --json keeps stdout for the JSON alone
+    }
     if args.pretrained:
-        results = predict_pretrained(
-            args.model,
-            args.inputs,
-            top_k=args.top_k,
-            plot=args.plot,
-            tta=tta,
-            precision=args.precision,
-            device=args.device,
-            log=log,
-        )
+        results = predict_pretrained(args.model, args.inputs, **options)
     elif len(args.inputs) < 2:
         raise DeepstepError(
             f"give a run folder and at least one image: `deepstep predict RUN IMAGE` (got {args.inputs[0]!r})"
         )
     else:
-        results = predict_run(
-            args.inputs[0],
-            args.inputs[1:],
-            top_k=args.top_k,
-            checkpoint=args.checkpoint,
-            plot=args.plot,
-            tta=tta,
-            precision=args.precision,
-            device=args.device,
-            log=log,
-        )
+        results = predict_run(args.inputs[0], args.inputs[1:], checkpoint=args.checkpoint, **options)
     if args.json:
         print_json(results)
     else:
