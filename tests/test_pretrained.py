@@ -36,6 +36,17 @@ def test_the_weights_own_preprocessing_is_used():
     assert prep["mean"] == pytest.approx([0.485, 0.456, 0.406]) and prep["std"] == pytest.approx([0.229, 0.224, 0.225])
 
 
+def test_the_cost_torchvision_states_is_in_multiply_adds_as_deepstep_counts_them():
+    import torchvision
+
+    from deepstep.models.pretrained import get_pretrained_spec
+    from deepstep.models.shapes import multiply_adds, trace_shapes
+
+    layers = trace_shapes(torchvision.models.resnet18(), (3, 224, 224))
+    counted = sum(multiply_adds(layer.module, layer.input_shape, layer.output_shape) for layer in layers)
+    assert get_pretrained_spec("resnet18").multiply_adds == pytest.approx(counted, rel=0.01)  # 1.81 G
+
+
 def test_vgg16_predicts_imagenet_label_names_from_a_weights_file(tmp_path, capsys):
     def favour_golden_retriever(state):
         state["classifier.6.bias"][GOLDEN_RETRIEVER] = 1000.0

@@ -42,8 +42,8 @@ class PretrainedSpec:
     @property
     def multiply_adds(self) -> int:
         """Of one forward pass of one image: torchvision's "_ops", which it gives in G multiply-adds
-        (vgg16 15.47, resnet50 4.09, mobilenet_v3_small 0.06)."""
-        return int(self.weights.meta["_ops"] * 1e9)
+        (vgg16 15.47, resnet50 4.09, mobilenet_v3_small 0.06); 1 G where it does not say."""
+        return int(self.weights.meta.get("_ops", 1.0) * 1e9)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
