@@ -59,9 +59,8 @@ from deepstep.tasks.runs import (
 TASK = "image-classification"
 Log = Callable[[str], None]
 PLOT_MAX_IMAGES = 12  # predict --plot draws the first ones; a row each
-PREDICT_DECODE_BYTES = (
-    64 * 2**20
-)  # predict decodes this much at a time (at least a batch): 21,000 CIFAR images, 440 photos at 224x224
+# predict decodes this much at a time (at least a batch): 21,000 CIFAR images, 440 photos at 224x224
+PREDICT_DECODE_BYTES = 64 * 2**20
 
 # Changing these between a run and its resume would make the result meaningless.
 RESUME_MUST_MATCH = (
@@ -1048,8 +1047,8 @@ def classify_files(
     channels_last: bool = False,
 ) -> list[dict[str, Any]]:
     """Softmax over the model's outputs for each image file (from `image_files`, which checks
-    each path once): the top-k classes, best first. The files are decoded a batch at a time, so a
-    folder of any size fits in memory, and go to the model's device; one autocast region for all
+    each path once): the top-k classes, best first. The files are decoded in parts of up to
+    `PREDICT_DECODE_BYTES`, so a folder of any size fits in memory, and go to the model's device; one autocast region for all
     batches (fp32 when `precision` is None), so that it casts the weights once."""
     tta = tta_mode(tta)
     top_k = min(top_k, len(classes))
