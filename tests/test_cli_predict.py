@@ -93,13 +93,14 @@ def test_predict_runs_in_the_precision_asked_for_with_the_kernels_training_would
     from deepstep.tasks import image_classification
 
     seen = []
-    real = image_classification.classify_files
+    real = image_classification._ready_for_inference
 
-    def spy(model, *args, precision, channels_last, **kwargs):
+    def spy(model, precision, *args):
+        model, channels_last = real(model, precision, *args)
         seen.append((precision.name, channels_last, torch.is_autocast_enabled("cpu")))
-        return real(model, *args, precision=precision, channels_last=channels_last, **kwargs)
+        return model, channels_last
 
-    monkeypatch.setattr(image_classification, "classify_files", spy)
+    monkeypatch.setattr(image_classification, "_ready_for_inference", spy)
     folder = str(image_folder / "test")
     results = {}
     for name in ("32", "bf16"):

@@ -978,9 +978,8 @@ def predict_run(
     trained = load_trained(run, checkpoint)
     files = image_files(inputs)
     chosen = inference_precision(precision, trained.model, on, lambda: batch_size * _run_cost(trained), "predict")
-    model, channels_last = _ready_for_inference(trained.model, chosen, batch_size, on, log)
     return classify_files(
-        model,
+        trained.model,
         trained.classes,
         trained.prep,
         files,
@@ -989,7 +988,8 @@ def predict_run(
         batch_size=batch_size,
         tta=tta,
         precision=chosen,
-        channels_last=channels_last,
+        device=on,
+        log=log,
     )
 
 
@@ -1016,7 +1016,6 @@ def predict_pretrained(
     on = resolve_device(device or "auto")
     model, spec = load_pretrained(model_name)
     chosen = inference_precision(precision, model, on, lambda: batch_size * spec.multiply_adds, "predict")
-    model, channels_last = _ready_for_inference(model, chosen, batch_size, on, log)
     p = spec.preprocessing
     prep = Preprocessing(3, p["crop"], p["resize"], p["mean"], p["std"])
     return classify_files(
@@ -1029,7 +1028,8 @@ def predict_pretrained(
         batch_size=batch_size,
         tta=tta,
         precision=chosen,
-        channels_last=channels_last,
+        device=on,
+        log=log,
     )
 
 
@@ -1043,17 +1043,18 @@ def classify_files(
     plot: str | Path | None,
     batch_size: int,
     tta: bool | str | None,
-    precision: Precision | None = None,
-    channels_last: bool = False,
+    precision: Precision,
+    device: torch.device,
+    log: Log,
 ) -> list[dict[str, Any]]:
     """Softmax over the model's outputs for each image file (from `image_files`, which checks
-    each path once): the top-k classes, best first. The files are decoded in parts of up to
-    `PREDICT_DECODE_BYTES`, so a folder of any size fits in memory, and go to the model's device; one autocast region for all
-    batches (fp32 when `precision` is None), so that it casts the weights once."""
+    each path once): the top-k classes, best first. The model runs on `device` with the kernels
+    training would choose for `precision`, all batches in one autocast region, so that it casts
+    the weights once. The files are decoded in parts of up to `PREDICT_DECODE_BYTES`, so a folder
+    of any size fits in memory."""
     tta = tta_mode(tta)
     top_k = min(top_k, len(classes))
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    precision = precision or Precision("32", device.type, "fp32")
+    model, channels_last = _ready_for_inference(model, precision, batch_size, device, log)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = ViewAveraged(model, tta) if tta else model
     image_bytes = prep.channels * prep.size[0] * prep.size[1]
