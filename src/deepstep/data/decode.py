@@ -32,7 +32,11 @@ def to_model_mode(image: Image.Image, channels: int) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB" if channels == 3 else "L")
+    mode = "RGB" if channels == 3 else "L"
+    if image.mode == mode:  # convert() would copy it: about 5% of decoding a CIFAR-size JPEG
+        image.load()  # decode here, where a truncated file raises, as convert() would
+        return image
+    return image.convert(mode)
 
 
 def fit_to_size(image: Image.Image, size: tuple[int, int], resize: int | None = None) -> Image.Image:
