@@ -218,7 +218,7 @@ def bench_overhead(quick: bool) -> dict:
     return result
 
 
-INFERENCE_ROUNDS = 5
+INFERENCE_ROUNDS = 11
 
 
 def bench_inference(quick: bool) -> dict:
@@ -241,7 +241,7 @@ def bench_inference(quick: bool) -> dict:
     model, prep = trained.model, trained.prep
     mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
     deepstep_s, bare_s = [], []
-    # A pass takes a quarter of a second here, less than the machine's swings: 5 alternating rounds,
+    # A pass takes a quarter of a second here, less than the machine's swings: 11 alternating rounds,
     # after one that puts the files in the page cache for both, and the medians compared.
     for _ in range(INFERENCE_ROUNDS + 1):
         start = time.perf_counter()
