@@ -430,6 +430,66 @@ def bench_conv_weight_grad(quick: bool) -> dict:
     return {"rows": rows, "images": images, "rounds": rounds}
 
 
+def bench_hardware_limit(quick: bool) -> dict:
+    """How near the machine's limit a training step runs: GFLOP/s of one step (forward, loss,
+    backward, SGD step) of the Muon recipe's net (airbench, width 64, 250 images, the precision
+    `--precision auto` picks here and deepstep's kernel choice for it) against a 2,048 x 2,048
+    matrix product in the same precision, the fastest work this CPU does. Floating-point
+    operations as torch.utils.flop_counter counts them (convolutions and matrix products).
+    Needs no data."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from deepstep.engine.backends import apply_kernels, choose_cpu_kernels, set_cpu_threads
+    from deepstep.engine.precision import resolve_precision
+    from deepstep.models import create_model
+
+    torch.manual_seed(0)
+    set_cpu_threads()
+    rounds, images = (3 if quick else 10), 250
+    precision = resolve_precision("auto", torch.device("cpu"))
+    model = create_model("airbench", num_classes=10)
+    x = torch.randn(images, 3, 32, 32)
+    y = torch.randint(0, 10, (images,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    step_flops = counter.get_total_flops()
+    kernels = choose_cpu_kernels(model, images, precision)
+    apply_kernels(model, kernels)
+    x = x.contiguous(memory_format=torch.channels_last if kernels.channels_last else torch.contiguous_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    dtype = torch.bfloat16 if precision.name == "bf16" else torch.float32
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+    step(), a @ b  # warm-up: kernel choice, allocations
+    step_s, matmul_s = [], []
+    for _ in range(rounds):  # alternating, so that the machine's drift falls on both alike
+        for work, seconds in ((step, step_s), (lambda: a @ b, matmul_s)):
+            start = time.perf_counter()
+            work()
+            seconds.append(time.perf_counter() - start)
+    step_rate = step_flops / statistics.median(step_s) / 1e9
+    matmul_rate = 2 * 2048**3 / statistics.median(matmul_s) / 1e9
+    return {
+        "rows": [
+            {"work": f"airbench training step, {images} images", "gflop": step_flops / 1e9, "gflop_per_s": step_rate},
+            {"work": "2048 x 2048 matrix product", "gflop": 2 * 2048**3 / 1e9, "gflop_per_s": matmul_rate},
+        ],
+        "precision": precision.name,
+        "kernels": kernels.describe(),
+        "step/matmul": step_rate / matmul_rate,
+        "images_per_s": images / statistics.median(step_s),
+        "rounds": rounds,
+    }
+
+
 BENCHMARKS: dict[str, Callable[[bool], dict]] = {
     "time_to_accuracy": bench_time_to_accuracy,
     "sequences": bench_sequences,
@@ -437,6 +497,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict]] = {
     "overhead": bench_overhead,
     "inference": bench_inference,
     "conv_weight_grad": bench_conv_weight_grad,
+    "hardware_limit": bench_hardware_limit,
 }
 
 
