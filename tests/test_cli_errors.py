@@ -188,3 +188,30 @@ def test_a_config_file_with_an_unknown_key(tmp_path):
 )
 def test_a_progressive_crop_the_model_or_images_cannot_take(flags, message, image_folder):
     assert_one_line_error(train("--data", str(image_folder), *flags), message)
+
+
+def test_compile_without_a_cpp_compiler_is_said_before_a_run_folder_exists(image_folder, seasonal_csv, tmp_path):
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++")}  # torch.compile's C++ compiler on a CPU
+    for data in (["--data", str(image_folder)], ["--data", str(seasonal_csv), "--target", "Sales", "--lookback", "12"]):
+        out = tmp_path / "runs" / "compiled"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "deepstep",
+                "train",
+                "--epochs",
+                "1",
+                "--quiet",
+                "--compile",
+                "--out",
+                str(out),
+                *data,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert_one_line_error(result, "--compile needs a C++ compiler", "no-such-g++", "or train without --compile")
+        assert not out.exists()

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from deepstep.errors import PeerStopped
+from deepstep.errors import DeepstepError, PeerStopped
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,25 @@ def barrier(ranks: Ranks) -> None:
     if ranks.active:
         with _with_peers(ranks):
             dist.barrier()
+
+
+def check_compiler(device: torch.device) -> None:
+    """For --compile on a CPU: torch.compile builds its kernels with a C++ compiler, and without
+    one fails at the first step with a long traceback; say so before the run starts instead."""
+    if device.type != "cpu":
+        return
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # a torch without this helper: torch.compile reports it itself
+        return
+    try:
+        get_cpp_compiler()
+    except RuntimeError as err:  # inductor's InvalidCxxCompiler
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DeepstepError(
+            f"--compile needs a C++ compiler on a CPU ({reason}); install g++ or clang (or set CXX to one), "
+            "or train without --compile"
+        ) from None
 
 
 def wrap(

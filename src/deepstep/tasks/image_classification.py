@@ -610,6 +610,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     if hint := micro_batch_hint(config, cost, device):
         log(hint)
     window_epochs = progressive_epochs(config, model_args, channels, size, data, log)
+    if config.compile:
+        distributed.check_compiler(device)
     run, changes = start_run(config, data.source.name, RESUME_MUST_MATCH, ranks, log)
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew

@@ -302,6 +302,8 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     precision = resolve_precision(config.precision, device, preset_source(config, "precision"))
     precision = supported_by(precision, net, auto=config.precision == "auto")  # before a run folder exists
     check_optimizer(config.optimizer, net, config.model)
+    if config.compile:
+        distributed.check_compiler(device)
     run, changes = start_run(config, job.source_name, must_match, ranks, log)
     model = distributed.wrap(net, ranks, device, compile=config.compile)
     for batches in (job.train_batches, job.val_batches):
