@@ -381,8 +381,8 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         "compile",
         {
             "action": argparse.BooleanOptionalAction,
-            "help": "torch.compile the model (compiling takes a while at the start; on a CPU it can be slower: "
-            "see bench/)",
+            "help": "torch.compile the model (compiling takes a while at the start; on a CPU it needs a C++ "
+            "compiler and can be slower: see bench/)",
         },
     ),
 ]
