@@ -342,6 +342,7 @@ def bench_sequences(quick: bool) -> dict:
             "bare": partial(_bare_sequence_epoch, x, y, model_name, config.horizon),
             "deepstep": partial(_deepstep_sequence_epoch, options, model_name),
         }
+        contenders["bare"]()  # untimed: a process's first epoch pays a one-time set-up (7x slower with --quick)
         seconds = take_turns(contenders, rounds)
         bare_s, deepstep_s = statistics.median(seconds["bare"]), statistics.median(seconds["deepstep"])
         rows.append(
