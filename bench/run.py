@@ -459,23 +459,18 @@ def bench_hardware_limit(quick: bool) -> dict:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from deepstep.engine.backends import apply_kernels, choose_cpu_kernels, set_cpu_threads
+    from bench.floor import _setup
     from deepstep.engine.precision import resolve_precision
-    from deepstep.models import create_model
 
-    torch.manual_seed(0)
-    set_cpu_threads()
     rounds, images = (3 if quick else 10), 250
-    precision = resolve_precision("auto", torch.device("cpu"))
-    model = create_model("airbench", num_classes=10)
+    auto = resolve_precision("auto", torch.device("cpu"))
+    model, precision, kernels = _setup("airbench", images, auto.name, classes=10, seed=0)
     x = torch.randn(images, 3, 32, 32)
+    x = x.contiguous(memory_format=torch.channels_last if kernels.channels_last else torch.contiguous_format)
     y = torch.randint(0, 10, (images,))
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter:  # in fp32: the same operations, whatever the precision
         F.cross_entropy(model(x), y).backward()
     step_flops = counter.get_total_flops()
-    kernels = choose_cpu_kernels(model, images, precision)
-    apply_kernels(model, kernels)
-    x = x.contiguous(memory_format=torch.channels_last if kernels.channels_last else torch.contiguous_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step() -> None:
@@ -494,12 +489,13 @@ def bench_hardware_limit(quick: bool) -> dict:
             start = time.perf_counter()
             work()
             seconds.append(time.perf_counter() - start)
+    matmul_flops = 2 * 2048**3
     step_rate = step_flops / statistics.median(step_s) / 1e9
-    matmul_rate = 2 * 2048**3 / statistics.median(matmul_s) / 1e9
+    matmul_rate = matmul_flops / statistics.median(matmul_s) / 1e9
     return {
         "rows": [
             {"work": f"airbench training step, {images} images", "gflop": step_flops / 1e9, "gflop_per_s": step_rate},
-            {"work": "2048 x 2048 matrix product", "gflop": 2 * 2048**3 / 1e9, "gflop_per_s": matmul_rate},
+            {"work": "2048 x 2048 matrix product", "gflop": matmul_flops / 1e9, "gflop_per_s": matmul_rate},
         ],
         "precision": precision.name,
         "kernels": kernels.describe(),
