@@ -10,8 +10,10 @@ import pytest
 from conftest import write_images
 
 
-def deepstep(*args):
-    return subprocess.run([sys.executable, "-m", "deepstep", *args], capture_output=True, text=True, timeout=300)
+def deepstep(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "deepstep", *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def assert_one_line_error(result, *fragments):
@@ -194,24 +196,6 @@ def test_compile_without_a_cpp_compiler_is_said_before_a_run_folder_exists(image
     env = {**os.environ, "CXX": str(tmp_path / "no-such-g++")}  # torch.compile's C++ compiler on a CPU
     for data in (["--data", str(image_folder)], ["--data", str(seasonal_csv), "--target", "Sales", "--lookback", "12"]):
         out = tmp_path / "runs" / "compiled"
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "deepstep",
-                "train",
-                "--epochs",
-                "1",
-                "--quiet",
-                "--compile",
-                "--out",
-                str(out),
-                *data,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-        )
+        result = deepstep("train", "--epochs", "1", "--quiet", "--compile", "--out", str(out), *data, env=env)
         assert_one_line_error(result, "--compile needs a C++ compiler", "no-such-g++", "or train without --compile")
         assert not out.exists()
