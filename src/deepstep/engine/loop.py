@@ -38,9 +38,11 @@ class Meter:
     def update(self, result: dict[str, torch.Tensor], n: int) -> None:
         for key, value in result.items():
             if value.ndim == 0:  # batch means; outputs and targets are not averaged
-                value = value.detach() * n
                 total = self.sums.get(key)
-                self.sums[key] = value if total is None else total.add_(value)
+                if total is None:
+                    self.sums[key] = value.detach() * n
+                else:
+                    total.add_(value.detach(), alpha=n)  # one op a step: the sum is n times the mean
         self.count += n
 
     def state_dict(self) -> dict[str, Any]:
