@@ -33,6 +33,12 @@ def test_a_missing_path(tmp_path):
     assert_one_line_error(train("--data", str(tmp_path / "missing" / "photos")), "missing/photos does not exist")
 
 
+def test_a_missing_archive_is_named_even_with_a_sequence_model(tmp_path):
+    # a missing .zip cannot say whether it held images or sequences: the file, not the model, is the error
+    missing = str(tmp_path / "IndoorMovement.zip")
+    assert_one_line_error(train("--data", missing, "--model", "gru"), "IndoorMovement.zip does not exist")
+
+
 def test_an_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_one_line_error(train("--data", str(tmp_path / "empty")), "is empty")

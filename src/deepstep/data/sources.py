@@ -94,18 +94,32 @@ def builtin(name: str, description: str):
     return DATASETS.register(name, lambda fn: BuiltinDataset(name, description, fn))
 
 
+def check_image_spec(spec: str) -> None:
+    """Refuse in one line a --data that is neither a built-in dataset nor an existing path, before
+    anything is built or decoded (a missing file's name says nothing of what it would have held)."""
+    if spec in DATASETS:
+        return
+    path = Path(spec).expanduser()
+    if path.exists():
+        return
+    if os.sep in spec or "." in spec:
+        raise DeepstepError(
+            f"{path} does not exist: give an image folder or a .tar.gz/.zip of one, labelled sequences "
+            "(a folder or .zip of CSVs, or an .npz), a CSV series, or a built-in dataset name"
+        )
+    raise DeepstepError(
+        f"--data {spec!r} is neither a built-in dataset{did_you_mean(spec, DATASETS.names())} nor an "
+        "existing path; `deepstep datasets` lists the built-in ones"
+    )
+
+
 def open_image_source(spec: str, data_dir: Path | None = None, test_split: float = 0.2) -> ImageSource:
     """A built-in dataset name, an image folder, or a .tar.gz/.zip archive of one."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if spec in DATASETS:
         return DATASETS.get(spec).open(data_dir, test_split)
+    check_image_spec(spec)
     path = Path(spec).expanduser()
-    looks_like_path = os.sep in spec or "." in spec or path.exists()
-    if not looks_like_path:
-        raise DeepstepError(
-            f"--data {spec!r} is neither a built-in dataset{did_you_mean(spec, DATASETS.names())} nor an "
-            "existing path; `deepstep datasets` lists the built-in ones"
-        )
     if is_archive(path):
         folder = unpack_archive(path, data_dir)
         return _folder_source(folder, archive_stem(path), test_split, data_dir, unpacked=True)

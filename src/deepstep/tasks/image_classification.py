@@ -22,7 +22,7 @@ from torch import nn
 from deepstep.config import PRECISIONS, TrainConfig, parse_image_size, preset_source
 from deepstep.data.folders import find_images
 from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize
-from deepstep.data.sources import ImageSource, ImageSplit, default_data_dir, open_image_source
+from deepstep.data.sources import ImageSource, ImageSplit, check_image_spec, default_data_dir, open_image_source
 from deepstep.data.splits import stratified_split
 from deepstep.data.streaming import FileBatches, eval_transform, sample_images, sample_stats, train_transform
 from deepstep.engine import distributed
@@ -575,6 +575,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     config.validate()
     if config.pretrained:
         config = with_pretrained_preprocessing(config)
+    check_image_spec(str(config.data))  # a missing file is named before the model is checked against images
     channels, size = model_input(config.model, config.image_size)
     if config.crop_padding is not None and config.crop_padding >= min(size):
         raise DeepstepError(
