@@ -48,7 +48,8 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         "data",
         {
             "metavar": "D",
-            "help": "built-in dataset (see `deepstep datasets`), image folder, or .tar.gz/.zip of one (default cifar10-sample)",
+            "help": "built-in dataset (see `deepstep datasets`), image folder or .tar.gz/.zip of one, CSV series, "
+            "or labelled sequences (a folder or .zip of CSVs, or an .npz); default cifar10-sample",
         },
     ),
     (
