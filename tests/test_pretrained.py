@@ -88,6 +88,47 @@ def test_missing_weights_offline_name_the_file_and_folder(tmp_path, monkeypatch,
     assert len(err.splitlines()) == 1
 
 
+def test_a_download_keeps_json_on_stdout_clean_and_says_where_the_weights_went(tmp_path, monkeypatch, capsys):
+    made = write_pretrained_weights("mobilenet_v3_small")
+    weights = made.read_bytes()
+    made.unlink()
+    fetched = []
+
+    def download(url, dst, *args, **kwargs):  # the network, answering with the file
+        fetched.append(url)
+        Path(dst).write_bytes(weights)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    photo = str(_photo(tmp_path / "x.jpg"))
+    assert main(["predict", "--model", "mobilenet_v3_small", "--pretrained", photo, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)) == 1  # nothing but the JSON, whatever torch.hub prints while it downloads
+    assert fetched == ["https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth"]
+    assert f"downloaded the ImageNet weights of mobilenet_v3_small to {made}" in err
+    assert made.read_bytes() == weights
+    assert main(["predict", "--model", "mobilenet_v3_small", "--pretrained", photo, "--json"]) == 0
+    assert len(fetched) == 1 and "downloaded" not in capsys.readouterr().err  # the second time from the cache
+
+
+def test_a_download_that_fails_its_hash_check_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    from torch.hub import download_url_to_file
+
+    source = tmp_path / "served.pth"
+    source.write_bytes(b"not the weights")
+
+    def download(url, dst, hash_prefix=None, progress=True):  # the real download and hash check, from a local file
+        download_url_to_file(source.as_uri(), dst, hash_prefix=hash_prefix, progress=False)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    assert main(["predict", "--model", "vgg16", "--pretrained", str(_photo(tmp_path / "x.jpg"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        "deepstep predict: error: the download of https://download.pytorch.org/models/vgg16-397923af.pth"
+    )
+    assert "invalid hash value" in err and err.endswith("run the command again") and len(err.splitlines()) == 1
+    assert not (tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth").exists()
+
+
 def test_a_wrong_image_path_is_said_before_any_weights_are_fetched(tmp_path, monkeypatch, capsys):
     def fetch(*args, **kwargs):
         raise AssertionError("the weights were fetched for an image that does not exist")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import sys
 import urllib.error
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,6 +102,22 @@ def _weights_only_loading() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
+def _download(spec: PretrainedSpec) -> None:
+    """Fetch the weights file into the hub cache when it is not there, checked against the hash in
+    its name, as torchvision would; done here so that every torch version prints the same: one line
+    on stderr once the file is in place (torch.hub's own "Downloading" line went to stdout in some
+    versions, into `--json` output, and to stderr in others, before an offline error)."""
+    path = spec.file
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hashed = torch.hub.HASH_REGEX.search(path.name)
+    torch.hub.download_url_to_file(
+        spec.weights.url, str(path), hash_prefix=hashed.group(1) if hashed else None, progress=sys.stderr.isatty()
+    )
+    print(f"downloaded the ImageNet weights of {spec.name} to {path}", file=sys.stderr)
+
+
 def load_pretrained(name: str) -> tuple[nn.Module, PretrainedSpec]:
     """torchvision's model `name` with its ImageNet weights (1000 outputs), in eval mode.
 
@@ -112,8 +129,7 @@ def load_pretrained(name: str) -> tuple[nn.Module, PretrainedSpec]:
     spec = get_pretrained_spec(name)
     path = spec.file
     try:
-        with _weights_only_loading():
-            model = torchvision.models.get_model(name, weights=spec.weights)
+        _download(spec)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
         reason = getattr(err, "reason", err)
         raise DeepstepError(
@@ -121,6 +137,13 @@ def load_pretrained(name: str) -> tuple[nn.Module, PretrainedSpec]:
             f"put {path.name} from {spec.weights.url} into {path.parent} (or point TORCH_HOME at a folder "
             "whose hub/checkpoints holds it)"
         ) from None
+    except RuntimeError as err:  # the bytes that came do not match the hash in the file's name; nothing was kept
+        raise DeepstepError(
+            f"the download of {spec.weights.url} was damaged ({str(err).splitlines()[0]}); run the command again"
+        ) from None
+    try:
+        with _weights_only_loading():
+            model = torchvision.models.get_model(name, weights=spec.weights)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         if "weights_only" in str(err) or "Unsupported global" in str(err):
