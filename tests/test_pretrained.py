@@ -129,6 +129,15 @@ def test_a_download_that_fails_its_hash_check_is_one_line_and_leaves_no_file(tmp
     assert not (tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth").exists()
 
 
+def test_a_weights_cache_that_cannot_be_written_is_named_in_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "file" / "torch"))
+    assert main(["predict", "--model", "vgg16", "--pretrained", str(_photo(tmp_path / "x.jpg"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"cannot save the ImageNet weights of vgg16 to {tmp_path / 'file' / 'torch' / 'hub'}" in err
+    assert err.endswith("point TORCH_HOME at a folder you can write to") and len(err.splitlines()) == 1
+
+
 def test_a_wrong_image_path_is_said_before_any_weights_are_fetched(tmp_path, monkeypatch, capsys):
     def fetch(*args, **kwargs):
         raise AssertionError("the weights were fetched for an image that does not exist")

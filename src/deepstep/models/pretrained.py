@@ -137,6 +137,11 @@ def load_pretrained(name: str) -> tuple[nn.Module, PretrainedSpec]:
             f"put {path.name} from {spec.weights.url} into {path.parent} (or point TORCH_HOME at a folder "
             "whose hub/checkpoints holds it)"
         ) from None
+    except OSError as err:  # after the network's errors (OSErrors too): the cache folder cannot be written
+        raise DeepstepError(
+            f"cannot save the ImageNet weights of {name} to {path}: {err.strerror or err}; point TORCH_HOME at "
+            "a folder you can write to"
+        ) from None
     except RuntimeError as err:  # the bytes that came do not match the hash in the file's name; nothing was kept
         raise DeepstepError(
             f"the download of {spec.weights.url} was damaged ({str(err).splitlines()[0]}); run the command again"
