@@ -39,6 +39,13 @@ def test_a_missing_archive_is_named_even_with_a_sequence_model(tmp_path):
     assert_one_line_error(train("--data", missing, "--model", "gru"), "IndoorMovement.zip does not exist")
 
 
+def test_a_mistyped_dataset_name_gets_a_suggestion_in_train_and_show():
+    assert_one_line_error(train("--data", "cifar11"), "'cifar11' is neither a built-in dataset (did you mean 'cifar10'")
+    assert_one_line_error(
+        deepstep("show", "cifar10-sampel"), "'cifar10-sampel' is neither", "did you mean 'cifar10-sample'"
+    )
+
+
 def test_an_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     assert_one_line_error(train("--data", str(tmp_path / "empty")), "is empty")

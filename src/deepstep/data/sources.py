@@ -95,8 +95,9 @@ def builtin(name: str, description: str):
 
 
 def check_image_spec(spec: str) -> None:
-    """Refuse in one line a --data that is neither a built-in dataset nor an existing path, before
-    anything is built or decoded (a missing file's name says nothing of what it would have held)."""
+    """Refuse in one line a dataset (--data, or show's argument) that is neither a built-in one nor
+    an existing path, before anything is built or decoded (a missing file's name says nothing of
+    what it would have held)."""
     if spec in DATASETS:
         return
     path = Path(spec).expanduser()
@@ -108,7 +109,7 @@ def check_image_spec(spec: str) -> None:
             "(a folder or .zip of CSVs, or an .npz), a CSV series, or a built-in dataset name"
         )
     raise DeepstepError(
-        f"--data {spec!r} is neither a built-in dataset{did_you_mean(spec, DATASETS.names())} nor an "
+        f"{spec!r} is neither a built-in dataset{did_you_mean(spec, DATASETS.names())} nor an "
         "existing path; `deepstep datasets` lists the built-in ones"
     )
 
