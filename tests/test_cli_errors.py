@@ -41,9 +41,9 @@ def test_a_missing_archive_is_named_even_with_a_sequence_model(tmp_path):
 
 def test_a_mistyped_dataset_name_gets_a_suggestion_in_train_and_show():
     assert_one_line_error(train("--data", "cifar11"), "'cifar11' is neither a built-in dataset (did you mean 'cifar10'")
-    assert_one_line_error(
-        deepstep("show", "cifar10-sampel"), "'cifar10-sampel' is neither", "did you mean 'cifar10-sample'"
-    )
+    shown = deepstep("show", "cifar10-sampel")
+    assert_one_line_error(shown, "'cifar10-sampel' is neither", "did you mean 'cifar10-sample'")
+    assert "--data" not in shown.stderr  # show takes the dataset as its argument, not as --data
 
 
 def test_an_empty_folder(tmp_path):
