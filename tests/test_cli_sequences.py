@@ -84,6 +84,7 @@ def test_predict_forecasts_the_steps_after_the_data_as_csv_and_plot(seasonal_csv
         "2008-05-01",
         "2008-06-01",
     ]
+    assert result["notes"] == []
     assert Path("runs/f/forecast.csv").read_text().splitlines()[0] == "time,Sales"
     assert Path("runs/f/forecast.png").stat().st_size > 10_000
     moved = seasonal_csv.rename(seasonal_csv.with_name("moved.csv"))
@@ -93,6 +94,25 @@ def test_predict_forecasts_the_steps_after_the_data_as_csv_and_plot(seasonal_csv
     )
     assert main(["predict", "runs/f", "--json", "--data", str(moved)]) == 0
     assert _json(capsys)["forecast"] == result["forecast"]
+
+
+def test_a_daily_series_missing_days_is_forecast_on_the_days_after_it_not_on_step_numbers(tmp_path, capsys):
+    import datetime as dt
+
+    # two days missing, as in Melbourne's daily minimum temperatures: pandas infers no frequency
+    days = [dt.date(2020, 1, 1) + dt.timedelta(days=i) for i in range(122) if i not in (40, 80)]
+    daily = tmp_path / "daily.csv"
+    daily.write_text("Date,Temp\n" + "".join(f"{d},{10 + (i % 7)}\n" for i, d in enumerate(days)))
+    args = ["--data", str(daily), "--lookback", "7", "--horizon", "3", "--test-size", "10", "--val-size", "10"]
+    assert main(["train", *args, "--epochs", "1", "--hidden", "8", "--out", "runs/d", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "runs/d", "--json"]) == 0
+    result = _json(capsys)
+    assert [r["time"] for r in result["forecast"]] == ["2020-05-02", "2020-05-03", "2020-05-04"]
+    assert result["notes"] == ["the data's times are uneven, so the forecast's times go on by its usual step, 1 day"]
+    assert main(["predict", "runs/d"]) == 0
+    first = result["forecast"][0]["value"]
+    assert capsys.readouterr().out.splitlines()[:2] == [f"note: {result['notes'][0]}", f"2020-05-02  Temp {first:.6g}"]
 
 
 def test_baseline_runs_on_its_own_with_the_same_spans(seasonal_csv, capsys):

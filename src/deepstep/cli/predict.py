@@ -136,6 +136,8 @@ def _forecast(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
+    for note in result["notes"]:
+        print(f"note: {note}")
     for row in result["forecast"]:
         print(f"{row['time']}  {result['target']} {row['value']:.6g}")
     print(f"written: {result['files']['csv']}, {result['files']['plot']}")

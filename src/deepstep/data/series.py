@@ -277,7 +277,7 @@ def _uneven_steps(index: Any) -> str:
     import pandas as pd
 
     steps = pd.Series(index[1:] - index[:-1])
-    usual = steps.mode()[0]
+    usual = usual_step(index)
     count = int((steps == usual).sum())
     if count < len(steps) / 2:
         return f"the times are not evenly spaced (steps from {_duration(steps.min())} to {_duration(steps.max())})"
@@ -287,6 +287,13 @@ def _uneven_steps(index: Any) -> str:
         f"{len(steps) - count} {'is' if len(steps) - count == 1 else 'are'} not "
         f"(the first: {time_label(index[first])} to {time_label(index[first + 1])})"
     )
+
+
+def usual_step(index: Any) -> Any:
+    """The most common step between consecutive times (the smallest, on a tie)."""
+    import pandas as pd
+
+    return pd.Series(index[1:] - index[:-1]).mode()[0]
 
 
 def _duration(step: Any) -> str:
@@ -575,9 +582,22 @@ def future_times(series: Series, horizon: int) -> list[Any]:
     """The times (or step numbers) of the `horizon` steps after the end of the series."""
     import pandas as pd
 
-    if series.freq and isinstance(series.index, pd.DatetimeIndex):
+    if not isinstance(series.index, pd.DatetimeIndex):
+        return list(range(len(series), len(series) + horizon))
+    if series.freq:
         return list(pd.date_range(series.index[-1], periods=horizon + 1, freq=series.freq)[1:])
-    return list(range(len(series), len(series) + horizon))
+    # uneven times (a daily series missing a few days): go on by the usual step; future_note says so
+    step = usual_step(series.index)
+    return [series.index[-1] + k * step for k in range(1, horizon + 1)]
+
+
+def future_note(series: Series) -> str | None:
+    """Why the forecast's times are a guess, when they are: the data's own times are uneven."""
+    import pandas as pd
+
+    if series.freq or not isinstance(series.index, pd.DatetimeIndex):
+        return None
+    return f"the data's times are uneven, so the forecast's times go on by its usual step, {_duration(usual_step(series.index))}"
 
 
 def future_index(series: Series, horizon: int) -> list[str]:

@@ -27,6 +27,7 @@ from deepstep.data.series import (
     describe_row,
     evaluation_origins,
     future_index,
+    future_note,
     future_times,
     load_series,
     origins,
@@ -444,6 +445,7 @@ def predict_run(
     return {
         "target": target,
         "forecast": [{"time": t, "value": float(v)} for t, v in zip(times, forecast, strict=True)],
+        "notes": [note] if (note := future_note(data.series)) else [],
         "files": {"csv": str(csv_path), "plot": str(png)},
     }
 
