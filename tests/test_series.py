@@ -11,6 +11,7 @@ from deepstep.config import resolve_config
 from deepstep.data.series import (
     Scaler,
     evaluation_origins,
+    future_index,
     load_series,
     origins,
     season_of,
@@ -117,6 +118,17 @@ def test_times_with_no_frequency_say_which_step_breaks_it(tmp_path):
     report = load_series(str(tmp_path / "h.csv"), target="y").report
     assert report["uneven"] == "the times are not evenly spaced (steps from 6 hours to 3 days)"
     assert "uneven" not in load_series(str(write_monthly(tmp_path / "m.csv", range(30))), target=None).report
+
+
+def test_the_times_after_an_hourly_series_all_read_as_date_and_time_midnight_too(tmp_path):
+    hours = [f"2020-01-01 {h:02d}:00" for h in range(23)]  # ends at 22:00: the forecast crosses midnight
+    (tmp_path / "h.csv").write_text("Time,y\n" + "".join(f"{t},{i}\n" for i, t in enumerate(hours)))
+    series = load_series(str(tmp_path / "h.csv"), target="y")
+    assert future_index(series, 3) == ["2020-01-01 23:00:00", "2020-01-02 00:00:00", "2020-01-02 01:00:00"]
+    assert future_index(load_series(str(write_monthly(tmp_path / "m.csv", range(30))), target=None), 2) == [
+        "2002-07-01",
+        "2002-08-01",
+    ]
 
 
 def test_a_csv_with_no_header_row_is_said_to_have_lost_its_first_row_to_the_column_names(tmp_path):

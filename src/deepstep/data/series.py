@@ -601,8 +601,12 @@ def future_note(series: Series) -> str | None:
 
 
 def future_index(series: Series, horizon: int) -> list[str]:
-    """Labels of the `horizon` steps after the end of the series."""
-    return [time_label(t) for t in future_times(series, horizon)]
+    """Labels of the `horizon` steps after the end of the series: dates, or date and time for every
+    step when any falls off midnight (an hourly forecast reads 00:00:00, 01:00:00, not a bare date first)."""
+    times = future_times(series, horizon)
+    if any(hasattr(t, "normalize") and t != t.normalize() for t in times):
+        return [str(t) for t in times]
+    return [time_label(t) for t in times]
 
 
 def time_label(t: Any) -> str:
