@@ -29,6 +29,8 @@ _EXPORTS = {
     "pretrained": "deepstep.api",
     "summary": "deepstep.api",
     "create_model": "deepstep.models",
+    "register_model": "deepstep.models",
+    "load_model_file": "deepstep.models",
     "TrainConfig": "deepstep.config",
     "DeepstepError": "deepstep.errors",
 }

@@ -239,8 +239,11 @@ def summary(model: str | Path, input_size: str | tuple[int, ...] | None = None, 
 
     if Path(model).is_dir():
         from deepstep.engine.checkpoint import read_checkpoint
+        from deepstep.tasks.runs import check_user_model
 
-        record = read_checkpoint(RunDir.open(model).checkpoints, "best")
+        run = RunDir.open(model)
+        record = read_checkpoint(run.checkpoints, "best")
+        check_user_model(run, record["model"])
         name, args = record["model"]["name"], {**record["model"]["args"], **model_args}
         declared = tuple(record["input_size"])
     else:

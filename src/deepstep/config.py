@@ -34,6 +34,7 @@ class TrainConfig:
     task: str = "auto"
     model: str = "lenet"
     model_args: dict[str, Any] = field(default_factory=dict)
+    model_file: str | None = None
     pretrained: bool = False
     freeze_backbone: bool = False
     unfreeze_after: int | None = None
@@ -209,7 +210,7 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-PATH_OPTIONS = ("data", "data_dir", "group_file")
+PATH_OPTIONS = ("data", "data_dir", "group_file", "model_file")
 
 
 def absolute_path(name: str, value: Any) -> Any:

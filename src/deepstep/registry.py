@@ -14,9 +14,10 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Entries looked up by name; unknown names get a one-line error with close names."""
 
-    def __init__(self, kind: str, list_command: str):
+    def __init__(self, kind: str, list_command: str, unknown_hint: str = ""):
         self.kind = kind
         self.list_command = list_command
+        self.unknown_hint = unknown_hint  # said after an unknown name, e.g. where else names come from
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, entry: T) -> T:
@@ -24,6 +25,9 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
         return entry
+
+    def remove(self, name: str) -> None:
+        del self._entries[name]
 
     def register(self, name: str, make_entry: Callable[[Callable], T]) -> Callable[[Callable], Callable]:
         """Decorator: register `make_entry(fn)` under `name` and return `fn` unchanged."""
@@ -39,7 +43,9 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             hint = did_you_mean(name, self._entries)
-            raise DeepstepError(f"unknown {self.kind} {name!r}{hint}; `{self.list_command}` lists them") from None
+            raise DeepstepError(
+                f"unknown {self.kind} {name!r}{hint}; `{self.list_command}` lists them{self.unknown_hint}"
+            ) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

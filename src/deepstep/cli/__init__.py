@@ -81,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:  # reported by the subcommand, whose options are the ones a typo was meant to be
         command.error(f"unrecognized arguments: {' '.join(unknown)}{_closest_option(unknown, command)}")
     try:
+        if getattr(args, "model_file", None):  # the user's own models, registered before anything looks for them
+            from deepstep.models import load_model_file
+
+            load_model_file(args.model_file)
         return args.run(args) or 0
     except DeepstepError as err:
         print(f"deepstep {args.command}: error: {err}", file=sys.stderr)

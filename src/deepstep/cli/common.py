@@ -25,6 +25,15 @@ def key_value(text: str) -> tuple[str, Any]:
         return key.strip().replace("-", "_"), value
 
 
+def add_model_file(parser: argparse.ArgumentParser, what: str) -> None:
+    """--model-file: the Python file that registers the user's own models, imported before the command runs."""
+    parser.add_argument(
+        "--model-file",
+        metavar="FILE.py",
+        help=f"{what}: the Python file that registers it with @deepstep.register_model",
+    )
+
+
 def print_json(obj: Any) -> None:
     from deepstep.engine.files import json_text
 

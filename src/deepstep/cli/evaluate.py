@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 
 from deepstep.cli.common import (
+    add_model_file,
     add_tta_options,
     formatter,
     print_json,
@@ -95,6 +96,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data-dir", metavar="DIR", help="data cache, if not the one used in training")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_file(parser, "a run of your own model")
     add_forecast_options(parser)
     parser.set_defaults(run=run)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from deepstep.cli.common import formatter, print_json
+from deepstep.cli.common import add_model_file, formatter, print_json
 
 EXAMPLES = """\
 examples:
@@ -30,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", metavar="FILE", help="default RUN/export/model.onnx (or model.pt)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
     parser.add_argument("--json", action="store_true", help="print the export record as JSON")
+    add_model_file(parser, "a run of your own model")
     parser.set_defaults(run=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deepstep.cli.common import formatter, print_json
+from deepstep.cli.common import add_model_file, formatter, print_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("pattern", nargs="?", default="*", help="glob on model names, e.g. 'vgg*'")
     parser.add_argument("--pretrained", action="store_true", help="list the torchvision models with ImageNet weights")
     parser.add_argument("--json", action="store_true")
+    add_model_file(parser, "list your own models too")
     parser.set_defaults(run=run)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deepstep.cli.common import add_tta_options, formatter, print_json, refuse_options, tta_from_flags
+from deepstep.cli.common import add_model_file, add_tta_options, formatter, print_json, refuse_options, tta_from_flags
 from deepstep.config import DEVICES, PRECISIONS
 
 EXAMPLES = """\
@@ -48,6 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--top-k", type=int, default=5, metavar="K", help="how many classes to list per image (default 5)"
     )
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    add_model_file(parser, "a run of your own model")
     add_tta_options(parser)
     parser.add_argument(
         "--precision",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from deepstep.cli.common import formatter, key_value, print_json
+from deepstep.cli.common import add_model_file, formatter, key_value, print_json
 from deepstep.errors import DeepstepError
 
 EXAMPLES = """\
@@ -43,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a model argument, as for train, e.g. width=32 (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_model_file(parser, "a model of your own (or a run of one)")
     parser.set_defaults(run=run)
 
 

@@ -13,6 +13,7 @@ examples:
   deepstep train --data cifar10-sample --model lenet --epochs 10
   deepstep train --data ../shared/data/cifar10-jpeg.tar.gz --model lenet --recipe tutorial
   deepstep train --data photos/ --model resnet18 --image-size 128 --augment
+  deepstep train --data cifar10-sample --model-file mynet.py --model my-net   # your own model (README: Your own model)
   deepstep train --config experiment.toml --lr 0.05          # flags override the file
   deepstep train --out runs/lenet-cifar10 --resume --epochs 20
   deepstep train --data airline-passengers.csv --target Passengers --model lstm --lookback 24 --horizon 12 --test-size 24
@@ -60,6 +61,14 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("model", {"metavar": "M", "help": "model name (see `deepstep models`; default lenet, lstm for sequences)"}),
+    (
+        "model-file",
+        {
+            "metavar": "FILE.py",
+            "help": "a Python file of yours that registers models with @deepstep.register_model; "
+            "then --model names one of them",
+        },
+    ),
     (
         "model-arg",
         {

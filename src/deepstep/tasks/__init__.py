@@ -85,6 +85,10 @@ def train(config, log=print, progress: bool = True) -> Path:
     """Train `config` (a resolved TrainConfig) with its task's module; returns the run folder."""
     from deepstep.engine import distributed
 
+    if config.model_file:
+        from deepstep.models import load_model_file
+
+        load_model_file(config.model_file)
     try:
         return task_module(config.task).train(config, log=log, progress=progress)
     finally:

@@ -50,6 +50,7 @@ from deepstep.tasks.runs import (
     now,
     record_test_evaluation,
     run_config,
+    sequence_model_args,
     test_evaluations,
     train_run,
 )
@@ -154,15 +155,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     log(
         f"windows: {len(train_starts)} train / {len(val_starts)} val, lookback {L}, horizon {H}, stride {config.stride}"
     )
-    model_args = {
-        "num_classes": H,
-        "input_features": data.scaled.shape[1],
-        "hidden": config.hidden,
-        "layers": config.layers,
-        "dropout": config.dropout,
-        "bidirectional": config.bidirectional,
-        **config.model_args,
-    }
+    model_args = sequence_model_args(config, H, data.scaled.shape[1])
     job = Job(
         task=TASK,
         source_name=data.series.name,

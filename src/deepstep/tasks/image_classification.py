@@ -38,7 +38,8 @@ from deepstep.engine.precision import Precision, pays_off, resolve_device, resol
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError, did_you_mean
 from deepstep.hardware import available_cores
-from deepstep.models import check_input, create_model, get_model_spec
+from deepstep.models import check_input, create_model, file_record, get_model_spec
+from deepstep.models.registry import in_user_code
 from deepstep.models.shapes import activation_bytes, format_size, multiply_adds
 from deepstep.tasks.metrics import save_confusion
 from deepstep.tasks.runs import (
@@ -236,7 +237,22 @@ def check_model_fits(model_name: str, model_args: dict[str, Any], channels: int,
     spec = get_model_spec(model_name)
     with torch.device("meta"):
         model = create_model(model_name, **model_args)
-    layers = check_input(model, model_name, (channels, *size), spec.input_size)
+    try:
+        layers = check_input(model, model_name, (channels, *size), spec.input_size)
+        outputs = tuple(model(torch.zeros((2, channels, *size), device="meta")).shape) if spec.user else None
+    except DeepstepError:
+        raise
+    except Exception as err:
+        if not spec.user:
+            raise
+        raise DeepstepError(
+            f"model {model_name!r} fails on a {channels}x{size[0]}x{size[1]} input: {in_user_code(err, spec.file)}"
+        ) from None
+    if outputs is not None and outputs != (2, model_args["num_classes"]):
+        raise DeepstepError(
+            f"model {model_name!r} gives outputs of shape {list(outputs)} for a batch of 2, not [2, {model_args['num_classes']}] "
+            f"for the data's {model_args['num_classes']} classes: size its last layer by num_classes"
+        )
     return ModelCost(
         sum(p.numel() for p in model.parameters()),
         sum(multiply_adds(layer.module, layer.input_shape, layer.output_shape) for layer in layers),
@@ -669,7 +685,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     )
     meta = {
         "task": TASK,
-        "model": {"name": config.model, "args": model_args},
+        "model": {"name": config.model, "args": model_args, **file_record(config.model)},
         "classes": data.source.classes,
         **data.prep.to_meta(),
     }

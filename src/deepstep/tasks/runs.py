@@ -216,9 +216,43 @@ def load_model(run: RunDir, checkpoint: str = "best") -> tuple[nn.Module, dict[s
     from deepstep.models import create_model
 
     record = read_checkpoint(run.checkpoints, checkpoint)
+    check_user_model(run, record["model"])
     model = create_model(record["model"]["name"], **record["model"]["args"])
     load_weights(run.checkpoints, checkpoint, model)
     return model.eval(), record
+
+
+def check_user_model(run: RunDir, model: dict[str, Any]) -> None:
+    """A run of the user's own model needs that model registered again: deepstep does not import
+    code on a run folder's word, so the file is given (--model-file) or imported by the caller.
+    A registered file that changed since training gets a note (its weights may not fit any more)."""
+    import hashlib
+    import sys
+
+    from deepstep.models import get_model_spec, is_registered
+
+    name, file = model["name"], model.get("file")
+    if not file:
+        return
+    if not is_registered(name):
+        raise DeepstepError(
+            f"{run.path} was trained with your model {name!r} from {file}: give that file with "
+            "--model-file (in Python: import it before loading the run)"
+        )
+    spec = get_model_spec(name)
+    if spec.file and hashlib.sha256(Path(spec.file).read_bytes()).hexdigest() != model.get("sha256"):
+        differs = "has changed since" if spec.file == file else f"differs from {file}, the file with which"
+        print(f"note: {spec.file} {differs} {run.path} was trained; its weights may not fit", file=sys.stderr)
+
+
+def sequence_model_args(config: TrainConfig, outputs: int, features: int) -> dict[str, Any]:
+    """A sequence model's arguments: its outputs and input features, the recurrent flags the model
+    takes (a model of the user's may take none), then --model-arg."""
+    from deepstep.models import get_model_spec
+
+    spec = get_model_spec(config.model)
+    recurrent = {k: getattr(config, k) for k in ("hidden", "layers", "dropout", "bidirectional") if spec.takes(k)}
+    return {"num_classes": outputs, "input_features": features, **recurrent, **config.model_args}
 
 
 def optimization(
@@ -285,7 +319,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     from deepstep.engine.fit import Training, fit, resume
     from deepstep.engine.optim import check_optimizer
     from deepstep.engine.precision import resolve_device, resolve_precision, supported_by
-    from deepstep.models import create_model, get_model_spec
+    from deepstep.models import create_model, file_record, get_model_spec
     from deepstep.models.shapes import format_size
 
     spec = get_model_spec(config.model)
@@ -328,7 +362,11 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         micro_batch=config.micro_batch,
         lookahead=build_lookahead(config, model, len(job.train_batches)),
     )
-    meta = {"task": job.task, "model": {"name": config.model, "args": job.model_args}, **job.meta}
+    meta = {
+        "task": job.task,
+        "model": {"name": config.model, "args": job.model_args, **file_record(config.model)},
+        **job.meta,
+    }
     parameters = sum(p.numel() for p in model.parameters())
     state = resume(training, run) if config.resume else None
 

@@ -33,6 +33,7 @@ from deepstep.tasks.runs import (
     now,
     record_test_evaluation,
     run_config,
+    sequence_model_args,
     test_evaluations,
     train_run,
 )
@@ -112,15 +113,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         f"{r['test']['count']} test ({r['test']['origin']}; not used in training)"
     )
     binary = len(data.classes) == 2
-    model_args = {
-        "num_classes": 1 if binary else len(data.classes),
-        "input_features": data.features,
-        "hidden": config.hidden,
-        "layers": config.layers,
-        "dropout": config.dropout,
-        "bidirectional": config.bidirectional,
-        **config.model_args,
-    }
+    model_args = sequence_model_args(config, 1 if binary else len(data.classes), data.features)
     val = splits.val
     job = Job(
         task=TASK,
