@@ -171,3 +171,34 @@ def test_predict_decodes_a_bounded_part_of_the_files_at_a_time_so_any_folder_fit
     assert read_at_each_call == [8, 8, 16, 16, 18] and len(results) == 18
     assert [r["file"] for r in results] == [str(f) for f in read]  # each file read once, answered in order
     assert Image.open("p.png").size[1] > 12 * 150  # the plot still draws the first 12, from the first parts
+
+
+def test_files_slow_to_decode_are_read_in_threads_in_order_and_a_broken_one_is_still_one_line(
+    trained_run, image_folder, tmp_path, monkeypatch, capsys
+):
+    import threading
+
+    from deepstep.tasks import image_classification
+
+    files = sorted((image_folder / "test").rglob("*.png"))
+    assert main(["predict", str(trained_run), *map(str, files), "--json"]) == 0
+    serial = json.loads(capsys.readouterr().out)
+    reader = {}  # file -> the thread that read it
+    real_read = image_classification.read_for_model
+
+    def noting_read(path, prep):
+        reader[path] = threading.current_thread().name
+        return real_read(path, prep)
+
+    monkeypatch.setattr(image_classification, "read_for_model", noting_read)
+    monkeypatch.setattr(image_classification, "PARALLEL_DECODE_SECONDS", 0.0)  # every file counts as slow
+    monkeypatch.setattr(image_classification, "available_cores", lambda: 3)
+    assert main(["predict", str(trained_run), *map(str, files), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == serial
+    probed = image_classification.PROBE_FILES  # timed in the main thread; the rest go to the pool
+    assert [reader[f] for f in files[:probed]] == ["MainThread"] * probed
+    assert all(reader[f].startswith("deepstep-decode") for f in files[probed:]) and len(files) > probed
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    assert main(["predict", str(trained_run), *map(str, files[:12]), str(broken), *map(str, files[12:])]) == 2
+    assert capsys.readouterr().err.startswith(f"deepstep predict: error: {broken}: ")
