@@ -196,4 +196,7 @@ def test_the_readmes_own_model_example_trains(image_folder, tmp_path, capsys):
     net.write_text(example)
     assert main(["summary", "my-net", "--model-file", str(net)]) == 0
     assert "(32 + 2*0 - 5)/1 + 1 = 28" in capsys.readouterr().out
+    assert main(["models", "my-*", "--model-file", str(net)]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert " ".join(row.split()) == "my-net 32,586 3x32x32 one conv, one linear (mynet.py)"
     assert _train(image_folder, net, "my-net") == 0

@@ -360,6 +360,7 @@ def list_models(pattern: str = "*") -> list[dict[str, Any]]:
                 "input_size": list(spec.input_size),
                 "description": spec.description,
                 "defaults": spec.defaults(),
+                **({"file": spec.file} if spec.user else {}),
             }
         )
     return rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from deepstep.cli.common import add_model_file, formatter, print_json
 
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'model':<{width}}  {'parameters':>12}  {'input':<10}  description")
     for r in rows:
         size = "x".join(str(s) for s in r["input_size"])
-        print(f"{r['name']:<{width}}  {r['parameters']:>12,}  {size:<10}  {r['description']}")
+        source = f" ({Path(r['file']).name})" if r.get("file") else ""  # one of the user's, from this file
+        print(f"{r['name']:<{width}}  {r['parameters']:>12,}  {size:<10}  {r['description']}{source}")
     print("\nparameters are counted at each model's default number of classes; training sizes the head to the data.")
     return 0
 
