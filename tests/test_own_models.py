@@ -200,3 +200,11 @@ def test_the_readmes_own_model_example_trains(image_folder, tmp_path, capsys):
     row = capsys.readouterr().out.splitlines()[1]
     assert " ".join(row.split()) == "my-net 32,586 3x32x32 one conv, one linear (mynet.py)"
     assert _train(image_folder, net, "my-net") == 0
+
+
+def test_a_file_may_register_through_a_module_beside_it_and_branch_on_values(image_folder, tmp_path, capsys):
+    (tmp_path / "nets.py").write_text(
+        TUTORIAL_NET.replace("return self.fc3(x)", "return self.fc3(x) if x.abs().sum().item() >= 0 else None")
+    )
+    (tmp_path / "train_me.py").write_text("import nets  # registers tutorial-net\n")
+    assert _train(image_folder, tmp_path / "train_me.py") == 0  # .item() would fail on the meta device

@@ -257,8 +257,8 @@ def summary(model: str | Path, input_size: str | tuple[int, ...] | None = None, 
             f"--input {format_size(size)} has {len(size)} dimensions but {name} takes {len(declared)}, "
             f"such as its declared {format_size(declared)}"
         )
-    with torch.device("meta"):  # shapes only: no memory for the weights
-        built = create_model(name, **args)
+    with torch.device("cpu" if get_model_spec(name).user else "meta"):  # shapes only: no memory for the weights
+        built = create_model(name, **args)  # (but a model of the user's may branch on values: on the CPU)
     return summarize(built, name, size, declared)
 
 

@@ -165,6 +165,7 @@ def load_model_file(path: str | os.PathLike) -> list[str]:
     if key in _FILES:
         return _FILES[key]
     _load_builtin_models()
+    before = dict(MODELS.items())
     module_name = f"deepstep_model_file_{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     loader_spec = importlib.util.spec_from_file_location(module_name, key)
     module = importlib.util.module_from_spec(loader_spec)
@@ -179,7 +180,7 @@ def load_model_file(path: str | os.PathLike) -> list[str]:
     except Exception as err:
         del sys.modules[module_name]
         raise DeepstepError(f"--model-file {path} cannot be imported: {in_user_code(err, key)}") from None
-    names = [name for name, spec in MODELS.items() if spec.file == key]
+    names = [name for name, spec in MODELS.items() if before.get(name) is not spec]  # its own, or a module's it imports
     if not names:
         raise DeepstepError(
             f'--model-file {path} registers no model: put @deepstep.register_model("my-net", input_size=(3, 32, 32)) '

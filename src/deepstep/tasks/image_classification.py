@@ -239,16 +239,19 @@ class ModelCost:
 
 
 def check_model_fits(model_name: str, model_args: dict[str, Any], channels: int, size: tuple[int, int]) -> ModelCost:
-    """Build the model on the meta device (no memory) and push a dummy input through it.
+    """Build the model (deepstep's on the meta device: no memory) and push a dummy input through it.
 
     Returns what it costs; raises a one-line error naming the first layer that does not fit.
     """
     spec = get_model_spec(model_name)
-    with torch.device("meta"):
+    # deepstep's models on the meta device; the user's on the CPU, as their forward may do what the
+    # meta device cannot (branch on a value, call .item())
+    device = "cpu" if spec.user else "meta"
+    with torch.device(device):
         model = create_model(model_name, **model_args)
     try:
         layers = check_input(model, model_name, (channels, *size), spec.input_size)
-        outputs = tuple(model(torch.zeros((2, channels, *size), device="meta")).shape) if spec.user else None
+        outputs = tuple(model(torch.zeros((2, channels, *size), device=device)).shape) if spec.user else None
     except DeepstepError:
         raise
     except Exception as err:
