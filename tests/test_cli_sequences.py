@@ -120,6 +120,7 @@ def test_baseline_runs_on_its_own_with_the_same_spans(seasonal_csv, capsys):
     assert main([*args, "--order", "0,1,1", "--seasonal-order", "0,1,1", "--json"]) == 0
     result = _json(capsys)
     assert result["baseline_notes"]["sarima"]["model"] == "SARIMA(0, 1, 1)(0, 1, 1)12"
+    assert result["first_origin"] == "2007-01-01"  # as evaluate says where its forecasts start
     assert result["baselines"]["seasonal_naive"]["mae"] < result["baselines"]["naive"]["mae"]
     assert result["data_notes"] == []
     semicolons = seasonal_csv.with_name("semicolons.csv")

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     for line in result["data_notes"]:
         print(line)
     print(
-        f"{result['split']}: {result['origins']} forecast(s) of {result['horizon']} step(s) of {result['target']}"
+        f"{result['split']}: {result['origins']} forecast(s) of {result['horizon']} step(s) of {result['target']} from "
+        f"{result['first_origin']}"
         + (" (rolling origin)" if result["backtest"] else "")
         + f"; season {result['season'] or 'none'}"
     )

@@ -384,6 +384,7 @@ def baseline_report(
         "target": data.series.target,
         "horizon": H,
         "origins": len(starts),
+        "first_origin": describe_row(data.series)(int(starts[0])),
         "backtest": backtest,
         "season": data.season,
         "baselines": {name: forecast_metrics(truth, f, scale) for name, f in forecasts.items()},
