@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from deepstep.cli import main
@@ -202,3 +203,30 @@ def test_files_slow_to_decode_are_read_in_threads_in_order_and_a_broken_one_is_s
     broken.write_bytes(b"\xff\xd8\xff not a jpeg")
     assert main(["predict", str(trained_run), *map(str, files[:12]), str(broken), *map(str, files[12:])]) == 2
     assert capsys.readouterr().err.startswith(f"deepstep predict: error: {broken}: ")
+
+
+def test_the_python_api_hands_out_the_trained_model_which_gives_what_predict_says(trained_run, image_folder):
+    import deepstep
+    from deepstep.errors import DeepstepError
+
+    run = deepstep.load_run(trained_run)
+    model = run.load_model()
+    assert not model.training and type(model).__name__ == "LeNet"
+    image = image_folder / "test" / "stripes" / "000.png"
+    (predicted,) = run.predict([image], top_k=3)
+    norm = run.info["data"]["normalization"]
+    x = torch.from_numpy(np.asarray(Image.open(image).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+    x = (x - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(norm["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        probs = torch.softmax(model(x), dim=1)[0]
+    classes = run.info["data"]["classes"]
+    assert {
+        t["label"]: pytest.approx(probs[classes.index(t["label"])].item(), abs=1e-5) for t in predicted["top_k"]
+    } == {t["label"]: t["probability"] for t in predicted["top_k"]}
+    from safetensors.torch import load_file
+
+    (last_file,) = (trained_run / "checkpoints").glob("last-*[0-9].safetensors")
+    saved, last = load_file(last_file), run.load_model("last").state_dict()
+    assert saved.keys() == last.keys() and all(torch.equal(saved[k], last[k]) for k in saved)
+    with pytest.raises(DeepstepError, match="checkpoint must be 'best' or 'last', got 'first'"):
+        run.load_model("first")

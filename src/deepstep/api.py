@@ -11,11 +11,14 @@ run.evaluate(baselines=True)["model"]["mape"]
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepstep.config import check_values, read_config_file, resolve_config
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class Run:
@@ -151,6 +154,16 @@ class Run:
             device=device,
             log=_log(verbose),
         )
+
+    def load_model(self, checkpoint: str = "best") -> nn.Module:
+        """The trained model as a plain nn.Module on the CPU in eval mode, weights from the `best` (by
+        validation) or `last` checkpoint, to look into or call yourself. It takes inputs as `predict`
+        prepares them: images normalised with the run's `info["data"]["normalization"]`, sequences scaled."""
+        from deepstep.tasks.runs import load_model
+
+        if checkpoint not in ("best", "last"):
+            raise DeepstepError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+        return load_model(self._dir, checkpoint)[0]
 
     def export(
         self, format: str = "onnx", out: str | Path | None = None, *, checkpoint: str = "best"
