@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import platform
 import shutil
 import statistics
@@ -267,6 +268,63 @@ def bench_inference(quick: bool) -> dict:
     }
 
 
+PHOTO_SIZE = (500, 375)  # width, height: a small camera photo
+
+
+def bench_photos(quick: bool) -> dict:
+    """Images/s of deepstep's predict path on photo-size JPEGs (the sample's test images scaled to
+    500x375, quality 90) with mobilenet_v3_small at 224x224, batch 64: decoding in threads, as
+    predict chooses for such files, against decoding in one thread; medians of alternating rounds."""
+    from PIL import Image
+
+    import deepstep
+    from deepstep.data.folders import find_images
+    from deepstep.hardware import available_cores
+    from deepstep.tasks import image_classification
+
+    _, folder = cifar_folder(quick=True)  # the shipped sample: the photos are made from its images
+    sources = sorted(find_images(Path(folder) / "test"))
+    count = 64 if quick else 256
+    sources = sources[:: max(1, len(sources) // count)][:count]  # every class
+    photos = runs_root / "photos"
+    files = []
+    for i, source in enumerate(sources):
+        for part in ("test", "train") if i % 4 == 0 else ("test",):  # a few to train the run on
+            path = photos / part / source.parent.name / f"{i:04d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(source).convert("RGB").resize(PHOTO_SIZE, Image.Resampling.BICUBIC).save(path, quality=90)
+            if part == "test":
+                files.append(path)
+    out = runs_root / f"photos-run-{int(time.time())}"
+    options = {"model": "mobilenet_v3_small", "epochs": 1, "batch_size": 16, "val_split": 0.0}
+    run = deepstep.train(data=str(photos), out=str(out), verbose=False, **options)
+
+    def predict(threshold: float) -> float:
+        image_classification.PARALLEL_DECODE_SECONDS = threshold
+        start = time.perf_counter()
+        image_classification.predict_run(run.path, files, top_k=1, batch_size=64, log=lambda m: None)
+        return time.perf_counter() - start
+
+    chosen = image_classification.PARALLEL_DECODE_SECONDS
+    try:
+        predict(chosen)  # puts the files in the page cache for both
+        seconds = take_turns(
+            {"threads": partial(predict, chosen), "one": partial(predict, math.inf)}, 3 if quick else 7
+        )
+    finally:
+        image_classification.PARALLEL_DECODE_SECONDS = chosen
+    threads, one = statistics.median(seconds["threads"]), statistics.median(seconds["one"])
+    return {
+        "rows": [
+            {"contender": f"predict, decoding in {available_cores()} threads", "images_per_s": len(files) / threads},
+            {"contender": "predict, decoding in one thread", "images_per_s": len(files) / one},
+        ],
+        "threads/one": one / threads,
+        "photos": len(files),
+        "seconds": {key: [round(t, 3) for t in value] for key, value in seconds.items()},
+    }
+
+
 SHARED_SERIES = ROOT.parent / "shared" / "data" / "timeseries"
 
 
@@ -511,6 +569,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict]] = {
     "tutorial": bench_tutorial,
     "overhead": bench_overhead,
     "inference": bench_inference,
+    "photos": bench_photos,
     "conv_weight_grad": bench_conv_weight_grad,
     "hardware_limit": bench_hardware_limit,
 }
