@@ -248,3 +248,24 @@ def test_a_diverging_run_stops_with_advice_that_fits_what_it_had(image_folder, c
         r"lower --lr \(no epoch had finished to keep\)",
         err,
     ), err
+
+
+def test_find_lr_plots_the_range_test_and_writes_no_run(image_folder, seasonal_csv, capsys):
+    args = ["train", "--data", str(image_folder), "--model", "lenet", "--batch-size", "8", "--quiet"]
+    assert main([*args, "--find-lr", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "run folder: none (--find-lr)" in out
+    stopped = r"stopped (after 30 steps|at step \d+, lr \S+: the loss (passed 4x its lowest|became \S+))$"
+    assert re.search(rf"^lr range test: \d+ steps of batch 8, lr 1e-07 to \S+; {stopped}", out, re.M)
+    assert sorted(p.name for p in Path("runs").iterdir()) == ["lenet-shapes-lr-find.json", "lenet-shapes-lr-find.png"]
+    record = json.loads(Path("runs/lenet-shapes-lr-find.json").read_text())
+    assert record["batch_size"] == 8 and record["optimizer"] == "sgd" and len(record["lrs"]) == len(record["losses"])
+    from PIL import Image
+
+    assert Image.open("runs/lenet-shapes-lr-find.png").size == (800, 450)
+    assert main([*args, "--find-lr", "5"]) == 2
+    assert capsys.readouterr().err == "deepstep train: error: --find-lr takes at least 10 steps (default 100), got 5\n"
+    forecast = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--lookback", "12", "--horizon", "6"]
+    assert main([*forecast, "--test-size", "12", "--find-lr", "--out", "runs/sales", "--quiet"]) == 0
+    assert re.search(r"^lr range test: \d+ steps of batch 32, lr 1e-07 to \S+; stopped ", capsys.readouterr().out, re.M)
+    assert Path("runs/sales-lr-find.png").is_file() and not Path("runs/sales").exists()

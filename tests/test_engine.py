@@ -569,3 +569,32 @@ def test_cpu_kernels_take_the_matmul_weight_gradient_only_in_bf16_on_a_cpu_with_
     assert not backends.choose_cpu_kernels(nn.Linear(2, 2), 64, bf16).matmul_weight_grad
     monkeypatch.setattr(backends, "cpu_has_fast_bf16", lambda: False)  # emulated bf16: not measured
     assert not backends.choose_cpu_kernels(net, 64, bf16).matmul_weight_grad
+
+
+def test_the_lr_range_test_suggests_a_rate_below_where_sgd_diverges_and_stops_there():
+    from deepstep.engine.fit import Training, find_lr
+
+    # least squares with inputs of unit variance: the loss's curvature is 2, so SGD diverges above lr 1
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 4, generator=g)
+    y = x @ torch.tensor([3.0, -2.0, 1.0, 0.5]) + 0.1 * torch.randn(512, generator=g)
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 512, 64)]
+
+    def mse_step(model, batch):
+        inputs, target = batch
+        return {"loss": F.mse_loss(model(inputs).squeeze(1), target)}
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD([{"params": [model.weight], "lr": 0.01}, {"params": [model.bias], "lr": 0.005}])
+    sched = build_schedule("none", opt, total_steps=100, warmup_steps=0)
+    finding = find_lr(
+        Training(model, mse_step, mse_step, batches, None, opt, sched, FP32), base_lr=0.01, progress=False
+    )
+    assert 1e-3 < finding.suggestion < 1
+    assert finding.stopped.endswith(("the loss passed 4x its lowest", "the loss became inf", "the loss became nan"))
+    assert 1 < finding.lrs[-1] < 10 and len(finding.lrs) == len(finding.losses) < 100  # stopped once it diverged
+    assert finding.lrs[0] == pytest.approx(1e-7) and finding.lrs[1] / finding.lrs[0] == pytest.approx(10 ** (8 / 99))
+    assert opt.param_groups[1]["lr"] == pytest.approx(opt.param_groups[0]["lr"] / 2)  # each group kept its share
+    flat = find_lr(Training(nn.Linear(4, 1), mse_step, mse_step, [(x, 0 * y)] , None, torch.optim.SGD(nn.Linear(4, 1).parameters(), lr=0.01), sched, FP32), base_lr=0.01, steps=20, progress=False)  # fmt: skip
+    assert flat.suggestion is None  # an optimizer that trains nothing: the loss never falls, nothing to suggest

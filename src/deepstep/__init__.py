@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "train": "deepstep.api",
+    "find_lr": "deepstep.api",
     "load_run": "deepstep.api",
     "Run": "deepstep.api",
     "show": "deepstep.api",

@@ -209,6 +209,27 @@ def train(
     return Run(train_task(resolved, log=_log(verbose), progress=verbose))
 
 
+def find_lr(
+    data: str | None = None, model: str | None = None, *, steps: int = 100, verbose: bool = True, **options: Any
+) -> dict[str, Any]:
+    """The learning-rate range test (`deepstep train --find-lr`) with the `train` options given:
+    `steps` steps with the rate growing from 1e-7 to 10, nothing trained or saved. Returns the
+    suggested rate (None when the loss did not fall enough to read), why the test stopped, the
+    rates and the loss curve, and the plot's and numbers' paths."""
+    import json
+
+    from deepstep.tasks import resolve_train_config
+    from deepstep.tasks import train as train_task
+
+    config_file = options.pop("config", None)
+    given = {k: v for k, v in {"data": data, "model": model, **options}.items() if v is not None}
+    flags = check_values({**given, "find_lr": steps}, source="deepstep.find_lr()")
+    config = resolve_train_config(read_config_file(config_file) if config_file else {}, flags)
+    png = Path(train_task(config, log=_log(verbose), progress=verbose))
+    numbers = png.with_suffix(".json")
+    return {**json.loads(numbers.read_text()), "plot": str(png), "json": str(numbers)}
+
+
 def baseline(data: str, **options: Any) -> dict[str, Any]:
     """Naive, seasonal naive and (S)ARIMA forecasts on a series' test span, as `deepstep baseline`;
     options are its flags with underscores (target, horizon, test_size, season, backtest, order, ...)."""

@@ -96,6 +96,7 @@ class TrainConfig:
     resume: bool = False
     recipe: str | None = None
     compile: bool = False
+    find_lr: int = 0  # steps of the learning-rate range test to run instead of training; 0: train
     checkpoint_every: int = 0
     micro_batch: int = 0
 
@@ -144,6 +145,10 @@ class TrainConfig:
             raise DeepstepError(f"--muon-lr must be positive, got {self.muon_lr}")
         if not self.norm_lr_scale > 0:
             raise DeepstepError(f"--norm-lr-scale must be positive, got {self.norm_lr_scale}")
+        if self.find_lr and self.find_lr < 10:
+            raise DeepstepError(f"--find-lr takes at least 10 steps (default 100), got {self.find_lr}")
+        if self.find_lr and self.resume:
+            raise DeepstepError("--find-lr tries learning rates on a fresh model: it cannot --resume a run")
         if self.patience < 0:
             raise DeepstepError(f"--patience must be >= 0 (0 turns early stopping off), got {self.patience}")
         for name in ("mean", "std"):

@@ -92,6 +92,27 @@ def plot_curves(rows: Sequence[dict[str, Any]], out: Path, title: str = "") -> P
     return _save(fig, out)
 
 
+def plot_lr_finding(
+    lrs: Sequence[float], losses: Sequence[float], suggestion: float | None, out: Path, title: str
+) -> Path:
+    """The learning-rate range test: smoothed training loss against the learning rate (log scale),
+    with the suggested rate marked."""
+    fig = _figure(8, 4.5)
+    ax = fig.add_subplot()
+    ax.plot(lrs, losses, color="C0", lw=1.6)
+    if suggestion is not None:
+        ax.axvline(suggestion, color="C3", ls="--", lw=1.2, label=f"suggested --lr {suggestion:.2g}")
+        ax.legend(loc="upper left")
+    ax.set_xscale("log")
+    if len(losses):  # the blow-up that ends the test would squash the rest
+        ax.set_ylim(min(losses) - 0.05 * abs(min(losses)), max(1.5 * losses[0], min(losses) + 1e-6))
+    ax.set_xlabel("learning rate (one training step each)")
+    ax.set_ylabel("training loss (mean of the steps around)")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(title)
+    return _save(fig, out)
+
+
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], out: Path, title: str) -> Path:
     """Rows are true classes, columns predicted; each cell shows its count."""
     n = len(classes)

@@ -15,6 +15,7 @@ examples:
   deepstep train --data photos/ --model resnet18 --image-size 128 --augment
   deepstep train --data cifar10-sample --model-file mynet.py --model my-net   # your own model (README: Your own model)
   deepstep train --config experiment.toml --lr 0.05          # flags override the file
+  deepstep train --data cifar10-sample --model lenet --find-lr   # which --lr? the range test, plotted
   deepstep train --out runs/lenet-cifar10 --resume --epochs 20
   deepstep train --data airline-passengers.csv --target Passengers --model lstm --lookback 24 --horizon 12 --test-size 24
   deepstep train --data IndoorMovement.zip --model lstm --bidirectional --group-file MovementAAL_DatasetGroup.csv --test-groups 3
@@ -385,6 +386,17 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "metavar": "N",
             "help": "also save the last checkpoint every N steps inside an epoch, so that --resume after a "
             "crash continues from there exactly (default 0: at each epoch's end)",
+        },
+    ),
+    (
+        "find-lr",
+        {
+            "nargs": "?",
+            "const": 100,
+            "type": _int,
+            "metavar": "STEPS",
+            "help": "instead of training, the learning-rate range test: STEPS steps (default 100) with the rate "
+            "growing from 1e-7 to 10; plots the loss against it and suggests an --lr (writes no run)",
         },
     ),
     (

@@ -46,6 +46,7 @@ from deepstep.models.shapes import activation_bytes, format_size, multiply_adds
 from deepstep.tasks.metrics import save_confusion
 from deepstep.tasks.runs import (
     build_lookahead,
+    find_lr_report,
     finish,
     load_model,
     now,
@@ -641,7 +642,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     window_epochs = progressive_epochs(config, model_args, channels, size, data, log)
     if config.compile:
         distributed.check_compiler(device)
-    run, changes = start_run(config, data.source.name, RESUME_MUST_MATCH, ranks, log)
+    run, changes = (None, []) if config.find_lr else start_run(config, data.source.name, RESUME_MUST_MATCH, ranks, log)
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
     model, freeze, backbone = build_model(config, model_args, log)
@@ -702,6 +703,9 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         **data.prep.to_meta(),
     }
     setup = Setup(device, threads, precision, kernels, cost.parameters)
+    if config.find_lr:
+        _log_start(log, config.model, data, setup, None)
+        return find_lr_report(config, training, data.source.name, log, progress)
 
     state = resume(training, run) if config.resume else None
 
@@ -757,7 +761,7 @@ def _choose_kernels(model: nn.Module, precision: Precision, batch_size: int, dev
     return {"kernels": kernels, "channels_last": choice.channels_last}
 
 
-def _log_start(log: Log, model_name: str, data: TrainingData, setup: Setup, run: RunDir) -> None:
+def _log_start(log: Log, model_name: str, data: TrainingData, setup: Setup, run: RunDir | None) -> None:
     r, prep = data.report, data.prep
     log(
         f"data: {r['name']}: {r['train']['count']} train / {r['val']['count']} val ({r['val']['origin']}) / "
@@ -775,7 +779,7 @@ def _log_start(log: Log, model_name: str, data: TrainingData, setup: Setup, run:
         + (f", {setup.threads} threads" if setup.threads else "")
         + f"; precision {setup.precision.name} ({setup.precision.reason}); {setup.kernels['kernels']}"
     )
-    log(f"run folder: {run.path}")
+    log(f"run folder: {run.path}" if run is not None else "run folder: none (--find-lr)")
 
 
 # ---- a trained run -----------------------------------------------------------------------------

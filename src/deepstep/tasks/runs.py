@@ -54,6 +54,61 @@ def default_out(config: TrainConfig, source_name: str) -> Path:
     return path
 
 
+def find_lr_report(config: TrainConfig, training: Any, source_name: str, log: Log, progress: bool) -> Path:
+    """--find-lr: the learning-rate range test on `training` instead of training; writes
+    runs/MODEL-DATA-lr-find.png (or OUT-lr-find.png) and a .json beside it, and returns the plot's path."""
+    from deepstep.engine.files import write_json
+    from deepstep.engine.fit import find_lr
+    from deepstep.plots import plot_lr_finding
+
+    if training.ranks.active:
+        raise DeepstepError("--find-lr runs in one process: start it without torchrun")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{source_name}")
+    base = str(config.out).rstrip("/") if config.out else str(Path("runs") / stem)
+    png, record = Path(f"{base}-lr-find.png"), Path(f"{base}-lr-find.json")
+    finding = find_lr(training, base_lr=config.lr, steps=config.find_lr, progress=progress)
+    tried = (
+        f"{len(finding.lrs)} steps of batch {config.batch_size}, lr {finding.lrs[0]:.0e} to {finding.lrs[-1]:.3g}"
+        if finding.lrs
+        else "no step"
+    )
+    log(f"lr range test: {tried}; stopped {finding.stopped}")
+    if finding.suggestion is None:
+        fall = 1 - min(finding.losses) / finding.losses[0] if finding.losses else 0.0
+        log(
+            f"no suggestion: the loss fell {fall:.1%} at most over the test, too little to read (a net that "
+            "learns slowly at first, or a problem in the data); look at the plot, or try --optimizer adamw"
+        )
+    else:
+        log(
+            f"suggested: --lr {finding.suggestion:.2g} (where the loss fell fastest; fastai's rule of thumb, a tenth of "
+            f"where it was lowest, gives {lowest_tenth(finding):.2g})"
+        )
+    write_json(
+        record,
+        {
+            "model": config.model,
+            "data": config.data,
+            "optimizer": config.optimizer,
+            "batch_size": config.batch_size,
+            **finding.to_dict(),
+        },
+    )
+    plot_lr_finding(
+        finding.lrs,
+        finding.losses,
+        finding.suggestion,
+        png,
+        title=f"{config.model} on {source_name}: {config.optimizer}, batch {config.batch_size}",
+    )
+    log(f"plot: {png}; numbers: {record}")
+    return png
+
+
+def lowest_tenth(finding: Any) -> float:
+    return finding.lrs[int(np.argmin(finding.losses))] / 10
+
+
 def flag(name: str) -> str:
     return name.replace("_", "-")
 
@@ -338,7 +393,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     check_optimizer(config.optimizer, net, config.model)
     if config.compile:
         distributed.check_compiler(device)
-    run, changes = start_run(config, job.source_name, must_match, ranks, log)
+    run, changes = (None, []) if config.find_lr else start_run(config, job.source_name, must_match, ranks, log)
     model = distributed.wrap(net, ranks, device, compile=config.compile)
     for batches in (job.train_batches, job.val_batches):
         if batches is not None:
@@ -362,6 +417,8 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         micro_batch=config.micro_batch,
         lookahead=build_lookahead(config, model, len(job.train_batches)),
     )
+    if config.find_lr:
+        return find_lr_report(config, training, job.source_name, log, progress)
     meta = {
         "task": job.task,
         "model": {"name": config.model, "args": job.model_args, **file_record(config.model)},
