@@ -85,6 +85,8 @@ def train(config, log=print, progress: bool = True) -> Path:
     """Train `config` (a resolved TrainConfig) with its task's module; returns the run folder."""
     from deepstep.engine import distributed
 
+    if config.find_lr and distributed.from_environment().active:
+        raise DeepstepError("--find-lr runs in one process: start it without torchrun")
     if config.model_file:
         from deepstep.models import load_model_file
 

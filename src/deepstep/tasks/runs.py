@@ -61,8 +61,6 @@ def find_lr_report(config: TrainConfig, training: Any, source_name: str, log: Lo
     from deepstep.engine.fit import find_lr
     from deepstep.plots import plot_lr_finding
 
-    if training.ranks.active:
-        raise DeepstepError("--find-lr runs in one process: start it without torchrun")
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{source_name}")
     base = str(config.out).rstrip("/") if config.out else str(Path("runs") / stem)
     png, record = Path(f"{base}-lr-find.png"), Path(f"{base}-lr-find.json")
