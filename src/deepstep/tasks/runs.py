@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from deepstep.config import PATH_OPTIONS, TrainConfig, absolute_path, preset_source
-from deepstep.engine.fit import FitState, Monitor
+from deepstep.engine.fit import FitState, Monitor, Training
 from deepstep.engine.loop import Step
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
@@ -54,7 +54,7 @@ def default_out(config: TrainConfig, source_name: str) -> Path:
     return path
 
 
-def find_lr_report(config: TrainConfig, training: Any, source_name: str, log: Log, progress: bool) -> Path:
+def find_lr_report(config: TrainConfig, training: Training, source_name: str, log: Log, progress: bool) -> Path:
     """--find-lr: the learning-rate range test on `training` instead of training; writes
     runs/MODEL-DATA-lr-find.png (or OUT-lr-find.png) and a .json beside it, and returns the plot's path."""
     from deepstep.engine.files import write_json
@@ -80,7 +80,7 @@ def find_lr_report(config: TrainConfig, training: Any, source_name: str, log: Lo
     else:
         log(
             f"suggested: --lr {finding.suggestion:.2g} (where the loss fell fastest; fastai's rule of thumb, a tenth of "
-            f"where it was lowest, gives {lowest_tenth(finding):.2g})"
+            f"where it was lowest, gives {finding.lrs[int(np.argmin(finding.losses))] / 10:.2g})"
         )
     write_json(
         record,
@@ -101,10 +101,6 @@ def find_lr_report(config: TrainConfig, training: Any, source_name: str, log: Lo
     )
     log(f"plot: {png}; numbers: {record}")
     return png
-
-
-def lowest_tenth(finding: Any) -> float:
-    return finding.lrs[int(np.argmin(finding.losses))] / 10
 
 
 def flag(name: str) -> str:
@@ -369,7 +365,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     """Create (or resume) the run folder, build the model and optimizer, fit, and close the run."""
     from deepstep.engine import distributed
     from deepstep.engine.backends import prepare_cpu
-    from deepstep.engine.fit import Training, fit, resume
+    from deepstep.engine.fit import fit, resume
     from deepstep.engine.optim import check_optimizer
     from deepstep.engine.precision import resolve_device, resolve_precision, supported_by
     from deepstep.models import create_model, file_record, get_model_spec
@@ -415,14 +411,16 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         micro_batch=config.micro_batch,
         lookahead=build_lookahead(config, model, len(job.train_batches)),
     )
-    if config.find_lr:
-        return find_lr_report(config, training, job.source_name, log, progress)
     meta = {
         "task": job.task,
         "model": {"name": config.model, "args": job.model_args, **file_record(config.model)},
         **job.meta,
     }
     parameters = sum(p.numel() for p in model.parameters())
+    if config.find_lr:
+        log(f"model: {config.model}, {parameters:,} parameters ({job.model_args})")
+        log(f"device: {device.type}; precision {precision.name} ({precision.reason}); run folder: none (--find-lr)")
+        return find_lr_report(config, training, job.source_name, log, progress)
     state = resume(training, run) if config.resume else None
 
     def describe() -> dict[str, Any]:
