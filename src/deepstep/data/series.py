@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -601,9 +601,13 @@ def future_note(series: Series) -> str | None:
 
 
 def future_index(series: Series, horizon: int) -> list[str]:
-    """Labels of the `horizon` steps after the end of the series: dates, or date and time for every
-    step when any falls off midnight (an hourly forecast reads 00:00:00, 01:00:00, not a bare date first)."""
-    times = future_times(series, horizon)
+    """Labels of the `horizon` steps after the end of the series."""
+    return time_labels(future_times(series, horizon))
+
+
+def time_labels(times: Sequence[Any]) -> list[str]:
+    """Labels of consecutive times: dates, or date and time for every one when any falls off
+    midnight (an hourly forecast reads 00:00:00, 01:00:00, not a bare date first)."""
     if any(hasattr(t, "normalize") and t != t.normalize() for t in times):
         return [str(t) for t in times]
     return [time_label(t) for t in times]

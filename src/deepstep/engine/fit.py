@@ -319,9 +319,10 @@ def find_lr(
             break
         lrs.append(lr)
         raw.append(loss)
-        running = 0.9 * running + 0.1 * loss  # for the stop only: bias-corrected, lag ~9 steps
-        best = min(best, running / (1 - 0.9 ** (i + 1)))
-        if running / (1 - 0.9 ** (i + 1)) > 4 * best and i > steps // 10:
+        running = 0.9 * running + 0.1 * loss  # for the stop only: lag ~9 steps
+        smoothed = running / (1 - 0.9 ** (i + 1))  # bias-corrected
+        best = min(best, smoothed)
+        if smoothed > 4 * best and i > steps // 10:
             stopped = f"at step {i + 1}, lr {lr:.3g}: the loss passed 4x its lowest"
             break
     bar.close()

@@ -26,13 +26,13 @@ from deepstep.data.series import (
     Spans,
     describe_row,
     evaluation_origins,
-    future_index,
     future_note,
     future_times,
     load_series,
     origins,
     season_of,
     split_spans,
+    time_labels,
     windows,
 )
 from deepstep.engine import distributed
@@ -417,8 +417,8 @@ def predict_run(
     x = torch.from_numpy(scaler.transform(data.series.values[n - L :]).astype(np.float32))[None]  # (1, L, F)
     with torch.inference_mode():
         forecast = scaler.inverse_target(predict_scaled(model, x, record.get("relative", False)).double().numpy()[0])
-    times = future_index(data.series, H)
     x_future = future_times(data.series, H)
+    times = time_labels(x_future)
     from deepstep.engine.files import write_text
 
     csv_path = Path(out) if out else run.file("forecast.csv")

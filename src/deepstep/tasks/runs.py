@@ -43,9 +43,14 @@ def versions() -> dict[str, str]:
     return {"deepstep": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
+def run_stem(config: TrainConfig, source_name: str) -> str:
+    """MODEL-DATA, safe as a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{source_name}")
+
+
 def default_out(config: TrainConfig, source_name: str) -> Path:
     """runs/MODEL-DATA, or runs/MODEL-DATA-N when that one is taken."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{source_name}")
+    stem = run_stem(config, source_name)
     path = Path("runs") / stem
     n = 2
     while path.exists():
@@ -61,8 +66,7 @@ def find_lr_report(config: TrainConfig, training: Training, source_name: str, lo
     from deepstep.engine.fit import find_lr
     from deepstep.plots import plot_lr_finding
 
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.model}-{source_name}")
-    base = str(config.out).rstrip("/") if config.out else str(Path("runs") / stem)
+    base = str(config.out).rstrip("/") if config.out else str(Path("runs") / run_stem(config, source_name))
     png, record = Path(f"{base}-lr-find.png"), Path(f"{base}-lr-find.json")
     finding = find_lr(training, base_lr=config.lr, steps=config.find_lr, progress=progress)
     tried = (
@@ -275,10 +279,9 @@ def check_user_model(run: RunDir, model: dict[str, Any]) -> None:
     """A run of the user's own model needs that model registered again: deepstep does not import
     code on a run folder's word, so the file is given (--model-file) or imported by the caller.
     A registered file that changed since training gets a note (its weights may not fit any more)."""
-    import hashlib
     import sys
 
-    from deepstep.models import get_model_spec, is_registered
+    from deepstep.models import file_record, get_model_spec, is_registered
 
     name, file = model["name"], model.get("file")
     if not file:
@@ -289,7 +292,7 @@ def check_user_model(run: RunDir, model: dict[str, Any]) -> None:
             "--model-file (in Python: import it before loading the run)"
         )
     spec = get_model_spec(name)
-    if spec.file and hashlib.sha256(Path(spec.file).read_bytes()).hexdigest() != model.get("sha256"):
+    if spec.file and file_record(name)["sha256"] != model.get("sha256"):
         differs = "has changed since" if spec.file == file else f"differs from {file}, the file with which"
         print(f"note: {spec.file} {differs} {run.path} was trained; its weights may not fit", file=sys.stderr)
 
