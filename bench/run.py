@@ -419,20 +419,25 @@ def bench_sequences(quick: bool) -> dict:
 TARGETS = (0.80, 0.85, 0.90, 0.94)
 
 
-def bench_time_to_accuracy(quick: bool, recipe: str = "cifar-fast") -> dict:
+def bench_time_to_accuracy(quick: bool, recipe: str = "cifar-fast", **options) -> dict:
     """Seconds of training for `recipe` (default cifar-fast: resnet-cifar) to first reach 80, 85, 90
     and 94% validation accuracy, read from the run's own metrics.csv, and its test accuracy, measured
-    once at the end (without TTA, then with flip and flip-translate TTA). --quick: 5 epochs on the shipped sample."""
+    once at the end (without TTA, then with flip and flip-translate TTA). `options` go to train as
+    given (--val-split 0: all 50,000 training images, as airbench94 trains; no validation curve then).
+    --quick: 5 epochs on the shipped sample."""
     import deepstep
 
     spec, _ = cifar_folder(quick)
     out = runs_root / f"time-to-accuracy-{int(time.time())}"
-    run = deepstep.train(data=spec, recipe=recipe, out=str(out), verbose=False, **({"epochs": 5} if quick else {}))
+    options = {key: value for key, value in options.items() if value is not None}
+    run = deepstep.train(
+        data=spec, recipe=recipe, out=str(out), verbose=False, **({"epochs": 5} if quick else {}), **options
+    )
     elapsed, reached = 0.0, {}
     for row in run.metrics:
         elapsed += row["seconds"]
         for target in TARGETS:
-            if row["val_acc"] >= target and f"{target:.0%}" not in reached:
+            if row.get("val_acc") is not None and row["val_acc"] >= target and f"{target:.0%}" not in reached:
                 reached[f"{target:.0%}"] = {"seconds": round(elapsed, 1), "epoch": int(row["epoch"])}
     test = run.evaluate(verbose=False)["accuracy"]
     test_flip = run.evaluate(force=True, tta="flip", verbose=False)["accuracy"]
@@ -441,8 +446,11 @@ def bench_time_to_accuracy(quick: bool, recipe: str = "cifar-fast") -> dict:
     return {
         "rows": rows,
         "recipe": recipe,
+        "options": options,
         "device": run.info["device"]["type"],
+        "precision": run.info["device"].get("precision"),
         "train_s": round(elapsed, 1),
+        "epoch_s": [round(row["seconds"], 2) for row in run.metrics],
         "test_acc": test,
         "test_acc_flip_tta": test_flip,
         "test_acc_flip_translate_tta": test_translate,
@@ -611,6 +619,11 @@ def main(argv: list[str] | None = None) -> int:
         "--recipe", default="cifar-fast", help="the recipe time_to_accuracy trains (default cifar-fast)"
     )
     parser.add_argument(
+        "--val-split", type=float, metavar="F", help="time_to_accuracy: train's --val-split (default the recipe's)"
+    )
+    parser.add_argument("--compile", action="store_true", help="time_to_accuracy: train with --compile")
+    parser.add_argument("--seed", type=int, help="time_to_accuracy: train's --seed")
+    parser.add_argument(
         "--seeds",
         type=int,
         metavar="N",
@@ -650,7 +663,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or BENCHMARKS:
         try:
             extra = {
-                "time_to_accuracy": {"recipe": args.recipe},
+                "time_to_accuracy": {
+                    "recipe": args.recipe,
+                    "val_split": args.val_split,
+                    "compile": args.compile or None,
+                    "seed": args.seed,
+                },
                 "tutorial": {"seeds": args.seeds or (1 if args.quick else 3)},
             }.get(name, {})
             result = BENCHMARKS[name](args.quick, **extra)
