@@ -6,7 +6,10 @@
 # evaluate on the GPU, then the Muon recipe under torch.compile, if time is left.
 #
 #   here:   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/    (.data is git-ignored)
-#   there:  bash bench/gpu_check.sh .data/cifar10-jpeg.tar.gz                  (carry .data)
+#   there:  bash bench/gpu_check.sh .data/cifar10-jpeg.tar.gz [check|sweep]    (carry .data)
+#
+# `sweep` instead trains the Muon recipe longer and wider, cifar-fast at width 64 for 50 epochs
+# and cifar-airbench for 30, to see how far this data goes.
 #
 # Each step runs under a limit, and the whole under BUDGET seconds (default 500): a step that fails
 # or runs out of time is reported and the next one runs. The log, each step's results (one JSON
@@ -51,11 +54,20 @@ export archive out
 nvidia-smi -L
 python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")'
 ttc="python3 -m bench.run --only time_to_accuracy --cifar $archive --recipe"
-step 200 $ttc cifar-airbench-muon           # decodes the archive first (cached for the later steps)
-step 100 $ttc cifar-airbench-muon --val-split 0
-step 90 bash -c lenet_check
-step 100 $ttc cifar-airbench
-step 150 $ttc cifar-fast
-step 150 $ttc cifar-airbench-muon --val-split 0 --compile
+if [ "${2:-check}" = check ]; then
+    step 200 $ttc cifar-airbench-muon # decodes the archive first (cached for the later steps)
+    step 100 $ttc cifar-airbench-muon --val-split 0
+    step 90 bash -c lenet_check
+    step 100 $ttc cifar-airbench
+    step 150 $ttc cifar-fast
+    step 150 $ttc cifar-airbench-muon --val-split 0 --compile
+else # sweep: how far longer and wider runs go on this data
+    step 90 $ttc cifar-airbench-muon --epochs 16
+    step 60 $ttc cifar-airbench-muon --epochs 32
+    step 90 $ttc cifar-airbench-muon --epochs 24 --model-arg width=128
+    step 120 $ttc cifar-airbench-muon --epochs 48 --model-arg width=128
+    step 120 $ttc cifar-fast --epochs 50 --model-arg width=64
+    step 60 $ttc cifar-airbench --epochs 30
+fi
 rm -f "$marker"
 echo "== done in $SECONDS s"
