@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+import deepstep
+
+# Tests start `python -m deepstep` and torchrun in other folders, where a relative PYTHONPATH (such
+# as `src`, to test a checkout without installing it) would not find deepstep: make it absolute.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [
+        str(Path(deepstep.__file__).resolve().parents[1]),
+        *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+    ]
+)
 
 CLASSES = ("circle", "square", "stripes")
 

@@ -79,7 +79,10 @@ def test_evaluation_runs_in_the_precision_asked_for_with_trainings_kernels_and_r
     monkeypatch.setattr("deepstep.tasks.image_classification.evaluate", spy)
     results = {}
     for name in ("32", "bf16"):
-        assert main(["evaluate", str(trained_run), "--split", "val", "--precision", name, "--json"]) == 0
+        assert (
+            main(["evaluate", str(trained_run), "--split", "val", "--precision", name, "--device", "cpu", "--json"])
+            == 0
+        )
         results[name] = json.loads(capsys.readouterr().out)
     assert [r["device"]["precision"] for r in results.values()] == ["32", "bf16"]
     # batches of 256: oneDNN's channels_last kernels, as training would pick for them

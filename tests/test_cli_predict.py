@@ -106,7 +106,7 @@ def test_predict_runs_in_the_precision_asked_for_with_the_kernels_training_would
     folder = str(image_folder / "test")
     results = {}
     for name in ("32", "bf16"):
-        assert main(["predict", str(trained_run), folder, "--precision", name, "--json"]) == 0
+        assert main(["predict", str(trained_run), folder, "--precision", name, "--device", "cpu", "--json"]) == 0
         captured = capsys.readouterr()
         results[name] = json.loads(captured.out)  # --json: the precision line goes to stderr
         if name == "32":

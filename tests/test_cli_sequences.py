@@ -243,17 +243,17 @@ def test_a_precision_the_cpu_cannot_run_an_lstm_in_is_refused_before_a_run_folde
         precision, "_recurrent_error", lambda kind, device, name: "no bf16 LSTM" if kind is torch.nn.LSTM else None
     )
     train = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--lookback", "12", "--horizon", "3"]
-    args = [*train, "--test-size", "12", "--epochs", "1", "--hidden", "4", "--precision", "bf16"]
+    args = [*train, "--test-size", "12", "--epochs", "1", "--hidden", "4", "--precision", "bf16", "--device", "cpu"]
     assert main([*args, "--out", "runs/lstm"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        "deepstep train: error: --precision bf16: this cpu cannot run LSTM in bf16 (no bf16 LSTM); use --precision 32"
+        "deepstep train: error: --precision bf16: this CPU cannot run LSTM in bf16 (no bf16 LSTM); use --precision 32"
     )
     assert not Path("runs/lstm").exists()
     assert main([*args, "--model", "gru", "--out", "runs/gru", "--quiet"]) == 0
     auto = precision.Precision("bf16", "cpu", "auto: bf16 autocast, this CPU has AMX/AVX-512-BF16")
     fallback = precision.supported_by(auto, torch.nn.LSTM(2, 3), auto=True)
-    assert fallback.name == "32" and fallback.reason == "auto: fp32 (this cpu cannot run LSTM in bf16)"
+    assert fallback.name == "32" and fallback.reason == "auto: fp32 (this CPU cannot run LSTM in bf16)"
 
 
 def test_options_a_task_has_no_use_for_are_refused_not_ignored(seasonal_csv, sequence_folder, capsys):

@@ -139,7 +139,7 @@ def test_auto_precision_keeps_fp32_on_a_cpu_when_a_step_is_too_small_for_bf16_to
 
     def picked(*extra):
         out = f"runs/auto{len(list(Path('runs').glob('auto*'))) if Path('runs').exists() else 0}"
-        assert _train(image_folder, "--epochs", "1", "--precision", "auto", *extra, out=out) == 0
+        assert _train(image_folder, "--epochs", "1", "--precision", "auto", "--device", "cpu", *extra, out=out) == 0
         device = json.loads((Path(out) / "run.json").read_text())["device"]
         return device["precision"], device["precision_reason"]
 
@@ -173,6 +173,7 @@ def test_a_batch_too_big_for_a_cpus_caches_gets_a_note_that_suggests_micro_batch
 
     monkeypatch.setattr(ic, "CPU_PARTS_HINT_BYTES", 2**18)  # lenet's batch of 16 passes a 256 KiB threshold
     args = ["train", "--data", str(image_folder), "--model", "lenet", "--epochs", "1", "--batch-size", "16"]
+    args += ["--device", "cpu"]  # the note is for CPUs; auto would pick a GPU where there is one
     assert main([*args, "--out", "runs/whole"]) == 0
     assert "try --micro-batch 4 (the same steps" in capsys.readouterr().out  # parts under 3/4 of it
     assert main([*args, "--micro-batch", "4", "--out", "runs/parts"]) == 0

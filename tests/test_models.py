@@ -208,6 +208,7 @@ def test_airbench_in_bf16_takes_its_late_weight_gradients_from_a_matmul_and_save
         epochs=1,
         batch_size=16,
         precision="bf16",
+        device="cpu",
         out="runs/air-bf16",
         verbose=False,
     )

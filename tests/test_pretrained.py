@@ -192,6 +192,7 @@ def test_pretrained_prediction_in_bf16_names_its_precision_and_keeps_the_answer(
         assert a["label"] == b["label"] == "golden retriever" and 0.05 < a["top_k"][0]["probability"] < 0.95
         assert b["top_k"][0]["probability"] == pytest.approx(a["top_k"][0]["probability"], abs=0.02)
     args = ["predict", "--model", "mobilenet_v3_small", "--pretrained", *map(str, photos), "--precision", "auto"]
+    args += ["--device", "cpu"]  # the line below is the CPU's; auto would pick a GPU where there is one
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     if cpu_has_fast_bf16():  # 16 images x 56 M multiply-adds a call: enough work for bf16 to pay

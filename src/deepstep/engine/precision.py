@@ -64,6 +64,14 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.name == "16")
 
 
+DEVICE_WORDS = {"cpu": "CPU", "cuda": "GPU", "mps": "Mac's GPU"}
+
+
+def this_device(kind: str) -> str:
+    """'this CPU', 'this GPU': a device type as a sentence names it."""
+    return f"this {DEVICE_WORDS.get(kind, kind)}"
+
+
 def resolve_precision(requested: str, device: torch.device, preset: str = "") -> Precision:
     """`requested` on this device; `preset` names where an explicit value came from, if not a flag."""
     kind = device.type
@@ -74,7 +82,7 @@ def resolve_precision(requested: str, device: torch.device, preset: str = "") ->
             return Precision("16", kind, "auto: fp16 autocast with loss scaling (this GPU has no bf16)")
         if kind == "cpu" and cpu_has_fast_bf16():
             return Precision("bf16", kind, "auto: bf16 autocast, this CPU has AMX/AVX-512-BF16")
-        return Precision("32", kind, f"auto: fp32 (no fast bf16 on this {kind})")
+        return Precision("32", kind, f"auto: fp32 (no fast bf16 on {this_device(kind)})")
     if requested == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeepstepError("--precision bf16: this GPU does not support bfloat16; use --precision 16 or auto")
     if requested == "bf16" and kind == "cpu" and not cpu_has_fast_bf16():
@@ -145,11 +153,11 @@ def supported_by(precision: Precision, model: torch.nn.Module, auto: bool) -> Pr
             return Precision(
                 "32",
                 precision.device_type,
-                f"auto: fp32 (this {precision.device_type} cannot run {kind.__name__} in {precision.name})",
+                f"auto: fp32 ({this_device(precision.device_type)} cannot run {kind.__name__} in {precision.name})",
             )
         raise DeepstepError(
-            f"--precision {precision.name}: this {precision.device_type} cannot run {kind.__name__} in {precision.name} "
-            f"({error}); use --precision 32"
+            f"--precision {precision.name}: {this_device(precision.device_type)} cannot run {kind.__name__} "
+            f"in {precision.name} ({error}); use --precision 32"
         )
     return precision
 
