@@ -94,6 +94,8 @@ def test_a_forecast_with_dropout_stopped_mid_epoch_resumes_to_identical_weights(
         "--checkpoint-every",
         "3",
         "--quiet",
+        "--device",  # cuDNN's LSTM dropout draws from a generator of its own, which no checkpoint holds
+        "cpu",
     ]
     assert main([*args, "--out", "runs/whole"]) == 0
     with monkeypatch.context() as scoped:
@@ -168,3 +170,17 @@ def test_a_run_killed_with_sigkill_at_a_random_step_resumes_to_identical_weights
         timeout=300,
     )
     _assert_same_run("runs/whole", "runs/killed")
+
+
+def test_cudnn_lstm_dropout_which_no_seed_or_checkpoint_holds_gets_a_note_on_cuda_alone():
+    from torch import nn
+
+    from deepstep.engine.fit import unrepeatable_note
+
+    stacked = nn.Sequential(nn.LSTM(1, 4, num_layers=2, dropout=0.3), nn.GRU(4, 4, num_layers=2, dropout=0.1))
+    note = unrepeatable_note(stacked, torch.device("cuda"))  # only reads the device's type: no GPU needed
+    assert note.startswith("note: on CUDA, cuDNN's GRU/LSTM dropout keeps a random state of its own")
+    assert unrepeatable_note(stacked, torch.device("cpu")) is None  # the CPU draws from torch's generator
+    # dropout applies between stacked layers only: one layer, or none, leaves nothing unseeded
+    assert unrepeatable_note(nn.LSTM(1, 4, num_layers=1, dropout=0.3), torch.device("cuda")) is None
+    assert unrepeatable_note(nn.LSTM(1, 4, num_layers=2), torch.device("cuda")) is None

@@ -98,6 +98,25 @@ def capture_rng(batches: Iterable) -> dict[str, Any]:
     return rng
 
 
+def unrepeatable_note(model: nn.Module, device: torch.device) -> str | None:
+    """A note when `--seed` cannot make the run repeat, nor a checkpoint resume it exactly: on
+    CUDA, cuDNN's recurrent layers draw their dropout (between stacked layers) from a random state
+    of their own, set once a process from a seed of its choosing and held in no checkpoint
+    (pytorch/pytorch#74177, #104697). capture_rng saves every other stream."""
+    if device.type != "cuda" or not torch.backends.cudnn.enabled:
+        return None
+    kinds = sorted(
+        {type(m).__name__ for m in model.modules() if isinstance(m, nn.RNNBase) and m.dropout > 0 and m.num_layers > 1}
+    )
+    if not kinds:
+        return None
+    return (
+        f"note: on CUDA, cuDNN's {'/'.join(kinds)} dropout keeps a random state of its own that --seed does not set "
+        "and checkpoints do not hold: this run will not repeat exactly, nor resume to the same weights "
+        "(--dropout 0 or --device cpu would)"
+    )
+
+
 def restore_rng(rng: dict[str, Any], batches: Iterable) -> None:
     torch.set_rng_state(rng["torch"])
     version, internal, gauss = rng["python"]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from deepstep.config import PATH_OPTIONS, TrainConfig, absolute_path, preset_source
-from deepstep.engine.fit import FitState, Monitor, Training
+from deepstep.engine.fit import FitState, Monitor, Training, unrepeatable_note
 from deepstep.engine.loop import Step
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
@@ -433,6 +433,8 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
             + (f", {threads} threads" if threads else "")
             + f"; precision {precision.name} ({precision.reason})"
         )
+        if note := unrepeatable_note(model, device):
+            log(note)
         log(f"run folder: {run.path}")
         return {
             "data": job.data_report,
