@@ -283,9 +283,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cifar-fast": {"model": "resnet-cifar", **CIFAR_OPTIMISATION, "epochs": 25},
     # The airbench94 net trained as airbench94 trains it (94.01% test with TTA in 9.9 epochs, n=1000
     # runs, width 64 on an A100): lr 11.5 per 1,024 images in its decoupled form is 1.5 on the mean
-    # loss at momentum 0.85, its decay 0.0153 is 0.0020 per step, i.e. 1.33e-3 at that lr. Not run on
-    # a GPU here; on a 2-core AVX2 CPU in fp32 (150-170 img/s) it reached 90.35% test with
-    # flip-translate TTA (89.46% without) in 3,108 s, and 90.27% (89.27%) in a second run; on a 2-core
+    # loss at momentum 0.85, its decay 0.0153 is 0.0020 per step, i.e. 1.33e-3 at that lr. On an
+    # H200 (bf16, eager) it reached 90.29% test with flip-translate TTA (89.12% without) in 2.8 s; on
+    # a 2-core AVX2 CPU in fp32 (150-170 img/s), 90.35% (89.46%) in 3,108 s, and 90.27% (89.27%) in
+    # a second run; on a 2-core
     # AMX CPU in bf16 (418-648 img/s), 90.30% (89.37%) in 938 s; see bench/RESULTS.md. On that CPU add
     # `--micro-batch 256` (20-30% more img/s in alternating runs of one process; with it, 90.41%
     # (89.42%) in 1,085 s on a slower hour; 90.25% (89.59%) in 802 s with the whitening bias stopped
@@ -322,7 +323,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # faster hour, 90.34% (89.36%) in 532 s; seed 2 on a slow one, 90.46% (89.32%) in 834 s; seed 3,
     # 90.39% (89.45%) in 553 s; with the matmul weight gradient (engine/backends.py), seed 0 90.13%
     # (89.32%) in 623 s, seed 1 90.41% (89.57%) in 588 s, seed 2 90.28% (89.53%) in 651 s; seed 4 on
-    # the fastest hour yet, 90.63% (89.76%) in 320 s; see bench/RESULTS.md.
+    # the fastest hour yet, 90.63% (89.76%) in 320 s; on an H200 (bf16, eager), 90.31% (89.17%) in 2.9 s;
+    # see bench/RESULTS.md.
     "cifar-airbench-muon": {
         "model": "airbench",
         "batch_size": 2000,
