@@ -81,6 +81,25 @@ def test_an_input_that_does_not_fit_names_the_layer_and_the_fix(capsys, size, ex
     assert expected in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("size", ["3x28x28", "3,28,28", "(3, 28, 28)", "3 x 28 x 28", "[3,28,28]"])
+def test_a_size_may_be_written_with_x_or_commas_as_shapes_are_printed(capsys, size):
+    assert main(["summary", "lenet", "--input", size]) == 2  # 28x28 does not fit lenet: the size was read
+    assert "input 3x32x32 makes them match" in capsys.readouterr().err
+
+
+def test_an_image_size_may_be_written_with_x_or_a_comma():
+    from deepstep.config import parse_image_size
+
+    assert parse_image_size("64x48") == parse_image_size("64,48") == parse_image_size("(64, 48)") == (64, 48)
+    assert parse_image_size("32") == (32, 32)
+
+
+@pytest.mark.parametrize("size", ["3xx28", "3,,28", "3;28", "x"])
+def test_a_size_with_an_empty_or_unknown_part_is_refused(capsys, size):
+    assert main(["summary", "lenet", "--input", size]) == 2
+    assert f"--input {size!r} is not a size" in capsys.readouterr().err
+
+
 def test_the_formula_shows_floor_and_non_square_sizes():
     from torch import nn
 

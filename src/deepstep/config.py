@@ -233,8 +233,10 @@ def _positive_int(config: TrainConfig, name: str) -> None:
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
-    """'32' -> (32, 32); '64x48' -> (64, 48) as (height, width)."""
-    parts = str(text).lower().split("x")
+    """'32' -> (32, 32); '64x48' (or '64,48') -> (64, 48) as (height, width)."""
+    from deepstep.models.shapes import size_parts
+
+    parts = size_parts(text)
     try:
         sizes = [int(p) for p in parts]
     except ValueError:

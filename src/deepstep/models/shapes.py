@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -95,10 +96,16 @@ def format_size(size: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in size)
 
 
+def size_parts(text: str) -> list[str]:
+    """'3x32x32', '3,32,32' and '(3, 32, 32)' (as Keras and PyTorch print shapes) -> ['3', '32', '32']."""
+    return re.split(r"\s*[x,]\s*", str(text).lower().strip().strip("()[]").strip().rstrip(","))
+
+
 def parse_input_size(text: str) -> tuple[int, ...]:
-    """'3x32x32' -> (3, 32, 32); '30x4' -> (30, 4) for a sequence of 30 steps of 4 features."""
+    """'3x32x32' -> (3, 32, 32); '30x4' -> (30, 4) for a sequence of 30 steps of 4 features;
+    commas do as well as x."""
     try:
-        sizes = tuple(int(part) for part in str(text).lower().split("x"))
+        sizes = tuple(int(part) for part in size_parts(text))
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) <= 0:
