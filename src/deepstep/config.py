@@ -288,8 +288,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # loss at momentum 0.85, its decay 0.0153 is 0.0020 per step, i.e. 1.33e-3 at that lr. On an
     # H200 (bf16, eager) it reached 90.29% test with flip-translate TTA (89.12% without) in 2.8 s; on
     # a 2-core AVX2 CPU in fp32 (150-170 img/s), 90.35% (89.46%) in 3,108 s, and 90.27% (89.27%) in
-    # a second run; on a 2-core
-    # AMX CPU in bf16 (418-648 img/s), 90.30% (89.37%) in 938 s; see bench/RESULTS.md. On that CPU add
+    # a second run; on a 2-core AMX CPU in bf16 (418-648 img/s), 90.30% (89.37%) in 938 s; see
+    # bench/RESULTS.md. On that CPU add
     # `--micro-batch 256` (20-30% more img/s in alternating runs of one process; with it, 90.41%
     # (89.42%) in 1,085 s on a slower hour; 90.25% (89.59%) in 802 s with the whitening bias stopped
     # after 3 epochs); not set here, since a GPU wants its batches whole.
