@@ -135,6 +135,22 @@ def test_a_two_process_run_killed_mid_epoch_resumes_to_the_same_weights(image_fo
                 assert abs(float(x) - float(y)) < 1e-5, column
 
 
+def test_more_processes_than_gpus_is_one_line_naming_the_count_to_use(monkeypatch):
+    import pytest
+
+    from deepstep.engine import distributed
+    from deepstep.errors import DeepstepError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a one-GPU machine, on any machine
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(DeepstepError) as raised:
+        distributed.init(distributed.Ranks(rank=1, world=2, local=1), torch.device("cuda"))
+    assert str(raised.value) == (
+        "torchrun started 2 processes on this machine, which has 1 GPU: one process a GPU, so use "
+        "--nproc-per-node 1 (or train with --device cpu)"
+    )
+
+
 def test_rank_slices_split_each_global_batch_and_pass_the_epoch_to_the_batches():
     from deepstep.data.images import ImageBatches, Pixels
     from deepstep.engine.distributed import Ranks, RankSlices

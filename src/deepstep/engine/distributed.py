@@ -57,6 +57,14 @@ def init(ranks: Ranks, device: torch.device) -> torch.device:
     if not ranks.active:
         return device
     if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if ranks.local >= gpus:  # NCCL takes one GPU a process; set_device would fail with a CUDA traceback
+            started = os.environ.get("LOCAL_WORLD_SIZE", str(ranks.local + 1))
+            raise DeepstepError(
+                f"torchrun started {started} processes on this machine, which has {gpus} GPU"
+                f"{'' if gpus == 1 else 's'}: one process a GPU, so use --nproc-per-node {gpus} "
+                "(or train with --device cpu)"
+            )
         device = torch.device("cuda", ranks.local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
