@@ -420,13 +420,8 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         **job.meta,
     }
     parameters = sum(p.numel() for p in model.parameters())
-    if config.find_lr:
-        log(f"model: {config.model}, {parameters:,} parameters ({job.model_args})")
-        log(f"device: {device.type}; precision {precision.name} ({precision.reason}); run folder: none (--find-lr)")
-        return find_lr_report(config, training, job.source_name, log, progress)
-    state = resume(training, run) if config.resume else None
 
-    def describe() -> dict[str, Any]:
+    def log_setup(folder: str) -> None:
         log(f"model: {config.model}, {parameters:,} parameters ({job.model_args})")
         log(
             f"device: {device.type}"
@@ -435,7 +430,15 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         )
         if note := unrepeatable_note(model, device):
             log(note)
-        log(f"run folder: {run.path}")
+        log(f"run folder: {folder}")
+
+    if config.find_lr:
+        log_setup("none (--find-lr)")
+        return find_lr_report(config, training, job.source_name, log, progress)
+    state = resume(training, run) if config.resume else None
+
+    def describe() -> dict[str, Any]:
+        log_setup(str(run.path))
         return {
             "data": job.data_report,
             "model": {
