@@ -1,9 +1,11 @@
 """Baselines and metrics against values computed by hand."""
 
+import warnings
+
 import numpy as np
 import pytest
 
-from deepstep.tasks.baselines import choose_arima, naive, seasonal_naive
+from deepstep.tasks.baselines import arima_forecasts, choose_arima, differencing, fit_arima, naive, seasonal_naive
 from deepstep.tasks.metrics import classification_metrics, forecast_metrics, mase_scale, metric_notes, roc_auc
 
 
@@ -72,3 +74,50 @@ def test_binary_classification_metrics_take_the_second_class_as_positive():
     assert m["confusion_matrix"] == [[1, 1], [1, 1]] and m["accuracy"] == 0.5
     assert m["positive_class"] == "1" and m["precision"] == 0.5 and m["recall"] == 0.5 and m["f1"] == 0.5
     assert m["roc_auc"] == 0.75
+
+
+@pytest.mark.parametrize(
+    "order, seasonal_order",
+    [((1, 0, 1), (0, 0, 0, 0)), ((2, 1, 1), (0, 0, 0, 0)), ((1, 0, 1), (1, 1, 1, 12))],
+    ids=["constant", "differenced", "seasonal"],
+)
+def test_arima_forecasts_from_one_filter_pass_equal_statsmodels_forecast_from_each_origin(order, seasonal_order):
+    from statsmodels.tsa.arima.model import ARIMA
+
+    rng = np.random.default_rng(0)
+    t = np.arange(240)
+    y = 20 + 0.05 * t + 3 * np.sin(2 * np.pi * t / 12) + np.cumsum(rng.normal(0, 0.5, 240)) + rng.normal(0, 0.3, 240)
+    fitted = fit_arima(y[:180], order, seasonal_order)  # a differenced model: fitted on the differences
+    origins = np.array([180, 185, 200, 233])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # statsmodels' own, on the levels: filter the data before each origin, then forecast
+        levels = ARIMA(y[:180], order=order, seasonal_order=seasonal_order).filter(fitted.params)
+        expected = np.stack([levels.apply(y[:t]).forecast(7) for t in origins])
+    for result in (fitted, levels):
+        np.testing.assert_allclose(arima_forecasts(result, y, origins, horizon=7), expected, rtol=1e-6)
+    # and it reads nothing at or after the origin
+    changed = y.copy()
+    changed[origins[0] :] += 100
+    np.testing.assert_allclose(arima_forecasts(fitted, changed, origins[:1], horizon=7), expected[:1], rtol=1e-6)
+
+
+def test_a_differenced_arima_fitted_on_the_differences_matches_statsmodels_own_fit():
+    from statsmodels.tsa.arima.model import ARIMA
+
+    rng = np.random.default_rng(1)
+    t = np.arange(300)
+    y = 5 * np.sin(2 * np.pi * t / 12) + np.cumsum(rng.normal(0, 1, 300))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        own = ARIMA(y, order=(1, 1, 0), seasonal_order=(0, 1, 1, 12)).fit()
+    ours = fit_arima(y, (1, 1, 0), (0, 1, 1, 12))
+    assert ours.model.param_names == own.model.param_names
+    np.testing.assert_allclose(ours.params, own.params, rtol=0.05, atol=0.02)
+    assert ours.aic == pytest.approx(own.aic, rel=1e-3)
+
+
+def test_differencing_is_the_product_of_the_plain_and_seasonal_differences():
+    # (1 - B)(1 - B^4) = 1 - B - B^4 + B^5
+    assert differencing((0, 1, 0), (0, 1, 0, 4)).tolist() == [1, -1, 0, 0, -1, 1]
+    assert differencing((0, 2, 0), (0, 0, 0, 0)).tolist() == [1, -2, 1]

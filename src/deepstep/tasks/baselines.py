@@ -18,8 +18,8 @@ import numpy as np
 
 from deepstep.errors import DeepstepError
 
-# ARIMA fits on at most this many of the latest steps before each origin: the state-space filter
-# costs O(steps) per fit, and a few thousand steps pin the parameters of these small models.
+# ARIMA is fitted on at most this many of the latest steps before the test span: the state-space
+# filter costs O(steps) a fit, and a few thousand steps pin the parameters of these small models.
 ARIMA_MAX_STEPS = 2000
 ORDER_GRID = list(itertools.product(range(3), range(2), range(3)))  # (p, d, q)
 SEASONAL_GRID = [(0, 1, 1), (1, 1, 0), (1, 1, 1)]  # (P, D, Q) with the season's period
@@ -52,12 +52,31 @@ class ArimaChoice:
         return f"{name}{self.order}{seasonal}"
 
 
-def _fit(y: np.ndarray, order, seasonal_order):
+def fit_arima(y: np.ndarray, order, seasonal_order):
+    """ARIMA(order, seasonal_order) fitted to y by maximum likelihood. A differenced model is
+    fitted to the differenced series (SARIMAX's simple differencing): its filter carries no
+    differencing states (26 instead of 50 for a season of 24), so the fit runs 3-4x faster, to the
+    same parameters and AIC as ARIMA's fit on the levels (tested); `arima_forecasts` integrates its
+    forecasts back to levels."""
     from statsmodels.tsa.arima.model import ARIMA
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter on grid points that lose anyway
-        return ARIMA(y, order=order, seasonal_order=seasonal_order).fit()
+        if not (order[1] or seasonal_order[1]):
+            return ARIMA(y, order=order, seasonal_order=seasonal_order).fit()  # with its constant
+        model = SARIMAX(y, order=order, seasonal_order=seasonal_order, simple_differencing=True)
+        return model.fit(disp=False)
+
+
+def differencing(order, seasonal_order) -> np.ndarray:
+    """(1 - B)^d (1 - B^s)^D as the coefficients of B^0, B^1, ..., B^(d + sD)."""
+    poly = np.ones(1)
+    for _ in range(order[1]):
+        poly = np.convolve(poly, [1.0, -1.0])
+    for _ in range(seasonal_order[1]):
+        poly = np.convolve(poly, np.r_[1.0, np.zeros(seasonal_order[3] - 1), -1.0])
+    return poly
 
 
 def choose_arima(
@@ -85,7 +104,7 @@ def choose_arima(
     for o, s in tqdm(candidates, desc=what, unit="fit", leave=False, disable=not progress):
         tried += 1
         try:
-            result = _fit(y_fit, o, s)
+            result = fit_arima(y_fit, o, s)
         except (ValueError, np.linalg.LinAlgError):
             continue
         if np.isfinite(result.aic) and (best is None or result.aic < best.aic):
@@ -96,20 +115,44 @@ def choose_arima(
     return best, best_choice
 
 
-def arima_forecasts(
-    result, y: np.ndarray, origins: np.ndarray, horizon: int, progress: bool = False, name: str = "ARIMA"
-) -> np.ndarray:
-    """Forecasts from each origin with the fitted parameters, filtered over the data before it."""
-    from tqdm import tqdm
+def arima_forecasts(result, y: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
+    """Forecasts from each origin with the fitted parameters, filtered over all the data before it.
 
-    out = np.empty((len(origins), horizon))
+    One Kalman filter pass over y (differenced, for a differenced model), up to the last forecast
+    step, gives the state each origin starts from, a_t, predicted from y[:t] alone (the filter is
+    causal); the forecasts follow the state equation, a <- T a + c, w = Z a + d, and a differenced
+    model's w are summed back to levels with the known values before t. These are the numbers of
+    statsmodels' `ARIMA(...).apply(y[:t]).forecast(horizon)` (tested), in one pass instead of one
+    an origin (a year of hourly origins on a 2-core CPU: 11 minutes -> about 10 seconds)."""
+    stop = int(origins.max()) + horizon if len(origins) else 0
+    if stop > len(y):
+        raise ValueError(f"forecasts up to step {stop} of a series of {len(y)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bar = tqdm(origins, desc=f"{name} forecasts", unit="origin", leave=False, disable=not progress)
-        for i, t in enumerate(bar):
-            history = y[max(0, t - ARIMA_MAX_STEPS) : t]
-            out[i] = result.apply(history).forecast(horizon)
-    return out
+        applied = result.apply(y[:stop])
+    delta = differencing(applied.model.order, applied.model.seasonal_order)
+    lost = stop - applied.model.nobs  # the steps differencing used up: w[k] is y's step k + lost
+    if applied.model.nobs and lost not in (0, len(delta) - 1):
+        raise ValueError(f"an ARIMA filtered on {applied.model.nobs} of {stop} steps")
+    if len(origins) and origins.min() < lost:
+        raise DeepstepError(f"this ARIMA's differencing needs {lost} steps of history before the first forecast")
+    ssm = applied.model.ssm
+    design, transition = ssm["design"], ssm["transition"]  # (1, states), (states, states): ARIMA's do not vary
+    # The intercepts are constant, or one a step (statsmodels puts ARIMA's constant there, as exog).
+    steps = applied.model.nobs
+    obs_intercept = np.broadcast_to(ssm["obs_intercept"][0], (steps,))
+    state_intercept = np.broadcast_to(ssm["state_intercept"].reshape(len(transition), -1), (len(transition), steps))
+    at = origins - lost
+    state = applied.filter_results.predicted_state[:, at].T  # (N, states): a_t from y[:t]
+    out = np.empty((len(origins), lost + horizon))
+    for step in range(horizon):
+        out[:, lost + step] = state @ design[0] + obs_intercept[at + step]
+        state = state @ transition.T + state_intercept[:, at + step].T
+    if lost:  # y[k] = w[k] - delta_1 y[k - 1] - ... - delta_lost y[k - lost], from the known y before t
+        out[:, :lost] = y[origins[:, None] - lost + np.arange(lost)]
+        for step in range(horizon):
+            out[:, lost + step] -= out[:, step : lost + step] @ delta[:0:-1]
+    return out[:, lost:]
 
 
 Baseline = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
@@ -143,7 +186,7 @@ def run_baselines(
             notes["seasonal_naive"] = "skipped: no season (give --season N)"
     if "sarima" in names:
         result, choice = choose_arima(y[:fit_end], season, order, seasonal_order, progress)
-        forecasts["sarima"] = arima_forecasts(result, y, origins, horizon, progress, choice.describe())
+        forecasts["sarima"] = arima_forecasts(result, y, origins, horizon)
         notes["sarima"] = {
             "model": choice.describe(),
             "order": list(choice.order),
