@@ -45,6 +45,15 @@ def test_export_of_a_missing_run_is_one_line(capsys):
     assert "run folder no-such-run does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_to_a_place_that_cannot_be_written_is_one_line(trained_run, tmp_path, fmt, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file" / "model.out"
+    assert main(["export", str(trained_run), "--format", fmt, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {out}: cannot write there" in err and "choose another --out" in err
+
+
 def _onnx_run(path, x: np.ndarray) -> np.ndarray:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     [got] = session.run(None, {"input": x.astype(np.float32)})

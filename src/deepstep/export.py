@@ -55,13 +55,17 @@ def export_run(
         raise DeepstepError(f"{run.path} is a {task} run, which export does not know; it exports {', '.join(TASKS)}")
     exportable = TASKS[task](run, checkpoint)
     out = Path(out) if out else run.path / "export" / f"model{FORMATS[fmt]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(out.name + ".partial")
+    try:  # before exporting: torch.jit.save reports a place it cannot write as a C++ RuntimeError
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary.touch()
+    except OSError as err:
+        raise DeepstepError(f"--out {out}: cannot write there ({err.strerror}); choose another --out") from None
     with torch.inference_mode():
         expected = exportable.model(exportable.check).numpy()
-    temporary = out.with_name(out.name + ".partial")
     try:
         got = EXPORTERS[fmt](exportable, temporary)
-    except DeepstepError:
+    except BaseException:  # no half-written file left beside the run, whatever stopped the export
         temporary.unlink(missing_ok=True)
         raise
     difference = float(np.abs(got - expected).max())
