@@ -79,6 +79,15 @@ def test_the_plot_draws_each_image_beside_its_probabilities(trained_run, image_f
     assert 11 * one_row < Image.open(out).size[1] < 13 * one_row
 
 
+def test_a_plot_named_without_a_type_is_written_as_png_and_said_to_be(trained_run, image_folder, tmp_path, capsys):
+    image = str(image_folder / "test" / "circle" / "000.png")
+    assert main(["predict", str(trained_run), image, "--plot", str(tmp_path / "pred")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"plot: {tmp_path / 'pred.png'}"
+    assert (tmp_path / "pred.png").is_file()
+    assert main(["predict", str(trained_run), image, "--plot", str(tmp_path)]) == 2  # a folder: before predicting
+    assert "is a folder: give a picture's file name" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", ["--tta", "--tta-translate"])
 def test_predict_with_tta_still_gives_a_distribution(flag, trained_run, image_folder, capsys):
     assert main(["predict", str(trained_run), str(image_folder / "test" / "circle"), flag, "--json"]) == 0

@@ -9,6 +9,28 @@ def test_show_saves_a_labelled_grid(image_folder, tmp_path, capsys):
     assert Image.open(out).size[0] > 300 and f"grid: {out}" in capsys.readouterr().out
 
 
+def test_a_picture_named_without_a_type_is_a_png_and_said_to_be(image_folder, tmp_path, capsys):
+    assert main(["show", str(image_folder), "--out", str(tmp_path / "grid")]) == 0
+    assert f"grid: {tmp_path / 'grid.png'}" in capsys.readouterr().out
+    assert Image.open(tmp_path / "grid.png").format == "PNG"
+
+
+def test_a_picture_that_cannot_be_written_where_asked_is_one_line(image_folder, tmp_path, capsys):
+    where = tmp_path / "out"
+    where.mkdir()
+    (where / "a-file").write_text("not a folder")
+    (where / "a-folder").mkdir()
+    for out, says in [
+        ("a-file/grid.png", "cannot write there (a file is in the way of its folder); choose another path"),
+        ("a-folder", "a-folder is a folder: give a picture's file name, e.g."),
+        ("grid.jpgx", "matplotlib cannot write .jpgx pictures; end the name with .png"),
+    ]:
+        assert main(["show", str(image_folder), "--out", str(where / out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, err
+    assert sorted(p.name for p in where.rglob("*")) == ["a-file", "a-folder"]  # nothing written
+
+
 def test_show_of_a_missing_split_names_the_ones_there(image_folder, capsys):
     assert main(["show", str(image_folder), "--split", "val"]) == 2
     assert "has no 'val' split; it has train, test" in capsys.readouterr().err

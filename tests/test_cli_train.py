@@ -270,3 +270,9 @@ def test_find_lr_plots_the_range_test_and_writes_no_run(image_folder, seasonal_c
     assert main([*forecast, "--test-size", "12", "--find-lr", "--out", "runs/sales", "--quiet"]) == 0
     assert re.search(r"^lr range test: \d+ steps of batch 32, lr 1e-07 to \S+; stopped ", capsys.readouterr().out, re.M)
     assert Path("runs/sales-lr-find.png").is_file() and not Path("runs/sales").exists()
+    Path("a-file").write_text("not a folder")
+    assert main([*args, "--find-lr", "10", "--out", "a-file/lr"]) == 2
+    assert capsys.readouterr().err == (
+        "deepstep train: error: --out a-file/lr-lr-find.png: cannot write there "
+        "(a file is in the way of its folder); choose another --out\n"
+    )

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepstep.engine.files import write_json
+from deepstep.engine.files import cannot_write, write_json
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
 from deepstep.tasks.forecasting import predict_scaled
@@ -55,28 +55,29 @@ def export_run(
         raise DeepstepError(f"{run.path} is a {task} run, which export does not know; it exports {', '.join(TASKS)}")
     exportable = TASKS[task](run, checkpoint)
     out = Path(out) if out else run.path / "export" / f"model{FORMATS[fmt]}"
+    if out.is_dir():
+        raise DeepstepError(f"--out {out} is a folder: give the file's name, e.g. {out / ('model' + FORMATS[fmt])}")
     temporary = out.with_name(out.name + ".partial")
     try:  # before exporting: torch.jit.save reports a place it cannot write as a C++ RuntimeError
         out.parent.mkdir(parents=True, exist_ok=True)
         temporary.touch()
     except OSError as err:
-        raise DeepstepError(f"--out {out}: cannot write there ({err.strerror}); choose another --out") from None
-    with torch.inference_mode():
-        expected = exportable.model(exportable.check).numpy()
+        raise cannot_write(out, err, "--out") from None
     try:
+        with torch.inference_mode():
+            expected = exportable.model(exportable.check).numpy()
         got = EXPORTERS[fmt](exportable, temporary)
+        difference = float(np.abs(got - expected).max())
+        tolerance = TOLERANCE * max(1.0, float(np.abs(expected).max()))
+        if not difference < tolerance:
+            raise DeepstepError(
+                f"the exported {fmt} model differs from PyTorch by {difference:.3g} (limit {tolerance:.3g}); "
+                "nothing was written"
+            )
+        temporary.replace(out)
     except BaseException:  # no half-written file left beside the run, whatever stopped the export
         temporary.unlink(missing_ok=True)
         raise
-    difference = float(np.abs(got - expected).max())
-    tolerance = TOLERANCE * max(1.0, float(np.abs(expected).max()))
-    if not difference < tolerance:
-        temporary.unlink(missing_ok=True)
-        raise DeepstepError(
-            f"the exported {fmt} model differs from PyTorch by {difference:.3g} (limit {tolerance:.3g}); "
-            "nothing was written"
-        )
-    temporary.replace(out)
     check = {"batch": len(exportable.check), "max_abs_diff": difference, "tolerance": tolerance}
     record = {
         "format": fmt,

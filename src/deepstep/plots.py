@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from deepstep.errors import DeepstepError
+
 # Fonts that hold the characters DejaVu Sans lacks (class names in Chinese, Japanese, Korean, ...);
 # those installed are added after it, and matplotlib falls back to them glyph by glyph.
 FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "WenQuanYi Zen Hei", "Arial Unicode MS", "Microsoft YaHei")
@@ -45,12 +47,35 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _save(fig, out: Path) -> Path:
+def picture_path(out: str | Path) -> Path:
+    """The file a picture asked for as `out` is written to: .png added to a name without a type
+    (as matplotlib would add it, but said); a folder, or a type matplotlib cannot write, refused."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise DeepstepError(f"{out} is a folder: give a picture's file name, e.g. {out / 'picture.png'}")
+    kind = out.suffix.lower().lstrip(".")
+    if not kind:
+        return out.with_name(out.name + ".png")
+    if kind not in FigureCanvasBase.get_supported_filetypes():
+        raise DeepstepError(
+            f"{out}: matplotlib cannot write .{kind} pictures; end the name with .png, .jpg, .svg or .pdf"
+        )
+    return out
+
+
+def _save(fig, out: Path) -> Path:
+    from deepstep.engine.files import cannot_write
+
+    out = picture_path(out)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fig.savefig(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(out)
+        except OSError as err:
+            raise cannot_write(out, err) from None
     missing = []
     for warning in caught:
         glyph = re.match(r"Glyph (\d+)", str(warning.message))

@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
             return _forecast(args)
         if task == "sequence-classification":
             return _sequences(args)
+    if args.plot:  # checked, and named as it will be written, before any image is read
+        from deepstep.plots import picture_path
+
+        args.plot = str(picture_path(args.plot))
     options = {
         "top_k": args.top_k,
         "plot": args.plot,

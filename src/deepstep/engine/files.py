@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -11,6 +12,20 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from deepstep.errors import DeepstepError
+
+
+def cannot_write(path: Path, err: OSError, option: str = "") -> DeepstepError:
+    """The one-line error for a place the user chose that cannot take a file, naming the option."""
+    if err.errno in (errno.EEXIST, errno.ENOTDIR):  # mkdir where a file is, or a file used as a folder
+        reason = "a file is in the way of its folder"
+    elif err.errno == errno.EISDIR:
+        reason = "it is a folder"
+    else:
+        reason = err.strerror or str(err)
+    name = f"{option} {path}" if option else str(path)
+    return DeepstepError(f"{name}: cannot write there ({reason}); choose another {option or 'path'}")
 
 
 @contextlib.contextmanager

@@ -62,12 +62,16 @@ def default_out(config: TrainConfig, source_name: str) -> Path:
 def find_lr_report(config: TrainConfig, training: Training, source_name: str, log: Log, progress: bool) -> Path:
     """--find-lr: the learning-rate range test on `training` instead of training; writes
     runs/MODEL-DATA-lr-find.png (or OUT-lr-find.png) and a .json beside it, and returns the plot's path."""
-    from deepstep.engine.files import write_json
+    from deepstep.engine.files import cannot_write, write_json
     from deepstep.engine.fit import find_lr
     from deepstep.plots import plot_lr_finding
 
     base = str(config.out).rstrip("/") if config.out else str(Path("runs") / run_stem(config, source_name))
     png, record = Path(f"{base}-lr-find.png"), Path(f"{base}-lr-find.json")
+    try:  # before the test runs, not after
+        png.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise cannot_write(png, err, "--out" if config.out else "") from None
     finding = find_lr(training, base_lr=config.lr, steps=config.find_lr, progress=progress)
     tried = (
         f"{len(finding.lrs)} steps of batch {config.batch_size}, lr {finding.lrs[0]:.0e} to {finding.lrs[-1]:.3g}"
