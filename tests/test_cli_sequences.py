@@ -94,6 +94,12 @@ def test_predict_forecasts_the_steps_after_the_data_as_csv_and_plot(seasonal_csv
     )
     assert main(["predict", "runs/f", "--json", "--data", str(moved)]) == 0
     assert _json(capsys)["forecast"] == result["forecast"]
+    for out, why in [("runs/f/forecast.csv/x.csv", "a file is in the way of its folder"), ("runs", "it is a folder")]:
+        assert main(["predict", "runs/f", "--data", str(moved), "--out", out]) == 2
+        assert (
+            capsys.readouterr().err
+            == f"deepstep predict: error: {out}: cannot write there ({why}); choose another path\n"
+        )
 
 
 def test_a_daily_series_missing_days_is_forecast_on_the_days_after_it_not_on_step_numbers(tmp_path, capsys):

@@ -15,6 +15,9 @@ from typing import Any
 
 from deepstep.errors import DeepstepError
 
+# Where a path cannot hold a file: a file in the way of its folder, a folder in its place, a name too long.
+PLACE_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
+
 
 def cannot_write(path: Path, err: OSError, option: str = "") -> DeepstepError:
     """The one-line error for a place the user chose that cannot take a file, naming the option."""
@@ -31,8 +34,15 @@ def cannot_write(path: Path, err: OSError, option: str = "") -> DeepstepError:
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path` in one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        if err.errno in PLACE_ERRORS:  # a place asked for that cannot hold the file: the user's to change
+            raise cannot_write(path, err) from None
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
