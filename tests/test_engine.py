@@ -598,3 +598,25 @@ def test_the_lr_range_test_suggests_a_rate_below_where_sgd_diverges_and_stops_th
     assert opt.param_groups[1]["lr"] == pytest.approx(opt.param_groups[0]["lr"] / 2)  # each group kept its share
     flat = find_lr(Training(nn.Linear(4, 1), mse_step, mse_step, [(x, 0 * y)] , None, torch.optim.SGD(nn.Linear(4, 1).parameters(), lr=0.01), sched, FP32), base_lr=0.01, steps=20, progress=False)  # fmt: skip
     assert flat.suggestion is None  # an optimizer that trains nothing: the loss never falls, nothing to suggest
+
+
+def test_the_lr_range_test_suggests_nothing_when_the_fall_is_within_the_noise_between_batches():
+    from deepstep.engine.fit import LR_FIND_MIN_SIGNAL, Training, _steepest, find_lr
+
+    # The loss is the batch's own number whatever the rate: nothing is learned, only batches differ.
+    levels = torch.tensor([1.5, 1.4, 1.45, 1.0, 1.2, 1.05, 1.3, 1.1, 1.25, 1.0, 1.35, 1.15])  # high first, by chance
+    batches = [(levels[i : i + 1],) for i in range(len(levels))]
+    model = nn.Linear(1, 1)
+
+    def step(model, batch):
+        return {"loss": batch[0].sum() + 0 * model.weight.sum()}
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = build_schedule("none", opt, total_steps=30, warmup_steps=0)
+    finding = find_lr(
+        Training(model, step, step, batches, None, opt, sched, FP32), base_lr=0.01, steps=30, progress=False
+    )
+    # the old rule alone reads a "fall" of more than 5% in it and suggests a rate
+    assert _steepest(finding.lrs, finding.losses, skip=3, half=2) is not None
+    assert finding.suggestion is None and finding.fall < LR_FIND_MIN_SIGNAL * finding.noise
+    assert finding.noise == pytest.approx(levels[:6].std().item() / 5**0.5, rel=1e-5)
