@@ -87,7 +87,7 @@ def choose_arima(
     progress: bool = False,
 ):
     """The ARIMA / SARIMA fitted to `y_fit`: the given orders, or the lowest AIC over the grid
-    (a progress bar on stderr with `progress`: with a season of 24 the grid takes minutes).
+    (a progress bar on stderr with `progress`: with a season of 24 the grid takes about a minute).
     Returns (fitted results, ArimaChoice)."""
     from tqdm import tqdm
 
