@@ -598,6 +598,7 @@ def test_the_lr_range_test_suggests_a_rate_below_where_sgd_diverges_and_stops_th
     assert opt.param_groups[1]["lr"] == pytest.approx(opt.param_groups[0]["lr"] / 2)  # each group kept its share
     flat = find_lr(Training(nn.Linear(4, 1), mse_step, mse_step, [(x, 0 * y)] , None, torch.optim.SGD(nn.Linear(4, 1).parameters(), lr=0.01), sched, FP32), base_lr=0.01, steps=20, progress=False)  # fmt: skip
     assert flat.suggestion is None  # an optimizer that trains nothing: the loss never falls, nothing to suggest
+    assert flat.withheld == "flat" and finding.withheld == ""
 
 
 def test_the_lr_range_test_suggests_nothing_when_the_fall_is_within_the_noise_between_batches():
@@ -619,4 +620,5 @@ def test_the_lr_range_test_suggests_nothing_when_the_fall_is_within_the_noise_be
     # the old rule alone reads a "fall" of more than 5% in it and suggests a rate
     assert _steepest(finding.lrs, finding.losses, skip=3, half=2) is not None
     assert finding.suggestion is None and finding.fall < LR_FIND_MIN_SIGNAL * finding.noise
+    assert finding.withheld == "noise"
     assert finding.noise == pytest.approx(levels[:6].std().item() / 5**0.5, rel=1e-5)

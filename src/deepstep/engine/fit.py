@@ -284,6 +284,7 @@ class LrFinding:
     stopped: str  # why the test ended
     noise: float = 0.0  # the curve's batch-to-batch noise, measured over the first steps (see LR_FIND_MIN_SIGNAL)
     fall: float = 0.0  # how far the curve fell below the loss of those first steps
+    withheld: str = ""  # why there is no suggestion: "flat" (LR_FIND_MIN_FALL) or "noise" (LR_FIND_MIN_SIGNAL)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -291,6 +292,7 @@ class LrFinding:
             "stopped": self.stopped,
             "fall": self.fall,
             "noise": self.noise,
+            "withheld": self.withheld,
             "lrs": self.lrs,
             "losses": self.losses,
         }
@@ -357,14 +359,15 @@ def find_lr(
     half = max(2, steps // 40)
     curve = _centred_mean(raw, half)
     suggestion = _steepest(lrs, curve, skip=steps // 10, half=half)
+    withheld = "" if suggestion is not None else "flat"
     # At the first rates (1e-7 and up) nothing is learned yet: their losses differ only because the
     # batches do, which measures the noise left in the curve, a mean of 2 * half + 1 steps.
     first = np.asarray(raw[: max(5, steps // 5)])
     noise = float(first.std(ddof=1) / math.sqrt(2 * half + 1)) if len(first) > 2 else 0.0
     fall = float(first.mean() - min(curve)) if curve else 0.0
     if suggestion is not None and fall < LR_FIND_MIN_SIGNAL * noise:
-        suggestion = None
-    return LrFinding(lrs, curve, suggestion, stopped, noise, fall)
+        suggestion, withheld = None, "noise"
+    return LrFinding(lrs, curve, suggestion, stopped, noise, fall, withheld)
 
 
 def _centred_mean(values: Sequence[float], half: int) -> list[float]:

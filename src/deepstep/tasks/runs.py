@@ -63,7 +63,7 @@ def find_lr_report(config: TrainConfig, training: Training, source_name: str, lo
     """--find-lr: the learning-rate range test on `training` instead of training; writes
     runs/MODEL-DATA-lr-find.png (or OUT-lr-find.png) and a .json beside it, and returns the plot's path."""
     from deepstep.engine.files import cannot_write, write_json
-    from deepstep.engine.fit import LR_FIND_MIN_FALL, LR_FIND_MIN_SIGNAL, find_lr
+    from deepstep.engine.fit import LR_FIND_MIN_SIGNAL, find_lr
     from deepstep.plots import plot_lr_finding
 
     base = str(config.out).rstrip("/") if config.out else str(Path("runs") / run_stem(config, source_name))
@@ -79,14 +79,14 @@ def find_lr_report(config: TrainConfig, training: Training, source_name: str, lo
         else "no step"
     )
     log(f"lr range test: {tried}; stopped {finding.stopped}")
-    fall = 1 - min(finding.losses) / finding.losses[0] if finding.losses else 0.0
-    if finding.suggestion is None and fall >= LR_FIND_MIN_FALL:
+    if finding.withheld == "noise":
         log(
             f"no suggestion: the loss fell {finding.fall:.3g} below where it started, within {LR_FIND_MIN_SIGNAL:g}x "
             f"the noise between batches ({finding.noise:.3g} on the curve), which chance alone can do; look at "
             "the plot, or run more steps (--find-lr 200) or larger batches for a steadier curve"
         )
     elif finding.suggestion is None:
+        fall = 1 - min(finding.losses) / finding.losses[0] if finding.losses else 0.0
         log(
             f"no suggestion: the loss fell {fall:.1%} at most over the test, too little to read (a net that "
             "learns slowly at first, or a problem in the data); look at the plot, or try --optimizer adamw"
