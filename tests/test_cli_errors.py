@@ -212,3 +212,13 @@ def test_compile_without_a_cpp_compiler_is_said_before_a_run_folder_exists(image
         result = deepstep("train", "--epochs", "1", "--quiet", "--compile", "--out", str(out), *data, env=env)
         assert_one_line_error(result, "--compile needs a C++ compiler", "no-such-g++", "or train without --compile")
         assert not out.exists()
+
+
+def test_nan_as_a_number_is_refused_before_it_reaches_a_split(tmp_path):
+    series = tmp_path / "s.csv"
+    series.write_text("t,y\n" + "".join(f"{i},{i % 7}\n" for i in range(60)))
+    # int(nan) used to raise deep inside the split
+    assert_one_line_error(
+        deepstep("baseline", "--data", str(series), "--horizon", "2", "--test-size", "nan"),
+        "--test-size must be a finite number, got nan",
+    )

@@ -49,6 +49,35 @@ def test_a_wrong_type_in_a_config_file_is_named(tmp_path):
         read_config_file(path)
 
 
+def test_a_section_in_a_config_file_is_named_as_one(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('[train]\ndata = "cifar10-sample"\n')
+    with pytest.raises(DeepstepError, match="unknown section 'train'; the options go at the top level"):
+        read_config_file(path)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"weight_decay": float("nan")}, "--weight-decay must be a finite number, got nan"),
+        ({"lr": float("inf")}, "--lr must be a finite number, got inf"),
+        ({"test_size": float("nan")}, "--test-size must be a finite number, got nan"),
+        ({"mean": [0.5, float("nan"), 0.5], "std": [1.0]}, "--mean must be finite numbers, got nan"),
+    ],
+)
+def test_nan_and_inf_are_refused_in_every_number(values, message):
+    # each passes a range check written as a comparison: nan < 0 and nan >= 1 are both false
+    with pytest.raises(DeepstepError, match=message):
+        TrainConfig(**values).validate()
+
+
+def test_nan_from_a_config_file_is_refused(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text("weight-decay = nan\n")  # TOML has nan and inf
+    with pytest.raises(DeepstepError, match="--weight-decay must be a finite number"):
+        resolve_config(read_config_file(path))
+
+
 def test_integers_are_accepted_where_numbers_are_expected(tmp_path):
     path = tmp_path / "exp.toml"
     path.write_text("lr = 1\n")

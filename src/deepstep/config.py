@@ -7,6 +7,7 @@ defaults < recipe (`--recipe`) < config file (`--config`, TOML or YAML) < flags.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -102,6 +103,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise DeepstepError naming the first option whose value cannot work."""
+        _finite_numbers(self)
         _positive_int(self, "epochs")
         _positive_int(self, "batch_size")
         if not self.lr > 0:
@@ -224,6 +226,18 @@ def absolute_path(name: str, value: Any) -> Any:
     if name not in PATH_OPTIONS or not value or (name != "data_dir" and not Path(value).exists()):
         return value
     return os.path.abspath(value)  # not resolve(): the user's own path, symlinks and all
+
+
+def _finite_numbers(config: TrainConfig) -> None:
+    """nan and inf pass every range check written as a comparison (`nan < 0` is false), and
+    argparse, TOML and Python all make them from 'nan' and 'inf': refuse them in every number."""
+    for name in _field_types():
+        value = getattr(config, name)
+        numbers = value if isinstance(value, list) else [value]
+        bad = [v for v in numbers if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            what = "finite numbers" if isinstance(value, list) else "a finite number"
+            raise DeepstepError(f"--{_flag(name)} must be {what}, got {bad[0]}")
 
 
 def _positive_int(config: TrainConfig, name: str) -> None:
@@ -440,6 +454,11 @@ def check_values(raw: dict[str, Any], source: str) -> dict[str, Any]:
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name not in fields:
+            if isinstance(value, dict):  # [train] or train: as some other tools' configs have
+                raise DeepstepError(
+                    f"{source}: unknown section {key!r}; the options go at the top level, one per line "
+                    "(as in a run's config.yaml), with [model-args] the only table"
+                )
             known = [_flag(f) for f in fields]
             raise DeepstepError(f"{source}: unknown option {key!r}{did_you_mean(_flag(name), known)}")
         values[name] = coerce(name, value, source)
