@@ -78,6 +78,22 @@ def test_nan_from_a_config_file_is_refused(tmp_path):
         resolve_config(read_config_file(path))
 
 
+@pytest.mark.parametrize("name", ["num_classes", "input_features"])
+def test_the_sizes_the_data_gives_cannot_be_model_arguments(name):
+    # num_classes=3 on ten classes trained until the loss met label 8: an IndexError
+    with pytest.raises(DeepstepError, match=f"--model-arg {name}: deepstep sizes the model by the data"):
+        TrainConfig(model_args={name: 3}).validate()
+
+
+def test_a_recurrent_flag_given_as_a_model_argument_is_sent_to_its_flag():
+    from deepstep.tasks.runs import sequence_model_args
+
+    config = TrainConfig(model="gru", hidden=16)
+    assert sequence_model_args(config, 2, 4)["hidden"] == 16
+    with pytest.raises(DeepstepError, match="--model-arg hidden: give it as --hidden instead"):
+        sequence_model_args(TrainConfig(model="gru", model_args={"hidden": 0}), 2, 4)
+
+
 def test_integers_are_accepted_where_numbers_are_expected(tmp_path):
     path = tmp_path / "exp.toml"
     path.write_text("lr = 1\n")
@@ -105,7 +121,7 @@ def test_an_unknown_recipe_suggests_the_known_ones():
 def test_the_config_round_trips_through_its_own_dict(tmp_path):
     import yaml
 
-    config = resolve_config({}, {"model": "lenet", "mean": [0.5], "std": [0.25], "model_args": {"num_classes": 3}})
+    config = resolve_config({}, {"model": "resnet-cifar", "mean": [0.5], "std": [0.25], "model_args": {"width": 8}})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()))
     assert resolve_config(read_config_file(path)) == config

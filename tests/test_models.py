@@ -80,6 +80,14 @@ def test_an_unknown_model_argument_lists_the_known_ones():
         create_model("resnet-cifar", depth=3)
 
 
+@pytest.mark.parametrize("name", ["resnet-cifar", "airbench"])
+@pytest.mark.parametrize("width", [0, -4])
+def test_a_width_below_one_is_refused_by_name(name, width):
+    # 0 built empty layers that failed later in the first batch norm, -4 a RuntimeError from torch
+    with pytest.raises(DeepstepError, match=f"width is a number of channels >= 1, got {width}"):
+        create_model(name, width=width)
+
+
 def test_the_resnet_width_option_changes_the_channels():
     narrow, wide = create_model("resnet-cifar", width=8), create_model("resnet-cifar", width=16)
     assert narrow.fc.in_features == 64 and wide.fc.in_features == 128

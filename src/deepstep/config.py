@@ -104,6 +104,12 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise DeepstepError naming the first option whose value cannot work."""
         _finite_numbers(self)
+        for name in ("num_classes", "input_features"):
+            if name in self.model_args:  # a head sized otherwise gives an IndexError in the loss
+                raise DeepstepError(
+                    f"--model-arg {name}: deepstep sizes the model by the data (its classes, features or "
+                    "--horizon); leave it out"
+                )
         _positive_int(self, "epochs")
         _positive_int(self, "batch_size")
         if not self.lr > 0:

@@ -91,6 +91,8 @@ class Airbench(nn.Module):
         whiten_bias: str = "base",
     ):
         super().__init__()
+        if width < 1:  # torch makes a width of 0 into empty layers, and -4 into a RuntimeError
+            raise ValueError(f"width is a number of channels >= 1, got {width}")
         if whiten_bias_epochs < 0:
             raise ValueError(f"whiten_bias_epochs is a number of epochs >= 0, got {whiten_bias_epochs}")
         if whiten_bias not in WHITEN_BIAS:

@@ -50,6 +50,8 @@ def stage(c_in: int, c_out: int, residual: bool) -> nn.Sequential:
 class ResNetCifar(nn.Module):
     def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 3, scale: float = 0.125):
         super().__init__()
+        if width < 1:  # torch makes a width of 0 into empty layers, and -4 into a RuntimeError
+            raise ValueError(f"width is a number of channels >= 1, got {width}")
         w = width
         self.prep = conv_bn(in_channels, w)  # (B, w, 32, 32)
         self.layer1 = stage(w, 2 * w, residual=True)  # (B, 2w, 16, 16)

@@ -314,6 +314,9 @@ def sequence_model_args(config: TrainConfig, outputs: int, features: int) -> dic
 
     spec = get_model_spec(config.model)
     recurrent = {k: getattr(config, k) for k in ("hidden", "layers", "dropout", "bidirectional") if spec.takes(k)}
+    both = [k for k in recurrent if k in config.model_args]
+    if both:  # two places for one value, one of them unchecked
+        raise DeepstepError(f"--model-arg {both[0]}: give it as --{both[0]} instead")
     return {"num_classes": outputs, "input_features": features, **recurrent, **config.model_args}
 
 
