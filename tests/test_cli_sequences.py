@@ -282,6 +282,11 @@ def test_options_a_task_has_no_use_for_are_refused_not_ignored(seasonal_csv, seq
     with pytest.raises(DeepstepError, match=r"^device= is for image runs; runs/s is sequence-classification"):
         deepstep.load_run("runs/s").predict(seq, device="cpu")
     assert main(["predict", "runs/s", seq]) == 0  # without it, the same command works
+    assert main([*train[:-2], "--augment", "--lookback", "5", "--out", "runs/s2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "deepstep train: error: --augment, --lookback do not apply to sequence-classification; leave them out"
+    )
+    assert not Path("runs/s2").exists()
 
 
 def test_predict_takes_a_folder_of_sequence_csvs_and_leaves_the_labels_file_out(sequence_folder, capsys):

@@ -140,3 +140,26 @@ def test_a_value_a_preset_gave_is_credited_to_the_preset_not_to_a_flag():
         assert preset_source(config, "precision") == source
         reason = resolve_precision(config.precision, cpu, preset_source(config, "precision")).reason
         assert reason == "--precision 32" + (f", {source}" if source else "")
+
+
+def test_an_option_the_task_does_not_read_is_refused_not_ignored():
+    from deepstep.tasks import refuse_idle_options
+
+    with pytest.raises(DeepstepError, match="^--augment, --group-file do not apply to forecasting; leave them out$"):
+        refuse_idle_options(TrainConfig(task="forecasting", augment=True, group_file="g.csv", horizon=6))
+    with pytest.raises(
+        DeepstepError, match="^--val-split does not apply to forecasting: its part is set by --val-size$"
+    ):
+        refuse_idle_options(TrainConfig(task="forecasting", val_split=0.2))
+    with pytest.raises(DeepstepError, match="^--hidden does not apply to image-classification; leave it out$"):
+        refuse_idle_options(TrainConfig(task="image-classification", hidden=8, augment=True, val_split=0.2))
+    with pytest.raises(DeepstepError, match="^--lookback does not apply to sequence-classification"):
+        refuse_idle_options(TrainConfig(task="sequence-classification", lookback=5, test_groups=["3"], hidden=8))
+    refuse_idle_options(TrainConfig(task="forecasting", lr=0.5, epochs=3, horizon=2))  # optimisation applies to all
+
+
+def test_every_option_is_either_for_all_tasks_or_listed_with_its_tasks():
+    from deepstep.tasks import MODULES, TASK_OPTIONS
+
+    assert set(TASK_OPTIONS) <= set(TrainConfig.__dataclass_fields__)
+    assert all(tasks and set(tasks) <= set(MODULES) for tasks in TASK_OPTIONS.values())

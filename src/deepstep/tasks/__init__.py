@@ -20,6 +20,56 @@ MODULES = {
 }
 
 
+IMAGES, FORECASTING, SEQUENCES = MODULES  # the task names, in MODULES' order
+
+# The options only some tasks read, and those tasks; the others (optimisation, device, run folder)
+# apply to every task. A value set for a task that does not read it is refused, as evaluate and
+# predict refuse theirs, rather than ignored in silence.
+TASK_OPTIONS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        (
+            "pretrained", "freeze_backbone", "unfreeze_after", "backbone_lr_scale", "image_size", "resize",
+            "in_memory", "workers", "val_split", "test_split", "mean", "std", "strict", "label_smoothing",
+            "augment", "crop_padding", "alternate_flip", "progressive_crop", "progressive_until",
+        ),
+        (IMAGES,),
+    ),
+    **dict.fromkeys(
+        ("target", "features", "time", "fill", "lookback", "horizon", "stride", "season", "relative"), (FORECASTING,)
+    ),
+    **dict.fromkeys(
+        ("test_size", "val_size", "hidden", "layers", "dropout", "bidirectional"), (FORECASTING, SEQUENCES)
+    ),
+    **dict.fromkeys(("group_file", "test_groups"), (SEQUENCES,)),
+}  # fmt: skip
+_INSTEAD = {"val_split": "val_size", "test_split": "test_size", "val_size": "val_split", "test_size": "test_split"}
+
+
+def refuse_idle_options(config) -> None:
+    """A one-line error for options set away from their defaults that `config.task` does not read
+    (a recipe's values aside: a recipe for images names its model, whose error says more)."""
+    from deepstep.config import TrainConfig, preset_source
+
+    defaults = TrainConfig()
+    idle = [
+        n
+        for n, tasks in TASK_OPTIONS.items()
+        if config.task not in tasks and getattr(config, n) != getattr(defaults, n) and not preset_source(config, n)
+    ]
+    for name in idle:
+        other = _INSTEAD.get(name)
+        if other and config.task in TASK_OPTIONS[other]:
+            raise DeepstepError(f"--{_flag(name)} does not apply to {config.task}: its part is set by --{_flag(other)}")
+    if idle:
+        verb, it = ("does", "it") if len(idle) == 1 else ("do", "them")
+        flags = ", ".join(f"--{_flag(name)}" for name in idle)
+        raise DeepstepError(f"{flags} {verb} not apply to {config.task}; leave {it} out")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
 def infer_task(data: str, task: str = "auto") -> str:
     """The task given, or the one the data implies: a CSV or built-in series is forecast, labelled
     sequences (.npz, or CSVs with a labels file) are classified, anything else is images."""
@@ -87,6 +137,7 @@ def train(config, log=print, progress: bool = True) -> Path:
 
     if config.find_lr and distributed.from_environment().active:
         raise DeepstepError("--find-lr runs in one process: start it without torchrun")
+    refuse_idle_options(config)
     if config.model_file:
         from deepstep.models import load_model_file
 
