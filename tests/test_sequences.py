@@ -86,6 +86,14 @@ def test_an_unknown_test_group_lists_the_groups(sequence_folder, tmp_path):
         split_sequences(data, test_size=0.2, val_size=0.1, seed=0, test_groups=["9"])
 
 
+def test_a_test_size_of_0_is_refused_unless_groups_are_held_out(sequence_folder, tmp_path):
+    # it trained, and then evaluate raised a ValueError on the empty test part
+    data = load_sequences(str(sequence_folder), tmp_path, group_file="groups.csv")
+    with pytest.raises(DeepstepError, match="--test-size 0 leaves no test part"):
+        split_sequences(data, test_size=0, val_size=0.1, seed=0, test_groups=None)
+    assert len(split_sequences(data, test_size=0, val_size=0.1, seed=0, test_groups=["3"]).test.labels) > 0
+
+
 def test_padding_keeps_the_lengths_beside_the_values():
     x, lengths = pad([np.ones((3, 2), np.float32), np.ones((1, 2), np.float32)])
     assert x.shape == (2, 3, 2) and lengths.tolist() == [3, 1] and x[1, 1:].sum() == 0

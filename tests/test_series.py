@@ -209,6 +209,13 @@ def test_a_series_too_short_for_the_lookback_is_refused_with_the_numbers():
         split_spans(20, test_size=5, val_size=5, lookback=24, horizon=1)
 
 
+@pytest.mark.parametrize("test_size", [0, 0.001])
+def test_a_test_size_of_no_steps_is_refused_not_left_untested(test_size):
+    # 0.001 of 144 steps rounds to none; with no test span the run's first log line raised an IndexError
+    with pytest.raises(DeepstepError, match=f"--test-size {test_size:g} leaves no test span of the 144 steps"):
+        split_spans(144, test_size=test_size, val_size=0.1, lookback=24, horizon=1)
+
+
 def test_windows_pair_each_lookback_with_the_targets_that_follow_it():
     values = np.arange(20, dtype=float)[:, None] * [1, 10]  # (20, 2): target, a feature
     x, y = windows(values, np.array([5, 9]), lookback=3, horizon=2)

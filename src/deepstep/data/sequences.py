@@ -265,6 +265,11 @@ def split_sequences(
         keep = np.setdiff1d(np.arange(n), held)
         origin = f"group(s) {', '.join(test_groups)} held out whole (of {', '.join(known)})"
     else:
+        if test_size == 0:  # as an image folder without test/ and --test-split 0: no run goes untested
+            raise DeepstepError(
+                "--test-size 0 leaves no test part: it is measured once, at the end; give a fraction such as "
+                "0.2, a number of sequences, or --group-file with --test-groups"
+            )
         fraction = test_size if test_size < 1 else test_size / n
         keep, held = stratified_split(
             data.labels, fraction, seed=0, option=f"--test-size {test_size:g}", items="sequences"

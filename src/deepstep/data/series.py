@@ -512,7 +512,12 @@ def split_spans(n: int, *, test_size: float, val_size: float, lookback: int, hor
     n_test, n_val = _steps(test_size, n), _steps(val_size, n)
     test_start = n - n_test
     val_start = test_start - n_val
-    if n_test and n_test < horizon:
+    if n_test == 0:  # as an image folder without test/ and --test-split 0: no run goes untested
+        raise DeepstepError(
+            f"--test-size {test_size:g} leaves no test span of the {n} steps: the test part is measured once, "
+            f"at the end; give a fraction such as 0.2 or a number of steps >= --horizon {horizon}"
+        )
+    if n_test < horizon:
         raise DeepstepError(f"the test span ({n_test} steps) is shorter than --horizon {horizon}; raise --test-size")
     if n_val and n_val < horizon:
         raise DeepstepError(
