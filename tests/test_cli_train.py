@@ -276,3 +276,20 @@ def test_find_lr_plots_the_range_test_and_writes_no_run(image_folder, seasonal_c
         "deepstep train: error: --out a-file/lr-lr-find.png: cannot write there "
         "(a file is in the way of its folder); choose another --out\n"
     )
+
+
+@pytest.mark.parametrize("in_memory", ["yes", "no"])
+def test_a_model_that_cannot_take_the_image_size_is_named_before_any_image_is_decoded(
+    image_folder, capsys, monkeypatch, in_memory
+):
+    # it came after decoding (and, streamed, after 1,000 images for the normalisation): minutes on CIFAR-10
+    from deepstep.tasks import image_classification
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before the model was checked")
+
+    monkeypatch.setattr(image_classification, "load_split", no_decoding)
+    monkeypatch.setattr(image_classification, "sample_stats", no_decoding)
+    assert train_lenet(image_folder, "--image-size", "12", "--in-memory", in_memory, out="runs/l") == 2
+    assert "lenet cannot take input 3x12x12: layer conv2" in capsys.readouterr().err
+    assert not Path("runs/l").exists()

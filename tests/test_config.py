@@ -27,9 +27,11 @@ def test_model_arguments_add_to_the_ones_before_until_the_model_changes(tmp_path
 
 def test_yaml_and_toml_files_give_the_same_config(tmp_path):
     (tmp_path / "a.toml").write_text(
-        'model = "resnet-cifar"\nepochs = 3\nmean = [0.5, 0.5, 0.5]\n[model-args]\nwidth = 8\n'
+        'model = "resnet-cifar"\nepochs = 3\nmean = [0.5, 0.5, 0.5]\nstd = [0.2]\n[model-args]\nwidth = 8\n'
     )
-    (tmp_path / "a.yaml").write_text("model: resnet-cifar\nepochs: 3\nmean: [0.5, 0.5, 0.5]\nmodel-args: {width: 8}\n")
+    (tmp_path / "a.yaml").write_text(
+        "model: resnet-cifar\nepochs: 3\nmean: [0.5, 0.5, 0.5]\nstd: 0.2\nmodel-args: {width: 8}\n"
+    )
     assert resolve_config(read_config_file(tmp_path / "a.toml")) == resolve_config(
         read_config_file(tmp_path / "a.yaml")
     )
@@ -163,3 +165,9 @@ def test_every_option_is_either_for_all_tasks_or_listed_with_its_tasks():
 
     assert set(TASK_OPTIONS) <= set(TrainConfig.__dataclass_fields__)
     assert all(tasks and set(tasks) <= set(MODULES) for tasks in TASK_OPTIONS.values())
+
+
+def test_a_mean_without_a_std_is_refused_before_any_image_is_decoded():
+    with pytest.raises(DeepstepError, match="give both --mean and --std, or neither"):
+        TrainConfig(mean=[0.5]).validate()
+    TrainConfig(mean=[0.5], std=[0.25]).validate()

@@ -163,6 +163,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and len(value) not in (1, 3):
                 raise DeepstepError(f"--{name} takes 1 or 3 numbers (one per channel), got {len(value)}")
+        if (self.mean is None) != (self.std is None):  # before the images are decoded, not after
+            raise DeepstepError("give both --mean and --std, or neither (then both are computed on the train part)")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise DeepstepError(f"--std values must be positive, got {self.std}")
         if self.image_size is not None:

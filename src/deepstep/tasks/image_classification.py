@@ -398,15 +398,22 @@ def carve_validation(part: Part, fraction: float, seed: int) -> tuple[Part, Part
     return _take(part, keep), _take(part, held), info
 
 
-def prepare_training_data(
-    config: TrainConfig, channels: int, size: tuple[int, int], log: Log, progress: bool
-) -> TrainingData:
+def open_training_source(config: TrainConfig) -> ImageSource:
+    """The data's files and classes (an archive unpacked, a test part carved), nothing decoded yet."""
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
     source = open_image_source(config.data, data_dir, config.test_split)
     if len(source.classes) < 2:
         raise DeepstepError(
             f"{config.data} has one class ({source.classes[0]}): a classifier needs at least two, one folder each"
         )
+    return source
+
+
+def prepare_training_data(
+    config: TrainConfig, source: ImageSource, channels: int, size: tuple[int, int], log: Log, progress: bool
+) -> TrainingData:
+    """The train and validation parts as the model will see them, and the normalisation."""
+    data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
     in_memory = holds_in_memory(config.in_memory, len(source.splits["train"]), channels, size)
     if not in_memory and source.splits["train"].files is None:
         in_memory = True  # a torchvision dataset is in memory already
@@ -429,8 +436,6 @@ def prepare_training_data(
         val_info = {"origin": "the folder's val/; --val-split not used", "count": len(_labels(val))}
     else:
         train, val, val_info = carve_validation(whole, config.val_split, config.seed)
-    if (config.mean is None) != (config.std is None):
-        raise DeepstepError("give both --mean and --std, or neither (then both are computed on the train part)")
     if config.mean is not None:
         mean, std, origin = _per_channel(config.mean, channels), _per_channel(config.std, channels), "given"
     elif in_memory:
@@ -622,7 +627,10 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         open_run_for_resume(config, RESUME_MUST_MATCH)
     if not ranks.main:
         distributed.barrier(ranks)  # rank 0 decodes and caches the images first; the others read the cache
-    data = prepare_training_data(config, channels, size, log, progress)
+    source = open_training_source(config)
+    model_args = {"num_classes": len(source.classes), **config.model_args}
+    cost = check_model_fits(config.model, model_args, channels, size)  # before minutes of decoding
+    data = prepare_training_data(config, source, channels, size, log, progress)
     if ranks.main:
         distributed.barrier(ranks)
     for flag, given, streamed in (  # --augment's options for images held in memory
@@ -633,8 +641,6 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
             log(f"note: {flag} does nothing without --augment")
         elif given and not isinstance(data.train, Pixels):
             log(f"note: {flag} is for images held in memory; streamed ones {streamed}")
-    model_args = {"num_classes": len(data.source.classes), **config.model_args}
-    cost = check_model_fits(config.model, model_args, channels, size)
     part = min(config.batch_size, config.micro_batch or config.batch_size)  # what one forward call takes
     precision = pays_off(precision, part * cost.mult_adds, auto=config.precision == "auto")
     if hint := micro_batch_hint(config, cost, device):
