@@ -147,6 +147,16 @@ def test_channel_stats_are_the_mean_and_std_in_unit_range():
     assert mean == pytest.approx([0.5] * 3) and std == pytest.approx([0.5] * 3)
 
 
+def test_channel_stats_in_chunks_of_a_few_images_match_one_pass():
+    # chunks are sized by numbers, not images (4,096 images at 224x224 took 9 GB in float64 at once)
+    images = torch.randint(0, 256, (7, 3, 5, 6), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    whole = images.double() / 255
+    for values in (1, 90, 200, 10**6):  # one image a chunk, one, two, all of them
+        mean, std = channel_stats(images, values=values)
+        assert mean == pytest.approx(whole.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
+        assert std == pytest.approx(whole.std(dim=(0, 2, 3), correction=0).tolist(), abs=1e-6)
+
+
 def test_normalize_maps_the_mean_to_zero_and_one_std_to_one():
     images = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 1, 1)
     out = normalize(images, torch.tensor([0.5] * 3), torch.tensor([0.5] * 3))

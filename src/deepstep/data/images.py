@@ -162,11 +162,13 @@ def _from_array(pixels: np.ndarray, size: tuple[int, int], channels: int, resize
     return torch.from_numpy(out)
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units."""
+def channel_stats(images: torch.Tensor, values: int = 2**24) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units, summed in chunks of
+    about `values` numbers (128 MiB in float64), whatever the images' size."""
     channels = images.shape[1]
     total = torch.zeros(channels, dtype=torch.float64)
     total_sq = torch.zeros(channels, dtype=torch.float64)
+    chunk = max(1, values // max(1, images[0].numel())) if len(images) else 1
     for start in range(0, len(images), chunk):
         x = images[start : start + chunk].to(torch.float64).div_(255)
         total += x.sum(dim=(0, 2, 3))
