@@ -322,3 +322,19 @@ def test_muon_for_a_net_without_conv_filters_is_refused_before_a_run_folder_exis
         "deepstep train: error: --optimizer muon steps conv filters, and lstm has none: use sgd, adam or adamw"
     )
     assert not Path("runs/m").exists()
+
+
+def test_summary_of_a_sequence_run_follows_its_lookback_and_features(seasonal_csv, sequence_folder, capsys):
+    # a run folder without an image input size raised KeyError: 'input_size'
+    assert _forecast(seasonal_csv, "--epochs", "1") == 0
+    capsys.readouterr()
+    assert main(["summary", "runs/f"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("lstm on 12x1 ") and "16 -> 6 features" in out  # lookback x the target; the horizon
+    train = ["train", "--data", str(sequence_folder), "--model", "gru", "--hidden", "4", "--epochs", "1"]
+    assert main([*train, "--quiet", "--out", "runs/s"]) == 0
+    capsys.readouterr()
+    assert main(["summary", "runs/s"]) == 0
+    assert capsys.readouterr().out.startswith("gru on 30x2 ")  # its 2 features over gru's declared 30 steps
+    assert main(["summary", "runs/s", "--input", "7x3"]) == 0
+    assert capsys.readouterr().out.startswith("gru on 7x3 ")

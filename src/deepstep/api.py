@@ -279,7 +279,7 @@ def summary(model: str | Path, input_size: str | tuple[int, ...] | None = None, 
         record = read_checkpoint(run.checkpoints, "best")
         check_user_model(run, record["model"])
         name, args = record["model"]["name"], {**record["model"]["args"], **model_args}
-        declared = tuple(record["input_size"])
+        declared = _run_input_size(record)
     else:
         name, args = str(model), model_args
         declared = get_model_spec(name).input_size
@@ -294,6 +294,19 @@ def summary(model: str | Path, input_size: str | tuple[int, ...] | None = None, 
     with torch.device("cpu" if get_model_spec(name).user else "meta"):  # shapes only: no memory for the weights
         built = create_model(name, **args)  # (but a model of the user's may branch on values: on the CPU)
     return summarize(built, name, size, declared)
+
+
+def _run_input_size(record: dict[str, Any]) -> tuple[int, ...]:
+    """The input a run's model was trained on: an image run's (C, H, W); a forecasting run's
+    (lookback, features); a sequence classifier's features over its model's declared steps (its
+    sequences vary in length)."""
+    from deepstep.models import get_model_spec
+
+    if "input_size" in record:
+        return tuple(record["input_size"])
+    features = record["model"]["args"]["input_features"]
+    steps = record.get("lookback") or get_model_spec(record["model"]["name"]).input_size[0]
+    return (steps, features)
 
 
 class Pretrained:
