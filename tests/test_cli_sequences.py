@@ -15,14 +15,13 @@ def _json(capsys):
     return json.loads(capsys.readouterr().out)
 
 
-def _forecast(csv_path, *extra, out="runs/f"):
+def _forecast(csv_path, *extra, out="runs/f", target="Sales"):
     return main(
         [
             "train",
             "--data",
             str(csv_path),
-            "--target",
-            "Sales",
+            *(["--target", target] if target else []),
             "--lookback",
             "12",
             "--horizon",
@@ -94,6 +93,16 @@ def test_predict_forecasts_the_steps_after_the_data_as_csv_and_plot(seasonal_csv
     )
     assert main(["predict", "runs/f", "--json", "--data", str(moved)]) == 0
     assert _json(capsys)["forecast"] == result["forecast"]
+    # a run whose target was inferred (the only column), given another series: it forecast that one
+    assert _forecast(moved, "--epochs", "1", out="runs/g", target=None) == 0
+    other = moved.with_name("other.csv")
+    other.write_text(moved.read_text().replace("Month,Sales", "Month,Visitors"))
+    for command in (["predict", "runs/g"], ["evaluate", "runs/g", "--split", "val"]):
+        assert main([*command, "--data", str(other)]) == 2
+        assert capsys.readouterr().err == (
+            f"deepstep {command[0]}: error: {other} gives the columns Visitors, but runs/g was trained on Sales: "
+            "give --data the series it was trained on\n"
+        )
     for out, why in [("runs/f/forecast.csv/x.csv", "a file is in the way of its folder"), ("runs", "it is a folder")]:
         assert main(["predict", "runs/f", "--data", str(moved), "--out", out]) == 2
         assert (

@@ -202,6 +202,17 @@ def model_forecasts(model: nn.Module, record: dict[str, Any], data: ForecastData
     return scaler.inverse_target(pred)
 
 
+def check_columns(data: ForecastData, record: dict[str, Any], run: RunDir) -> None:
+    """Refuse data whose columns are not the ones the model was trained on (another CSV given
+    with --data: its own only column becomes the target, and the model reads it as the old one)."""
+    if data.series.columns != record["columns"]:
+        raise DeepstepError(
+            f"{data.series.report.get('source', data.series.name)} gives the columns "
+            f"{', '.join(data.series.columns)}, but {run.path} was trained on {', '.join(record['columns'])}: "
+            "give --data the series it was trained on"
+        )
+
+
 def span_origins(spans, split: str, lookback: int, horizon: int, backtest: bool) -> tuple[np.ndarray, int]:
     """The forecast origins on the `split` span (every step with `backtest`, else one per
     horizon) and the row where ARIMA's fit ends: the span's start, so it sees none of it."""
@@ -241,9 +252,10 @@ def evaluate_run(
     config = run_config(run, data)
     info = run.read_json("run.json")
     data = prepare(config)
+    model, record = load_model(run, checkpoint)
+    check_columns(data, record, run)
     if data.series.fingerprint != info["data"]["fingerprint"]:
         log(f"warning: the data at {config.data} changed since this run was trained")
-    model, record = load_model(run, checkpoint)
     L, H, spans = record["lookback"], record["horizon"], data.spans
     starts, fit_end = span_origins(spans, split, L, H, backtest)
     y = data.target
@@ -411,6 +423,7 @@ def predict_run(
     config = run_config(run, data)
     data = prepare(config)
     model, record = load_model(run, checkpoint)
+    check_columns(data, record, run)
     n = len(data.series)
     L, H = record["lookback"], record["horizon"]
     scaler = Scaler.from_dict(record["scaler"])
