@@ -199,6 +199,35 @@ def test_a_run_whose_data_moved_says_so_and_is_evaluated_with_data_at_the_new_pl
     assert f"warning: the data at {moved} changed since this run was trained" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_data_with_some_of_the_run_s_classes_is_scored_by_class_name_and_other_classes_are_refused(
+    trained_run, image_folder, tmp_path, capsys, in_memory
+):
+    # labels are numbers among the folder's own classes: a folder of the run's 2nd and 3rd classes was
+    # scored as its 1st and 2nd; a folder of other classes was scored as if it held the run's
+    import shutil
+
+    if not in_memory:
+        info = json.loads((trained_run / "run.json").read_text())
+        info["data"]["in_memory"] = False
+        (trained_run / "run.json").write_text(json.dumps(info))
+    assert main(["evaluate", str(trained_run), "--json"]) == 0
+    whole = json.loads(capsys.readouterr().out)["per_class_accuracy"]
+    some = tmp_path / "some"
+    for split in ("train", "test"):
+        for cls in CLASSES[1:]:
+            shutil.copytree(image_folder / split / cls, some / split / cls)
+    assert main(["evaluate", str(trained_run), "--data", str(some), "--force", "--json"]) == 0
+    part = json.loads(capsys.readouterr().out)["per_class_accuracy"]
+    assert part == {CLASSES[0]: None, **{cls: whole[cls] for cls in CLASSES[1:]}}
+    (some / "train" / CLASSES[1]).rename(some / "train" / "other")
+    (some / "test" / CLASSES[1]).rename(some / "test" / "other")
+    assert main(["evaluate", str(trained_run), "--data", str(some), "--force"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"deepstep evaluate: error: {some} has classes this run was not trained on: other; the run knows "
+    )
+
+
 def test_a_run_trained_on_a_relative_path_is_evaluated_from_another_folder(image_folder, monkeypatch, capsys):
     from conftest import train_lenet
 

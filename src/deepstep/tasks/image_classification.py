@@ -923,11 +923,23 @@ def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data
             f"(fingerprint {info['data']['fingerprint']} -> {source.fingerprint})"
         )
     in_memory = info["data"].get("in_memory", True)
+    classes = info["data"]["classes"]
+    unknown = [c for c in source.classes if c not in classes]
+    if unknown:  # its labels would be read as the run's classes of the same numbers
+        raise DeepstepError(
+            f"{config.data} has classes this run was not trained on: "
+            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; the run knows {', '.join(classes[:10])}"
+            f"{' ...' if len(classes) > 10 else ''}: give --data the data it was trained on"
+        )
+    # a folder holding some of the run's classes numbers them among its own: renumber by name
+    renumber = torch.tensor([classes.index(c) for c in source.classes], dtype=torch.int64)
 
     def part(name: str) -> Part:
         if in_memory:
-            return load_split(source, name, prep, data_dir, strict=False, log=log, progress=progress)
-        return source.splits[name]
+            loaded = load_split(source, name, prep, data_dir, strict=False, log=log, progress=progress)
+            return dataclasses.replace(loaded, labels=renumber[loaded.labels])
+        split = source.splits[name]
+        return dataclasses.replace(split, labels=renumber.numpy()[split.labels])
 
     if split == "test" or "val" in source.splits:
         return part(split)
