@@ -347,3 +347,20 @@ def test_summary_of_a_sequence_run_follows_its_lookback_and_features(seasonal_cs
     assert capsys.readouterr().out.startswith("gru on 30x2 ")  # its 2 features over gru's declared 30 steps
     assert main(["summary", "runs/s", "--input", "7x3"]) == 0
     assert capsys.readouterr().out.startswith("gru on 7x3 ")
+
+
+def test_evaluating_sequences_of_classes_the_run_does_not_know_is_refused(sequence_folder, capsys):
+    # their labels were numbers among their own classes, read as the run's
+    import shutil
+
+    train = ["train", "--data", str(sequence_folder), "--hidden", "4", "--epochs", "1", "--quiet", "--out", "runs/s"]
+    assert main(train) == 0
+    other = sequence_folder.with_name("other")
+    shutil.copytree(sequence_folder, other)
+    targets = other / "dataset" / "targets.csv"
+    targets.write_text(targets.read_text().replace(",-1\n", ",down\n"))
+    assert main(["evaluate", "runs/s", "--data", str(other)]) == 2
+    assert capsys.readouterr().err == (
+        f"deepstep evaluate: error: {other} has classes this run was not trained on: down; the run knows -1, 1: "
+        "give --data the data it was trained on\n"
+    )
