@@ -279,6 +279,13 @@ def test_the_scaler_inverts_the_target_exactly():
     assert np.allclose(scaler.inverse_target(scaler.transform(values)[:, 0]), values[:, 0])
 
 
+def test_values_too_large_to_standardise_are_refused_by_column():
+    # their squares overflowed: std inf scaled the column to zeros, then the run's JSON held no std
+    values = np.array([[1.0, 2e300], [2.0, 3e300], [3.0, 1e300]])
+    with pytest.raises(DeepstepError, match=r"^wind holds values too large to standardise \(up to 3e\+300\)"):
+        Scaler.fit(values, ["sales", "wind"])
+
+
 def test_an_infinite_value_is_refused_with_its_place(tmp_path):
     (tmp_path / "i.csv").write_text("Month,y\n2000-01,1\n2000-02,inf\n2000-03,3\n")
     with pytest.raises(DeepstepError, match=r"1 infinite value\(s\) \(y first at 2000-02-01"):

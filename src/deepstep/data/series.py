@@ -565,9 +565,17 @@ class Scaler:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> Scaler:
-        std = values.std(axis=0)
-        return cls(values.mean(axis=0), np.where(std > 0, std, 1.0))
+    def fit(cls, values: np.ndarray, columns: Sequence[str] | None = None) -> Scaler:
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, std = values.mean(axis=0), values.std(axis=0)
+        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
+        if len(bad):  # squares past 1.8e308: the scaled series would be all zeros, then nan
+            column = columns[bad[0]] if columns is not None else f"column {bad[0]}"
+            largest = np.abs(values[:, bad[0]]).max()
+            raise DeepstepError(
+                f"{column} holds values too large to standardise (up to {largest:.3g}); divide it by a power of ten"
+            )
+        return cls(mean, np.where(std > 0, std, 1.0))
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         return (values - self.mean) / self.std

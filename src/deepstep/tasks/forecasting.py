@@ -116,7 +116,7 @@ def prepare(config: TrainConfig) -> ForecastData:
         lookback=config.lookback,
         horizon=config.horizon,
     )
-    scaler = Scaler.fit(series.values[: spans.val_start])  # the train span only
+    scaler = Scaler.fit(series.values[: spans.val_start], series.columns)  # the train span only
     season = config.season if config.season is not None else season_of(series.freq)
     scaled = scaler.transform(series.values).astype(np.float32)
     return ForecastData(series, spans, scaler, scaled, season)
