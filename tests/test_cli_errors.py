@@ -222,3 +222,11 @@ def test_nan_as_a_number_is_refused_before_it_reaches_a_split(tmp_path):
         deepstep("baseline", "--data", str(series), "--horizon", "2", "--test-size", "nan"),
         "--test-size must be a finite number, got nan",
     )
+
+
+def test_a_spreadsheet_is_sent_to_csv(tmp_path):
+    sheet = tmp_path / "sales.xlsx"
+    sheet.write_bytes(b"PK\x03\x04 not really a workbook")
+    assert_one_line_error(
+        train("--data", str(sheet)), "sales.xlsx is not a folder", "a series is read from a .csv or .tsv file"
+    )

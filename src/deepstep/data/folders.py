@@ -135,7 +135,11 @@ def scan_image_folder(path: Path) -> ImageFolderLayout:
             f"{path} does not exist: give an image folder, a .tar.gz/.zip of one, or a built-in dataset name"
         )
     if not path.is_dir():
-        raise DeepstepError(f"{path} is not a folder or a .tar.gz/.zip archive of one")
+        table = path.suffix.lower() in (".xlsx", ".xls", ".ods", ".parquet", ".json", ".txt")
+        raise DeepstepError(
+            f"{path} is not a folder or a .tar.gz/.zip archive of one"
+            + ("; a series is read from a .csv or .tsv file: save the table as CSV" if table else "")
+        )
     if not any(path.iterdir()):
         raise DeepstepError(f"{path} is empty: expected {path}/<class>/<image>.jpg or {path}/train/<class>/<image>.jpg")
     root = _descend_single_folder(path)
