@@ -252,6 +252,10 @@ def write_record(
             f"resuming {run.path} after epoch {resumed.epoch}"
             + (f" (changed: {'; '.join(changes)})" if changes else "")
         )
+        if resumed.epoch >= config.epochs:
+            log(
+                f"note: {resumed.epoch} epoch(s) of --epochs {config.epochs} are done; --epochs {resumed.epoch + 1} or more trains on"
+            )
     else:
         info = {"task": task, "created": now(), "versions": versions(), **describe()}
     run.write_config(config.to_dict())
