@@ -56,12 +56,16 @@ def test_options_may_stand_between_the_images(trained_run, image_folder, capsys)
     assert all(line.count("%") == 2 for line in lines)
 
 
-def test_a_text_file_passed_to_predict_is_a_one_line_error(trained_run, tmp_path, capsys):
+def test_a_text_file_passed_to_predict_is_a_one_line_error(trained_run, tmp_path, capsys, monkeypatch):
     text = tmp_path / "notes.txt"
     text.write_text("not an image")
     assert main(["predict", str(trained_run), str(text)]) == 2
     err = capsys.readouterr().err
-    assert f"{text}: not an image Pillow can read" in err and err.count("\n") == 1
+    assert f"{text}: not an image Pillow can read; give a JPEG, PNG" in err and err.count("\n") == 1
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    Image.new("1", (200, 200)).save(tmp_path / "big.png")  # a PNG: no hint to give a PNG
+    assert main(["predict", str(trained_run), str(tmp_path / "big.png")]) == 2
+    assert capsys.readouterr().err.endswith("(decompression-bomb guard); scale it down\n")
     assert main(["predict", str(trained_run), "https://example.com/cat.jpg"]) == 2
     assert "https://example.com/cat.jpg is a web address: deepstep reads local files" in capsys.readouterr().err
 

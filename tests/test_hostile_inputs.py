@@ -19,7 +19,7 @@ def test_a_decompression_bomb_is_skipped_with_its_reason(tmp_path, monkeypatch, 
     Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "fine.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
     images, bad = decode_files([str(tmp_path / "bomb.png"), str(tmp_path / "fine.png")], (32, 32), 3)
-    assert bad == [(0, "image too large: over 10,000 pixels (decompression-bomb guard)")]
+    assert bad == [(0, "image too large: over 10,000 pixels (decompression-bomb guard); scale it down")]
     assert images[1, :, 0, 0].tolist() == [9, 9, 9]
 
 

@@ -108,7 +108,7 @@ def decode_files(
 def describe_error(err: BaseException) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
-        return f"image too large: over {Image.MAX_IMAGE_PIXELS:,} pixels (decompression-bomb guard)"
+        return f"image too large: over {Image.MAX_IMAGE_PIXELS:,} pixels (decompression-bomb guard); scale it down"
     if isinstance(err, PermissionError):
         return "permission denied"
     if "cannot identify image file" in text:

@@ -1006,7 +1006,9 @@ def read_for_model(path: Path, prep: Preprocessing) -> np.ndarray:
     try:
         return read_image(path, prep.size, prep.channels, prep.resize)
     except DECODE_ERRORS as err:
-        raise DeepstepError(f"{path}: {describe_error(err)}; give a JPEG, PNG, BMP, GIF, WebP or TIFF image") from None
+        why = describe_error(err)
+        what = "; give a JPEG, PNG, BMP, GIF, WebP or TIFF image" if why == "not an image Pillow can read" else ""
+        raise DeepstepError(f"{path}: {why}{what}") from None
 
 
 class ImageReader:
