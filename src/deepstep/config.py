@@ -126,20 +126,20 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in choices:
                 raise DeepstepError(
-                    f"--{_flag(name)} {value!r} is not one of {', '.join(choices)}" + did_you_mean(str(value), choices)
+                    f"--{flag(name)} {value!r} is not one of {', '.join(choices)}" + did_you_mean(str(value), choices)
                 )
         for name in ("val_split", "test_split"):
             value = getattr(self, name)
             if not 0 <= value < 1:
-                raise DeepstepError(f"--{_flag(name)} must be in [0, 1), got {value}")
+                raise DeepstepError(f"--{flag(name)} must be in [0, 1), got {value}")
         for name in ("momentum", "muon_momentum", "label_smoothing", "warmup"):
             if not 0 <= getattr(self, name) < 1:
-                raise DeepstepError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
+                raise DeepstepError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.weight_decay < 0:
             raise DeepstepError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         for name in ("lr_start_factor", "lr_end_factor"):
             if not 0 <= getattr(self, name) <= 1:
-                raise DeepstepError(f"--{_flag(name)} is a fraction of --lr in [0, 1], got {getattr(self, name)}")
+                raise DeepstepError(f"--{flag(name)} is a fraction of --lr in [0, 1], got {getattr(self, name)}")
         if self.lr_start_factor and not (self.warmup or self.schedule == "onecycle"):
             raise DeepstepError(
                 "--lr-start-factor sets where the warm-up starts: add --warmup F or --schedule onecycle"
@@ -184,7 +184,7 @@ class TrainConfig:
         for name in ("test_size", "val_size"):
             value = getattr(self, name)
             if value < 0 or (value >= 1 and value != int(value)):
-                raise DeepstepError(f"--{_flag(name)} is a fraction in [0, 1) or a whole number of steps, got {value}")
+                raise DeepstepError(f"--{flag(name)} is a fraction in [0, 1) or a whole number of steps, got {value}")
         if not 0 <= self.dropout < 1:
             raise DeepstepError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.season is not None and self.season < 0:
@@ -218,10 +218,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config with flag names as keys, as written to config.yaml and read back by --config."""
-        return {_flag(k): v for k, v in dataclasses.asdict(self).items()}
+        return {flag(k): v for k, v in dataclasses.asdict(self).items()}
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
@@ -245,13 +245,13 @@ def _finite_numbers(config: TrainConfig) -> None:
         bad = [v for v in numbers if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             what = "finite numbers" if isinstance(value, list) else "a finite number"
-            raise DeepstepError(f"--{_flag(name)} must be {what}, got {bad[0]}")
+            raise DeepstepError(f"--{flag(name)} must be {what}, got {bad[0]}")
 
 
 def _positive_int(config: TrainConfig, name: str) -> None:
     value = getattr(config, name)
     if value <= 0:
-        raise DeepstepError(f"--{_flag(name)} must be a positive integer, got {value}")
+        raise DeepstepError(f"--{flag(name)} must be a positive integer, got {value}")
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -379,7 +379,7 @@ def coerce(name: str, value: Any, source: str) -> Any:
     expected = _field_types()[name]
     ok, converted = _coerce(expected, value)
     if not ok:
-        raise DeepstepError(f"{source}: {_flag(name)} must be {_describe(expected)}, got {value!r}")
+        raise DeepstepError(f"{source}: {flag(name)} must be {_describe(expected)}, got {value!r}")
     return converted
 
 
@@ -465,10 +465,10 @@ def check_values(raw: dict[str, Any], source: str) -> dict[str, Any]:
             if isinstance(value, dict):  # [train] or train: as some other tools' configs have
                 raise DeepstepError(
                     f"{source}: unknown section {key!r}; the options go at the top level, one per line "
-                    "(as in a run's config.yaml), with [model-args] the only table"
+                    "(as in a run's config.yaml), with model-args the only table"
                 )
-            known = [_flag(f) for f in fields]
-            raise DeepstepError(f"{source}: unknown option {key!r}{did_you_mean(_flag(name), known)}")
+            known = [flag(f) for f in fields]
+            raise DeepstepError(f"{source}: unknown option {key!r}{did_you_mean(flag(name), known)}")
         values[name] = coerce(name, value, source)
     return values
 

@@ -48,7 +48,7 @@ _INSTEAD = {"val_split": "val_size", "test_split": "test_size", "val_size": "val
 def refuse_idle_options(config) -> None:
     """A one-line error for options set away from their defaults that `config.task` does not read
     (a recipe's values aside: a recipe for images names its model, whose error says more)."""
-    from deepstep.config import TrainConfig, preset_source
+    from deepstep.config import TrainConfig, flag, preset_source
 
     defaults = TrainConfig()
     idle = [
@@ -59,15 +59,11 @@ def refuse_idle_options(config) -> None:
     for name in idle:
         other = _INSTEAD.get(name)
         if other and config.task in TASK_OPTIONS[other]:
-            raise DeepstepError(f"--{_flag(name)} does not apply to {config.task}: its part is set by --{_flag(other)}")
+            raise DeepstepError(f"--{flag(name)} does not apply to {config.task}: its part is set by --{flag(other)}")
     if idle:
         verb, it = ("does", "it") if len(idle) == 1 else ("do", "them")
-        flags = ", ".join(f"--{_flag(name)}" for name in idle)
+        flags = ", ".join(f"--{flag(name)}" for name in idle)
         raise DeepstepError(f"{flags} {verb} not apply to {config.task}; leave {it} out")
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def infer_task(data: str, task: str = "auto") -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepstep.config import PATH_OPTIONS, TrainConfig, absolute_path, preset_source
+from deepstep.config import PATH_OPTIONS, TrainConfig, absolute_path, flag, preset_source
 from deepstep.engine.fit import FitState, Monitor, Training, unrepeatable_note
 from deepstep.engine.loop import Step
 from deepstep.engine.run_dir import RunDir
@@ -115,10 +115,6 @@ def find_lr_report(config: TrainConfig, training: Training, source_name: str, lo
     )
     log(f"plot: {png}; numbers: {record}")
     return png
-
-
-def flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def start_run(
