@@ -134,7 +134,18 @@ def test_an_unknown_dataset_name_suggests_close_names():
             ["evaluate", "RUN", "--dat", "photos"],
             ["deepstep evaluate: error: unrecognized arguments: --dat photos (did you mean '--data'?)"],
         ),
-        (["trian"], ["deepstep: error: argument COMMAND: invalid choice: 'trian'", "see deepstep --help"]),
+        (
+            ["trian"],
+            [
+                "deepstep: error: argument COMMAND: invalid choice: 'trian' (did you mean 'train'?); "
+                "choose from quickstart, train,",
+                "see deepstep --help",
+            ],
+        ),
+        (
+            ["evaluate", "RUN", "--split", "tset"],
+            ["invalid choice: 'tset' (did you mean 'test'?); choose from test, val; see deepstep evaluate --help"],
+        ),
     ],
 )
 def test_a_command_line_argparse_refuses_is_one_line_not_the_whole_usage(args, fragments):
@@ -229,4 +240,16 @@ def test_a_spreadsheet_is_sent_to_csv(tmp_path):
     sheet.write_bytes(b"PK\x03\x04 not really a workbook")
     assert_one_line_error(
         train("--data", str(sheet)), "sales.xlsx is not a folder", "a series is read from a .csv or .tsv file"
+    )
+
+
+@pytest.mark.parametrize("listed", ["'test', 'val'", "test, val"], ids=["python 3.11", "python 3.12.8 and later"])
+def test_an_invalid_choice_gets_a_suggestion_in_either_argparse_wording(listed, capsys):
+    from deepstep.cli import Parser
+
+    with pytest.raises(SystemExit):
+        Parser(prog="deepstep evaluate").error(f"argument --split: invalid choice: 'tset' (choose from {listed})")
+    assert capsys.readouterr().err == (
+        "deepstep evaluate: error: argument --split: invalid choice: 'tset' (did you mean 'test'?); "
+        "choose from test, val; see deepstep evaluate --help\n"
     )

@@ -25,6 +25,9 @@ def test_models_takes_a_pattern(capsys):
     assert main(["models", "vgg*"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[1:3]] == ["vgg11", "vgg16"]
+    for args in (["models", "zzz"], ["models", "--pretrained", "zzz"]):  # not an empty table
+        assert main(args) == 2
+        assert f"no model matches 'zzz'; `deepstep {' '.join(args[:-1])}` lists them all" in capsys.readouterr().err
 
 
 def test_every_command_has_help_and_train_groups_its_options(capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -53,6 +54,12 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        from deepstep.errors import did_you_mean
+
+        if choice := re.match(r"(argument .*: invalid choice: '(.*)') \(choose from (.*)\)$", message):
+            head, given, listed = choice.groups()  # Python 3.12.8+ lists the choices without quotes
+            choices = [c.strip("'") for c in listed.split(", ")]
+            message = f"{head}{did_you_mean(given, choices)}; choose from {', '.join(choices)}"
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 

@@ -30,9 +30,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from deepstep.api import list_models, list_pretrained
 
+    rows = list_pretrained(args.pattern) if args.pretrained else list_models(args.pattern)
+    if not rows and not args.json:  # an empty table reads as a broken listing
+        from deepstep.errors import DeepstepError
+
+        listing = "deepstep models" + (" --pretrained" if args.pretrained else "")
+        raise DeepstepError(f"no model matches {args.pattern!r}; `{listing}` lists them all")
     if args.pretrained:
-        return _print_pretrained(list_pretrained(args.pattern), args.json)
-    rows = list_models(args.pattern)
+        return _print_pretrained(rows, args.json)
     if args.json:
         print_json(rows)
         return 0
