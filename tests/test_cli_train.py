@@ -300,5 +300,5 @@ def test_a_model_that_cannot_take_the_image_size_is_named_before_any_image_is_de
     monkeypatch.setattr(image_classification, "load_split", no_decoding)
     monkeypatch.setattr(image_classification, "sample_stats", no_decoding)
     assert train_lenet(image_folder, "--image-size", "12", "--in-memory", in_memory, out="runs/l") == 2
-    assert "lenet cannot take input 3x12x12: layer conv2" in capsys.readouterr().err
+    assert "lenet cannot take input 3x12x12: layer " in capsys.readouterr().err  # conv2, or pool on torch 2.5
     assert not Path("runs/l").exists()
