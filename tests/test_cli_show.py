@@ -67,14 +67,19 @@ def test_show_draws_a_series_columns_with_their_gaps(tmp_path, capsys):
     from deepstep.data.series import read_columns
 
     csv_path = tmp_path / "s.csv"
-    rows = [f"{i + 1},2000-{i % 12 + 1:02d}-01,{'' if i == 3 else i * 2.5},{i % 4}" for i in range(12)]
-    csv_path.write_text("No,Month,Sales,Stock\n" + "\n".join(rows) + "\n")
-    name, table = read_columns(str(csv_path))
-    assert name == "s" and list(table.columns) == ["Sales", "Stock"]  # No only numbers the rows
+    rows = [
+        f"{i + 1},2000-{i % 12 + 1:02d}-01,{'' if i == 3 else i * 2.5},{i % 4},{'NE' if i % 2 else 'SW'}"
+        for i in range(12)
+    ]
+    csv_path.write_text("No,Month,Sales,Stock,wind\n" + "\n".join(rows) + "\n")
+    name, table, text = read_columns(str(csv_path))
+    assert name == "s" and list(table.columns) == ["Sales", "Stock"] and text == ["wind"]  # No only numbers the rows
     assert str(table.index[0].date()) == "2000-01-01" and table["Sales"].isna().sum() == 1  # the gap stays
     out = tmp_path / "series.png"
     assert main(["show", str(csv_path), "--out", str(out)]) == 0
-    assert capsys.readouterr().out.strip() == f"series: {out}" and Image.open(out).size[1] > 300
+    shown = capsys.readouterr()
+    assert shown.out.strip() == f"series: {out}" and Image.open(out).size[1] > 300
+    assert shown.err == "note: wind holds text, not drawn (train reads it one-hot with --features)\n"
     assert main(["show", str(csv_path), "--split", "test"]) == 2
     assert "--split does not apply to" in capsys.readouterr().err
 

@@ -344,22 +344,20 @@ def _counts_rows(column) -> bool:
 
 def read_columns(spec: str, time: str | None = None):
     """The table as it is, for looking at: (name, its numeric columns indexed by time where it has
-    one), gaps kept as NaN, a column that only numbers the rows left out."""
+    one, the names of the columns of text left out), gaps kept as NaN, a column that only numbers
+    the rows left out quietly."""
     frame, name, _ = _read_table(spec)
     frame.columns = [str(c) for c in frame.columns]
     time_columns = [str(c) for c in _time_columns(frame, time, spec)]
-    numeric = [
-        c
-        for c in frame.columns
-        if c not in time_columns and frame[c].dtype.kind in "iuf" and not _counts_rows(frame[c])
-    ]
+    others = [c for c in frame.columns if c not in time_columns]
+    numeric = [c for c in others if frame[c].dtype.kind in "iuf" and not _counts_rows(frame[c])]
     if not numeric:
         raise DeepstepError(f"{spec} has no numeric columns to show")
     table = frame[numeric]
     if time_columns:
         table.index = _parse_time(frame, time_columns, spec)
         table = table.sort_index()
-    return name, table
+    return name, table, [c for c in others if frame[c].dtype.kind not in "iuf"]
 
 
 def load_series(

@@ -8,6 +8,7 @@ is reported in the series' own units beside the classical baselines on the same 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -468,7 +469,12 @@ def show_series(data: str, *, out: str | Path = "series.png", time: str | None =
     from deepstep.data.series import read_columns, time_label
     from deepstep.plots import plot_columns
 
-    name, table = read_columns(data, time)
+    name, table, text = read_columns(data, time)
+    if text:  # not drawn: say so, rather than leave the reader to count the panels
+        verb = "holds" if len(text) == 1 else "hold"
+        print(
+            f"note: {', '.join(text)} {verb} text, not drawn (train reads it one-hot with --features)", file=sys.stderr
+        )
     span = f"{time_label(table.index[0])} to {time_label(table.index[-1])}"
     missing = int(table.isna().sum().sum())
     title = f"{name}: {len(table):,} rows, {span}" + (f", {missing:,} missing value(s)" if missing else "")
