@@ -80,6 +80,37 @@ def test_a_labels_file_naming_a_missing_sequence_is_an_error(sequence_folder, tm
         load_sequences(str(sequence_folder), tmp_path)
 
 
+def test_an_npz_saved_with_lowercase_names_is_read(tmp_path):
+    # np.savez(path, x=..., y=...) was refused: "must hold arrays X and y; it has x, y"
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 6, 2), np.float32), y=np.array([0, 1, 0, 1]))
+    data = load_sequences(str(tmp_path / "d.npz"), tmp_path)
+    assert len(data.sequences) == 4 and data.sequences[0].shape == (6, 2) and data.classes == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (lambda p: p.write_bytes(b"garbage"), "is not an .npz \\(numpy's zip of arrays"),  # numpy said: pickled data
+        (
+            lambda p: np.savez(p, X=np.array([np.zeros((5, 2)), np.zeros((3, 2))], dtype=object), y=np.array([0, 1])),
+            "X is an object array \\(sequences of different lengths\\?\\); pad them",
+        ),
+    ],
+    ids=["not a zip", "ragged"],
+)
+def test_an_npz_that_cannot_be_read_says_what_to_do(tmp_path, write, message):
+    write(tmp_path / "d.npz")
+    with pytest.raises(DeepstepError, match=message):
+        load_sequences(str(tmp_path / "d.npz"), tmp_path)
+
+
+def test_sequences_of_one_class_are_refused_as_such(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.zeros((10, 6, 2), np.float32), y=np.zeros(10))
+    data = load_sequences(str(tmp_path / "d.npz"), tmp_path)
+    with pytest.raises(DeepstepError, match="^d holds one class \\(0\\): a classifier needs at least two$"):
+        split_sequences(data, test_size=0.2, val_size=0.1, seed=0, test_groups=None)
+
+
 def test_an_unknown_test_group_lists_the_groups(sequence_folder, tmp_path):
     data = load_sequences(str(sequence_folder), tmp_path, group_file="groups.csv")
     with pytest.raises(DeepstepError, match="--test-groups 9: no such group; groups are 1, 2, 3"):

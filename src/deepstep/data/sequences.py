@@ -168,14 +168,24 @@ def load_sequences(spec: str, data_dir: Path, *, group_file: str | None = None) 
 
 
 def _load_npz(path: Path) -> SequenceSet:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # numpy would say it holds pickled data, which it need not
+        raise DeepstepError(f"{path} is not an .npz (numpy's zip of arrays, as np.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if "X" not in npz or "y" not in npz:
+            names = {name.lower(): name for name in npz.files}  # x as X, Y as y, as np.savez(x=..., y=...) gives
+            if "x" not in names or "y" not in names:
                 raise DeepstepError(f"{path} must hold arrays X (N, T, F) and y (N,); it has {', '.join(npz.files)}")
-            x, y = np.asarray(npz["X"], np.float32), np.asarray(npz["y"])
-            lengths = np.asarray(npz["lengths"]) if "lengths" in npz else None
+            x, y = np.asarray(npz[names["x"]], np.float32), np.asarray(npz[names["y"]])
+            lengths = np.asarray(npz[names["lengths"]]) if "lengths" in names else None
     except (ValueError, OSError) as err:
-        raise DeepstepError(f"{path} is not a readable .npz: {err}") from None
+        if "Object arrays" in str(err):  # a ragged list of sequences, which only pickle can hold
+            raise DeepstepError(
+                f"{path}: X is an object array (sequences of different lengths?); pad them into one float array "
+                "X (N, T, F) and save their lengths beside it as 'lengths'"
+            ) from None
+        raise DeepstepError(f"{path} is not a readable .npz: {str(err).splitlines()[0]}") from None
     if x.ndim == 2:
         x = x[:, :, None]
     if x.ndim != 3 or len(x) != len(y):
@@ -254,6 +264,8 @@ def split_sequences(
     so every run of the data set is measured on the same test part). Validation: a stratified
     fraction of what remains, seeded by --seed."""
     n = len(data.labels)
+    if len(data.classes) < 2:
+        raise DeepstepError(f"{data.name} holds one class ({data.classes[0]}): a classifier needs at least two")
     if test_groups:
         if data.groups is None:
             raise DeepstepError("--test-groups needs --group-file, the CSV that says which group each sequence is in")
