@@ -7,7 +7,7 @@ import json
 import multiprocessing
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -165,15 +165,23 @@ def _from_array(pixels: np.ndarray, size: tuple[int, int], channels: int, resize
 def channel_stats(images: torch.Tensor, values: int = 2**24) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images (N, C, H, W), in [0, 1] units, summed in chunks of
     about `values` numbers (128 MiB in float64), whatever the images' size."""
-    channels = images.shape[1]
+    chunk = max(1, values // max(1, images[0].numel())) if len(images) else 1
+    return channel_moments((images[start : start + chunk] for start in range(0, len(images), chunk)), images.shape[1])
+
+
+def channel_moments(chunks: Iterable[torch.Tensor | np.ndarray], channels: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std, in [0, 1] units, of uint8 images (N, C, H, W) that come in chunks,
+    from running float64 sums, so that no more than a chunk is ever converted at once."""
     total = torch.zeros(channels, dtype=torch.float64)
     total_sq = torch.zeros(channels, dtype=torch.float64)
-    chunk = max(1, values // max(1, images[0].numel())) if len(images) else 1
-    for start in range(0, len(images), chunk):
-        x = images[start : start + chunk].to(torch.float64).div_(255)
+    count = 0
+    for images in chunks:
+        # a decoded image may be a read-only array, which torch would warn of: convert it in numpy
+        x = torch.from_numpy(images.astype(np.float64)) if isinstance(images, np.ndarray) else images.double()
+        x.div_(255)
         total += x.sum(dim=(0, 2, 3))
         total_sq += x.square().sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
+        count += x.shape[0] * x.shape[2] * x.shape[3]
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]

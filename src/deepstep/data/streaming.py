@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from deepstep.data.decode import DECODE_ERRORS, describe_error, open_image, to_model_mode, upright
+from deepstep.data.images import channel_moments
 from deepstep.data.sources import ImageSplit
 from deepstep.errors import DeepstepError
 
@@ -171,14 +172,5 @@ def sample_stats(
 ):
     """Mean and std per channel of a seeded sample of up to `count` images, as the model sees them,
     summed one image at a time: the sample as one float64 array is 6 GB at 512x512."""
-    sums = np.zeros(channels)
-    squares = np.zeros(channels)
-    pixels = 0
-    for image in _sampled(split, size, resize, channels, count, seed):
-        flat = image.reshape(channels, -1).astype(np.float64) / 255
-        sums += flat.sum(axis=1)
-        squares += np.einsum("ij,ij->i", flat, flat)
-        pixels += flat.shape[1]
-    mean = sums / pixels
-    std = np.sqrt(np.maximum(squares / pixels - mean**2, 0))
-    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in np.maximum(std, 1e-6)]
+    images = _sampled(split, size, resize, channels, count, seed)
+    return channel_moments((image[None] for image in images), channels)
