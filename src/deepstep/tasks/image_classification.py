@@ -46,6 +46,7 @@ from deepstep.models.shapes import activation_bytes, format_size, multiply_adds
 from deepstep.tasks.metrics import save_confusion
 from deepstep.tasks.runs import (
     build_lookahead,
+    class_numbers,
     find_lr_report,
     finish,
     load_model,
@@ -923,16 +924,7 @@ def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data
             f"(fingerprint {info['data']['fingerprint']} -> {source.fingerprint})"
         )
     in_memory = info["data"].get("in_memory", True)
-    classes = info["data"]["classes"]
-    unknown = [c for c in source.classes if c not in classes]
-    if unknown:  # its labels would be read as the run's classes of the same numbers
-        raise DeepstepError(
-            f"{config.data} has classes this run was not trained on: "
-            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; the run knows {', '.join(classes[:10])}"
-            f"{' ...' if len(classes) > 10 else ''}: give --data the data it was trained on"
-        )
-    # a folder holding some of the run's classes numbers them among its own: renumber by name
-    renumber = torch.tensor([classes.index(c) for c in source.classes], dtype=torch.int64)
+    renumber = torch.from_numpy(class_numbers(config.data, source.classes, info["data"]["classes"]))
 
     def part(name: str) -> Part:
         if in_memory:

@@ -307,6 +307,20 @@ def check_user_model(run: RunDir, model: dict[str, Any]) -> None:
         print(f"note: {spec.file} {differs} {run.path} was trained; its weights may not fit", file=sys.stderr)
 
 
+def class_numbers(data: str, data_classes: Sequence[str], run_classes: Sequence[str]) -> np.ndarray:
+    """For each of the data's classes, the run's number for the same name: labels are numbers among
+    the data's own classes, so data holding some of the run's classes must be renumbered, and data
+    with classes the run does not know (their labels would be read as the run's) is refused."""
+    unknown = [c for c in data_classes if c not in run_classes]
+    if unknown:
+        raise DeepstepError(
+            f"{data} has classes this run was not trained on: "
+            f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; the run knows {', '.join(run_classes[:10])}"
+            f"{' ...' if len(run_classes) > 10 else ''}: give --data the data it was trained on"
+        )
+    return np.array([list(run_classes).index(c) for c in data_classes], dtype=np.int64)
+
+
 def sequence_model_args(config: TrainConfig, outputs: int, features: int) -> dict[str, Any]:
     """A sequence model's arguments: its outputs and input features, the recurrent flags the model
     takes (a model of the user's may take none), then --model-arg."""

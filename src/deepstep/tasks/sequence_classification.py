@@ -29,6 +29,7 @@ from deepstep.tasks.metrics import classification_metrics, save_confusion
 from deepstep.tasks.runs import (
     RECURRENT_MUST_MATCH,
     Job,
+    class_numbers,
     load_model,
     now,
     record_test_evaluation,
@@ -178,14 +179,7 @@ def evaluate_run(
         raise DeepstepError("this run was trained with --val-size 0: it has no validation part to evaluate")
     model, record = load_model(run, checkpoint)
     classes = record["classes"]
-    unknown = [c for c in data.classes if c not in classes]
-    if unknown:  # its labels would be read as the run's classes of the same numbers
-        raise DeepstepError(
-            f"{config.data} has classes this run was not trained on: {', '.join(unknown[:5])}"
-            f"{' ...' if len(unknown) > 5 else ''}; the run knows {', '.join(classes)}: "
-            "give --data the data it was trained on"
-        )
-    labels = np.array([classes.index(c) for c in data.classes], dtype=np.int64)[part.labels]  # by name
+    labels = class_numbers(config.data, data.classes, classes)[part.labels]  # by name
     norm = record["normalization"]
     batches = _batches(standardise(part, np.asarray(norm["mean"]), np.asarray(norm["std"])), labels, 1024, False, 0)
     means, kept = evaluate(
