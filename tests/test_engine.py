@@ -434,11 +434,14 @@ def test_lookahead_averages_ever_more_strongly_from_30_percent_of_the_steps_and_
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only"
 )
 def test_keep_freed_memory_stops_training_steps_page_faulting_on_fresh_memory():
-    # in a fresh process, as the setting is process-wide
+    # in a fresh process, as the setting is process-wide. glibc's own bar starts at 128 KiB and is
+    # raised after frees in a way that varies from run to run (some runs fault 0 times a step
+    # without help), so the test pins the starting bar first: every 16 MiB block is then mapped
     code = """
-import resource, statistics, torch
+import ctypes, resource, statistics, torch
 from torch import nn
-from deepstep.engine.backends import keep_freed_memory
+from deepstep.engine.backends import M_MMAP_THRESHOLD, keep_freed_memory
+ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 torch.manual_seed(0)
 net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.Flatten())
 images = torch.randn(128, 3, 32, 32)  # each layer's output is a 16 MiB block
