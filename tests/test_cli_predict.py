@@ -218,6 +218,43 @@ def test_files_slow_to_decode_are_read_in_threads_in_order_and_a_broken_one_is_s
     assert capsys.readouterr().err.startswith(f"deepstep predict: error: {broken}: ")
 
 
+@pytest.mark.parametrize("threaded", [False, True])
+def test_an_unreadable_image_in_a_folder_is_skipped_with_a_warning_unless_strict(
+    threaded, trained_run, image_folder, tmp_path, monkeypatch, capsys
+):
+    from deepstep.tasks import image_classification
+
+    if threaded:  # the same in the decoding threads: the files stay in order
+        monkeypatch.setattr(image_classification, "PARALLEL_DECODE_SECONDS", 0.0)
+        monkeypatch.setattr(image_classification, "available_cores", lambda: 3)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = sorted((image_folder / "test").rglob("*.png"))[:12]
+    for i, f in enumerate(good):
+        (folder / f"{i:02d}.png").write_bytes(f.read_bytes())
+    (folder / "03b.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (folder / "09b.png").write_bytes(good[0].read_bytes()[:100])  # cut short
+    assert main(["predict", str(trained_run), *map(str, good), "--json"]) == 0
+    expected = [r["top_k"] for r in json.loads(capsys.readouterr().out)]
+    assert main(["predict", str(trained_run), str(folder), "--json"]) == 0
+    out, err = capsys.readouterr()
+    results = json.loads(out)
+    assert [r["file"] for r in results] == [str(folder / f"{i:02d}.png") for i in range(12)]
+    assert [r["top_k"] for r in results] == expected
+    assert err == (
+        f"warning: skipped 2 unreadable image(s) of 14 (first: {folder / '03b.jpg'}: not an image Pillow can read; "
+        "give a JPEG, PNG, BMP, GIF, WebP or TIFF image); --strict makes this an error\n"
+    )
+    assert main(["predict", str(trained_run), str(folder), "--strict"]) == 2
+    assert capsys.readouterr().err.startswith(f"deepstep predict: error: {folder / '03b.jpg'}: not an image")
+    assert main(["predict", str(trained_run), str(folder / "09b.png"), str(folder)]) == 2  # named: refused
+    assert capsys.readouterr().err.startswith(f"deepstep predict: error: {folder / '09b.png'}: ")
+    for f in folder.glob("??.png"):
+        f.unlink()
+    assert main(["predict", str(trained_run), str(folder)]) == 2
+    assert capsys.readouterr().err.startswith("deepstep predict: error: none of the 2 image file(s) could be read")
+
+
 def test_the_python_api_hands_out_the_trained_model_which_gives_what_predict_says(trained_run, image_folder):
     import deepstep
     from deepstep.errors import DeepstepError

@@ -118,14 +118,16 @@ class Run:
         data: str | None = None,
         precision: str | None = None,
         device: str | None = None,
+        strict: bool = False,
         verbose: bool = True,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """Top-k classes with softmax probabilities for each image file (or folder of images); the
         class of each sequence CSV; or, for a forecasting run (no inputs), the steps after its data
         (`data`: where the series is now, if it moved since training). Images only: `precision`, as
-        evaluate's; `device`, as train's (auto when None)."""
+        evaluate's; `device`, as train's (auto when None); `strict`: an unreadable image in a folder
+        is an error instead of being left out with a warning."""
         task = self.task
-        _images_only(task, self.path, precision=precision, device=device)
+        _images_only(task, self.path, precision=precision, device=device, strict=strict or None)
         if task == "forecasting":
             from deepstep.tasks.forecasting import predict_run as forecast
 
@@ -153,6 +155,7 @@ class Run:
             precision=precision,
             device=device,
             log=_log(verbose),
+            strict=strict,
         )
 
     def load_model(self, checkpoint: str = "best") -> nn.Module:
@@ -331,16 +334,25 @@ class Pretrained:
         tta: bool | str | None = None,
         precision: str | None = None,
         device: str | None = None,
+        strict: bool = False,
         verbose: bool = True,
     ) -> list[dict[str, Any]]:
         """Top-k ImageNet label names with softmax probabilities for each image (or folder);
         `precision`: None or "32" for fp32, "bf16", "16" or "auto", as training's; `device`: as
-        train's (auto when None)."""
+        train's (auto when None); `strict`: as `Run.predict`'s."""
         from deepstep.tasks.image_classification import predict_pretrained
 
         paths = [images] if isinstance(images, str | Path) else list(images)
         return predict_pretrained(
-            self.name, paths, top_k=top_k, plot=plot, tta=tta, precision=precision, device=device, log=_log(verbose)
+            self.name,
+            paths,
+            top_k=top_k,
+            plot=plot,
+            tta=tta,
+            precision=precision,
+            device=device,
+            log=_log(verbose),
+            strict=strict,
         )
 
 

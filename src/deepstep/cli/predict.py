@@ -57,6 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", choices=DEVICES, help="images: default auto (cuda, then mps, then cpu)")
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="images: stop at an unreadable image in a folder instead of skipping it with a warning "
+        "(an image named is always read or refused)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print a JSON list: file, label, top_k [{label, probability}]"
     )
     parser.add_argument(
@@ -85,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
         task = run_task(args.inputs[0])
         unused = {
             "image-classification": ("out", "data"),
-            "forecasting": ("tta", "tta_translate", "precision", "device"),
-            "sequence-classification": ("tta", "tta_translate", "precision", "device", "plot", "out", "data"),
+            "forecasting": ("tta", "tta_translate", "precision", "device", "strict"),
+            "sequence-classification": ("tta", "tta_translate", "precision", "device", "strict", "plot", "out", "data"),
         }
         refuse_options(args, unused[task], args.inputs[0], task)
         if task == "forecasting":
@@ -103,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         "tta": tta_from_flags(args),
         "precision": args.precision,
         "device": args.device,
+        "strict": args.strict,
         "log": _stderr if args.json else print,  # --json keeps stdout for the JSON alone
     }
     if args.pretrained:

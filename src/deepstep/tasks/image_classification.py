@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -965,9 +965,14 @@ def _classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: 
 # ---- predict -----------------------------------------------------------------------------------
 
 
-def image_files(inputs: Sequence[str | Path]) -> list[Path]:
+class ImageFile(NamedTuple):
+    path: Path
+    found: bool  # found in a folder given, not named: left out with a warning if unreadable (unless strict)
+
+
+def image_files(inputs: Sequence[str | Path]) -> list[ImageFile]:
     """Files as given, and the images inside given folders (sorted)."""
-    files: list[Path] = []
+    files: list[ImageFile] = []
     for item in inputs:
         if isinstance(item, str) and item.split("://")[0] in ("http", "https", "ftp", "s3", "gs"):
             raise DeepstepError(f"{item} is a web address: deepstep reads local files; download it first (curl -O URL)")
@@ -982,9 +987,9 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
             found = find_images(path)
             if not found:
                 raise DeepstepError(f"{path} holds no images to predict")
-            files.extend(found)
+            files.extend(ImageFile(f, True) for f in found)
         elif stat.S_ISREG(mode):
-            files.append(path)
+            files.append(ImageFile(path, False))
         else:
             raise DeepstepError(f"{path} is not a file or folder of images")
     if not files:
@@ -1005,13 +1010,17 @@ def read_for_model(path: Path, prep: Preprocessing) -> np.ndarray:
 
 class ImageReader:
     """Reads image files for a model, in threads (one contiguous slice of the files each) once the
-    first files show that decoding them is slow enough to gain from it; use it as a context."""
+    first files show that decoding them is slow enough to gain from it; use it as a context. A file
+    found in a folder that cannot be read is left out and noted in `skipped` (as training skips
+    one), unless `strict`; one named is an error."""
 
-    def __init__(self, prep: Preprocessing, workers: int | None = None):
+    def __init__(self, prep: Preprocessing, workers: int | None = None, strict: bool = False):
         self.prep = prep
         self.workers = workers or available_cores()
         self.pool: ThreadPoolExecutor | None = None
         self.probed = self.workers == 1
+        self.strict = strict
+        self.skipped: list[str] = []  # "file: why", in the files' order
 
     def __enter__(self) -> ImageReader:
         return self
@@ -1020,9 +1029,9 @@ class ImageReader:
         if self.pool is not None:
             self.pool.shutdown()
 
-    def read(self, files: Sequence[Path]) -> np.ndarray:
-        """The files as one uint8 array (N, C, H, W), in order."""
-        images = []
+    def read(self, files: Sequence[ImageFile]) -> tuple[np.ndarray, list[ImageFile]]:
+        """The files read, as one uint8 array (N, C, H, W), and which files they are, in order."""
+        images: list[tuple[ImageFile, np.ndarray | str]] = []  # the image, or why it was left out
         if not self.probed:
             start = time.perf_counter()
             images = self._serial(files[:PROBE_FILES])
@@ -1036,10 +1045,21 @@ class ImageReader:
                 images.extend(part)
         else:
             images.extend(self._serial(files))
-        return np.stack(images)
+        self.skipped += [image for _, image in images if isinstance(image, str)]
+        read = [(file, image) for file, image in images if not isinstance(image, str)]
+        shape = (0, self.prep.channels, *self.prep.size)
+        return np.stack([image for _, image in read]) if read else np.empty(shape, np.uint8), [f for f, _ in read]
 
-    def _serial(self, files: Sequence[Path]) -> list[np.ndarray]:
-        return [read_for_model(f, self.prep) for f in files]
+    def _serial(self, files: Sequence[ImageFile]) -> list[tuple[ImageFile, np.ndarray | str]]:
+        images: list[tuple[ImageFile, np.ndarray | str]] = []
+        for file in files:
+            try:
+                images.append((file, read_for_model(file.path, self.prep)))
+            except DeepstepError as err:
+                if self.strict or not file.found:
+                    raise
+                images.append((file, str(err)))
+        return images
 
 
 def predict_run(
@@ -1054,9 +1074,11 @@ def predict_run(
     precision: str | None = None,
     device: str | None = None,
     log: Log = print,
+    strict: bool = False,
 ) -> list[dict[str, Any]]:
     """Class and softmax probabilities for each image, with the run's own pre-processing.
-    `precision`: as evaluate's (fp32 when None); `device`: as train's (auto when None)."""
+    `precision`: as evaluate's (fp32 when None); `device`: as train's (auto when None); `strict`:
+    an unreadable image in a folder is an error, not left out with a warning."""
     if top_k < 1:
         raise DeepstepError(f"--top-k must be at least 1, got {top_k}")
     run = RunDir.open(run_path)
@@ -1076,6 +1098,7 @@ def predict_run(
         precision=chosen,
         device=on,
         log=log,
+        strict=strict,
     )
 
 
@@ -1090,10 +1113,11 @@ def predict_pretrained(
     precision: str | None = None,
     device: str | None = None,
     log: Log = print,
+    strict: bool = False,
 ) -> list[dict[str, Any]]:
     """ImageNet top-k label names and probabilities from torchvision's pretrained `model_name`,
     with the weights' own pre-processing (resize the short side, center-crop, normalise).
-    `precision`: as evaluate's (fp32 when None); `device`: as train's (auto when None)."""
+    `precision`, `device`, `strict`: as `predict_run`'s."""
     from deepstep.models.pretrained import load_pretrained
 
     if top_k < 1:
@@ -1116,6 +1140,7 @@ def predict_pretrained(
         precision=chosen,
         device=on,
         log=log,
+        strict=strict,
     )
 
 
@@ -1132,9 +1157,11 @@ def classify_files(
     precision: Precision,
     device: torch.device,
     log: Log,
+    strict: bool = False,
 ) -> list[dict[str, Any]]:
     """Softmax over the model's outputs for each image file (from `image_files`, which checks
-    each path once): the top-k classes, best first. The model runs on `device` with the kernels
+    each path once): the top-k classes, best first. An unreadable file found in a folder is left
+    out with a warning, unless `strict`. The model runs on `device` with the kernels
     training would choose for `precision`, all batches in one autocast region, so that it casts
     the weights once. The files are decoded in parts of up to `PREDICT_DECODE_BYTES`, so a folder
     of any size fits in memory."""
@@ -1146,9 +1173,9 @@ def classify_files(
     image_bytes = prep.channels * prep.size[0] * prep.size[1]
     chunk = max(1, PREDICT_DECODE_BYTES // (image_bytes * batch_size)) * batch_size  # files decoded at once
     results, shown = [], []  # shown: the images the plot draws
-    with torch.inference_mode(), precision.autocast(), ImageReader(prep) as reader:
+    with torch.inference_mode(), precision.autocast(), ImageReader(prep, strict=strict) as reader:
         for first in range(0, len(files), chunk):
-            images = reader.read(files[first : first + chunk])
+            images, read = reader.read(files[first : first + chunk])
             if plot is not None and len(shown) < PLOT_MAX_IMAGES:
                 shown.extend(images[: PLOT_MAX_IMAGES - len(shown)])
             for start in range(0, len(images), batch_size):
@@ -1156,10 +1183,17 @@ def classify_files(
                 x = x.to(device, non_blocking=True).contiguous(memory_format=layout)
                 probs = torch.softmax(model(x).float(), dim=1)
                 values, indices = probs.topk(top_k, dim=1)
-                batch = files[first + start : first + start + batch_size]
+                batch = read[start : start + batch_size]
                 for file, p, idx in zip(batch, values.tolist(), indices.tolist(), strict=True):
                     ranked = [{"label": classes[i], "probability": q} for i, q in zip(idx, p, strict=True)]
-                    results.append({"file": str(file), "label": ranked[0]["label"], "top_k": ranked})
+                    results.append({"file": str(file.path), "label": ranked[0]["label"], "top_k": ranked})
+    if reader.skipped:
+        if not results:
+            raise DeepstepError(f"none of the {len(files)} image file(s) could be read (first: {reader.skipped[0]})")
+        log(
+            f"warning: skipped {len(reader.skipped)} unreadable image(s) of {len(files)} "
+            f"(first: {reader.skipped[0]}); --strict makes this an error"
+        )
     if plot is not None:
         from deepstep.plots import plot_predictions
 
