@@ -31,13 +31,24 @@ def test_onnx_export_matches_pytorch_and_records_what_a_consumer_needs(trained_r
         np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
 
 
-def test_torchscript_export_to_a_chosen_file(trained_run, tmp_path, capsys):
-    out = tmp_path / "lenet.pt"
-    assert main(["export", str(trained_run), "--format", "torchscript", "--out", str(out)]) == 0
+@pytest.mark.parametrize("name, flags", [("lenet.pt", ["--format", "torchscript"]), ("lenet.PTH", [])])
+def test_torchscript_export_to_a_chosen_file(name, flags, trained_run, tmp_path, capsys):
+    out = tmp_path / name  # without --format, the file's ending says which
+    assert main(["export", str(trained_run), *flags, "--out", str(out)]) == 0
     assert "max abs difference from PyTorch" in capsys.readouterr().out
     loaded = torch.jit.load(str(out))
     assert loaded(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
-    assert json.loads((tmp_path / "lenet.pt.json").read_text())["format"] == "torchscript"
+    assert json.loads((tmp_path / f"{name}.json").read_text())["format"] == "torchscript"
+
+
+def test_a_file_named_for_one_format_is_not_written_in_the_other(trained_run, tmp_path, capsys):
+    out = tmp_path / "lenet.onnx"
+    assert main(["export", str(trained_run), "--format", "torchscript", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"deepstep export: error: --out {out} ends in .onnx, an ONNX file, but --format is torchscript: "
+        "call it lenet.pt, or leave out --format\n"
+    )
+    assert not out.exists()
 
 
 def test_export_of_a_missing_run_is_one_line(capsys):

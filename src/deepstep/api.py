@@ -169,9 +169,10 @@ class Run:
         return load_model(self._dir, checkpoint)[0]
 
     def export(
-        self, format: str = "onnx", out: str | Path | None = None, *, checkpoint: str = "best"
+        self, format: str | None = None, out: str | Path | None = None, *, checkpoint: str = "best"
     ) -> dict[str, Any]:
-        """Write the model as ONNX or TorchScript, checked against PyTorch; returns the export record."""
+        """Write the model as ONNX or TorchScript (None: as `out`'s ending says, .pt or .pth for
+        TorchScript, else ONNX), checked against PyTorch; returns the export record."""
         from deepstep.export import export_run
 
         return export_run(self.path, format, out, checkpoint)

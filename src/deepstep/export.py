@@ -24,9 +24,28 @@ from deepstep.errors import DeepstepError
 from deepstep.tasks.forecasting import predict_scaled
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+ENDINGS = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript"}  # a file name's ending -> its format
 # fp32: the exported model's outputs may differ from PyTorch's by at most this, times the size of
 # the largest output when that is above 1 (a forecast of millions differs in its last float digits)
 TOLERANCE = 1e-4
+
+
+def export_format(fmt: str | None, out: str | Path | None) -> str:
+    """The format asked for, or the one `out`'s ending names; a file named for one format is not
+    written in the other (a TorchScript file called model.onnx fails in every ONNX runtime)."""
+    named = ENDINGS.get(Path(out).suffix.lower()) if out else None
+    if fmt is None:
+        return named or "onnx"
+    if fmt not in FORMATS:
+        raise DeepstepError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if named not in (None, fmt):
+        better = Path(out).with_suffix(FORMATS[fmt]).name
+        raise DeepstepError(
+            f"--out {out} ends in {Path(out).suffix}, {'an ONNX' if named == 'onnx' else 'a TorchScript'} file, "
+            f"but --format is {fmt}: "
+            f"call it {better}, or leave out --format"
+        )
+    return fmt
 
 
 @dataclass
@@ -43,12 +62,12 @@ class Exportable:
 
 
 def export_run(
-    run_path: str | Path, fmt: str = "onnx", out: str | Path | None = None, checkpoint: str = "best"
+    run_path: str | Path, fmt: str | None = None, out: str | Path | None = None, checkpoint: str = "best"
 ) -> dict[str, Any]:
-    """Write the run's model as `fmt`, run it on a batch and compare with PyTorch; returns the
-    record also written to OUT.json (with `max_abs_diff`)."""
-    if fmt not in FORMATS:
-        raise DeepstepError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    """Write the run's model as `fmt` (None: as `out`'s ending says, .pt or .pth for TorchScript,
+    else ONNX), run it on a batch and compare with PyTorch; returns the record also written to
+    OUT.json (with `max_abs_diff`)."""
+    fmt = export_format(fmt, out)
     run = RunDir.open(run_path)
     task = run.read_json("run.json", {}).get("task", "image-classification")
     if task not in TASKS:

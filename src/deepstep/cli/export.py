@@ -10,7 +10,7 @@ from deepstep.cli.common import add_model_file, formatter, print_json
 EXAMPLES = """\
 examples:
   deepstep export runs/lenet-cifar10-sample                        # -> RUN/export/model.onnx
-  deepstep export runs/lenet-cifar10-sample --format torchscript --out lenet.pt
+  deepstep export runs/lenet-cifar10-sample --out lenet.pt                # TorchScript, as the name says
   deepstep export runs/lstm-airline-passengers      # raw values in, the forecast in the data's units out
 
 ONNX needs onnx and onnxruntime: pip install 'deepstep[export]'.
@@ -26,7 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=formatter,
     )
     parser.add_argument("run_dir", metavar="RUN", help="a run folder written by `deepstep train`")
-    parser.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="default onnx")
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "torchscript"),
+        help="default: torchscript for an --out ending in .pt or .pth, else onnx",
+    )
     parser.add_argument("--out", metavar="FILE", help="default RUN/export/model.onnx (or model.pt)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
     parser.add_argument("--json", action="store_true", help="print the export record as JSON")
