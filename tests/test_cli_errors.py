@@ -142,6 +142,11 @@ def test_an_unknown_dataset_name_suggests_close_names():
                 "see deepstep --help",
             ],
         ),
+        (  # the data given as a path alone, as `python train.py data.csv` scripts take it
+            ["baseline", "airline.csv"],
+            ["unrecognized arguments: airline.csv (the data is given as --data airline.csv); see deepstep baseline"],
+        ),
+        (["train", "--data", "x", "a.csv"], ["deepstep train: error: unrecognized arguments: a.csv; see deepstep"]),
         (
             ["evaluate", "RUN", "--split", "tset"],
             ["invalid choice: 'tset' (did you mean 'test'?); choose from test, val; see deepstep evaluate --help"],

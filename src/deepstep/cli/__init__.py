@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, unknown = command.parse_known_intermixed_args(argv[argv.index(args.command) + 1 :])
         args.command = command.prog.split()[-1]
     if unknown:  # reported by the subcommand, whose options are the ones a typo was meant to be
-        command.error(f"unrecognized arguments: {' '.join(unknown)}{_closest_option(unknown, command)}")
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{_closest_option(unknown, command, args)}")
     try:
         if getattr(args, "model_file", None):  # the user's own models, registered before anything looks for them
             from deepstep.models import load_model_file
@@ -119,12 +119,15 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return action.choices
 
 
-def _closest_option(unknown: Sequence[str], command: argparse.ArgumentParser) -> str:
-    """' (did you mean '--schedule'?)' for the first unknown --option close to one the command has."""
+def _closest_option(unknown: Sequence[str], command: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """' (did you mean '--schedule'?)' for the first unknown --option close to one the command has;
+    for `train data.csv`, where the data goes."""
     from deepstep.errors import did_you_mean
 
     options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
     for token in unknown:
         if token.startswith("--"):
             return did_you_mean(token.split("=")[0], options)
+    if "--data" in options and getattr(args, "data", None) is None and not unknown[0].startswith("-"):
+        return f" (the data is given as --data {unknown[0]})"
     return ""
