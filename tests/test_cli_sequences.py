@@ -144,6 +144,21 @@ def test_baseline_runs_on_its_own_with_the_same_spans(seasonal_csv, capsys):
     assert capsys.readouterr().out.splitlines()[0] == f"{semicolons}: read as ';'-separated"
 
 
+def test_baselines_that_cannot_forecast_the_span_say_which_option_to_change(seasonal_csv, capsys):
+    args = ["baseline", "--data", str(seasonal_csv), "--target", "Sales", "--baselines", "naive,seasonal_naive"]
+    assert main([*args, "--season", "100"]) == 2  # of 96 months, the first test forecast is at 77
+    assert capsys.readouterr().err == (
+        "deepstep baseline: error: seasonal naive needs 100 steps of history before the first forecast, which has "
+        "77: give a shorter --season, or leave seasonal_naive out of --baselines\n"
+    )
+    assert main([*args, "--split", "val", "--val-size", "0"]) == 2
+    assert "the validation span (0 steps) is shorter than --horizon 1: nothing to forecast; raise --val-size" in (
+        capsys.readouterr().err
+    )
+    assert main([*args[:-2], "--baselines", ","]) == 2
+    assert "--baselines names none; choose from naive, seasonal_naive, sarima" in capsys.readouterr().err
+
+
 def test_a_metric_that_is_not_defined_reads_n_a_with_the_reason_and_null_in_json(tmp_path, capsys):
     periodic = tmp_path / "periodic.csv"
     periodic.write_text("value\n" + "".join(f"{v}\n" for v in [1, 4, 2, 8, 5, 7] * 20))

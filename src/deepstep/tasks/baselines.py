@@ -35,7 +35,10 @@ def seasonal_naive(y: np.ndarray, origins: np.ndarray, horizon: int, season: int
     back = season * (h // season + 1)
     index = origins[:, None] + h[None, :] - back[None, :]
     if index.min() < 0:
-        raise DeepstepError(f"seasonal naive needs {season} steps of history before the first forecast")
+        raise DeepstepError(
+            f"seasonal naive needs {season} steps of history before the first forecast, which has "
+            f"{int(origins.min())}: give a shorter --season, or leave seasonal_naive out of --baselines"
+        )
     return y[index]
 
 

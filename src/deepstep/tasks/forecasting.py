@@ -224,8 +224,11 @@ def span_origins(spans, split: str, lookback: int, horizon: int, backtest: bool)
         step = 1 if backtest else horizon
         starts = origins(spans.val_start, spans.test_start, lookback=lookback, horizon=horizon, stride=step)
         fit_end = spans.val_start
-    if len(starts) == 0:
-        raise DeepstepError(f"the {split} span is shorter than the horizon: nothing to forecast")
+    if len(starts) == 0:  # a test span shorter than the horizon is refused when the spans are split
+        raise DeepstepError(
+            f"the validation span ({spans.test_start - spans.val_start} steps) is shorter than --horizon "
+            f"{horizon}: nothing to forecast; raise --val-size, or measure on --split test"
+        )
     return starts, fit_end
 
 
@@ -330,6 +333,8 @@ def baseline_names(chosen: bool | Sequence[str]) -> tuple[str, ...]:
     if chosen is True:
         return BASELINES
     unknown = [n for n in chosen if n not in BASELINES]
+    if not chosen:
+        raise DeepstepError(f"--baselines names none; choose from {', '.join(BASELINES)}, or leave it out for all")
     if unknown:
         raise DeepstepError(f"unknown baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     return tuple(chosen)
