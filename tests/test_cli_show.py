@@ -9,6 +9,23 @@ def test_show_saves_a_labelled_grid(image_folder, tmp_path, capsys):
     assert Image.open(out).size[0] > 300 and f"grid: {out}" in capsys.readouterr().out
 
 
+def test_show_takes_the_data_as_train_does_too_and_says_what_it_could_not_draw(image_folder, tmp_path, capsys):
+    broken = image_folder / "test" / "circle" / "broken.png"
+    broken.write_bytes(b"\x89PNG not a png")
+    out = tmp_path / "grid.png"
+    assert main(["show", "--data", str(image_folder), "--split", "test", "--n", "19", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"warning: skipped 1 unreadable image(s) (first: {broken}: not an image Pillow can read)\n"
+    assert captured.out == f"grid: {out}\n"
+    assert main(["show", str(image_folder), "--data", str(image_folder)]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"deepstep show: error: give the data once: {image_folder} or --data {image_folder}\n"
+    )
+    assert main(["show"]) == 2
+    assert "give the data to show: `deepstep show cifar10-sample`" in capsys.readouterr().err
+
+
 def test_a_picture_named_without_a_type_is_a_png_and_said_to_be(image_folder, tmp_path, capsys):
     assert main(["show", str(image_folder), "--out", str(tmp_path / "grid")]) == 0
     assert f"grid: {tmp_path / 'grid.png'}" in capsys.readouterr().out

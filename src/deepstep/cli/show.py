@@ -25,8 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=formatter,
     )
     parser.add_argument(
-        "data", metavar="DATA", help="built-in dataset, image folder or archive, series CSV, or labelled sequences"
+        "data",
+        metavar="DATA",
+        nargs="?",
+        help="built-in dataset, image folder or archive, series CSV, or labelled sequences",
     )
+    parser.add_argument("--data", dest="data_flag", metavar="D", help="DATA given as train takes it")
     parser.add_argument("--split", help="images: train, test (or val when the folder has one); default train")
     parser.add_argument("--n", type=int, default=16, help="number of images or sequences (default 16)")
     parser.add_argument("--out", default="grid.png", metavar="OUT.png", help="default grid.png")
@@ -36,8 +40,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from deepstep.errors import DeepstepError
     from deepstep.tasks import infer_task, show
 
+    if args.data is not None and args.data_flag is not None:
+        raise DeepstepError(f"give the data once: {args.data} or --data {args.data_flag}")
+    args.data = args.data if args.data is not None else args.data_flag
+    if args.data is None:
+        raise DeepstepError("give the data to show: `deepstep show cifar10-sample` (`deepstep datasets` lists more)")
     task = infer_task(args.data)
     unused = {
         "image-classification": ("time",),

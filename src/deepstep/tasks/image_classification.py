@@ -9,6 +9,7 @@ import math
 import os
 import re
 import stat
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -1223,16 +1224,21 @@ def show_images(
     part = source.splits[split]
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(part), size=min(n, len(part)), replace=False)
-    images, labels = [], []
-    from deepstep.data.decode import DECODE_ERRORS, to_model_mode
+    images, labels, skipped = [], [], []
+    from deepstep.data.decode import DECODE_ERRORS, describe_error, to_model_mode
 
     for i in picks:
         try:
             with part.open(int(i)) as image:
                 images.append(np.asarray(to_model_mode(image, 3)))
-        except DECODE_ERRORS:
+        except DECODE_ERRORS as err:
+            skipped.append(f"{part.name(int(i))}: {describe_error(err)}")
             continue
         labels.append(source.classes[int(part.labels[i])])
+    if skipped:  # said, as training says it, rather than leave a grid short of what was asked for
+        print(f"warning: skipped {len(skipped)} unreadable image(s) (first: {skipped[0]})", file=sys.stderr)
+    if not images:
+        raise DeepstepError(f"none of the {len(picks)} image(s) drawn from {source.name} {split} could be read")
     from deepstep.plots import plot_image_grid
 
     return plot_image_grid(images, labels, Path(out), title=f"{source.name}: {split} ({len(images)} of {len(part)})")
