@@ -147,6 +147,14 @@ def test_an_unknown_dataset_name_suggests_close_names():
             ["unrecognized arguments: airline.csv (the data is given as --data airline.csv); see deepstep baseline"],
         ),
         (["train", "--data", "x", "a.csv"], ["deepstep train: error: unrecognized arguments: a.csv; see deepstep"]),
+        (  # as Lightning's ckpt_path takes it
+            ["train", "--resume", "runs/a", "--epochs", "9"],
+            [
+                "unrecognized arguments: runs/a (--resume takes no value; the run is the folder --out names: "
+                "--out runs/a --resume); see deepstep train --help"
+            ],
+        ),
+        (["evaluate", "RUN", "--json", "x"], ["unrecognized arguments: x (--json takes no value); see deepstep"]),
         (
             ["evaluate", "RUN", "--split", "tset"],
             ["invalid choice: 'tset' (did you mean 'test'?); choose from test, val; see deepstep evaluate --help"],

@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, unknown = command.parse_known_intermixed_args(argv[argv.index(args.command) + 1 :])
         args.command = command.prog.split()[-1]
     if unknown:  # reported by the subcommand, whose options are the ones a typo was meant to be
-        command.error(f"unrecognized arguments: {' '.join(unknown)}{_closest_option(unknown, command, args)}")
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{_closest_option(unknown, command, args, argv)}")
     try:
         if getattr(args, "model_file", None):  # the user's own models, registered before anything looks for them
             from deepstep.models import load_model_file
@@ -119,15 +119,23 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return action.choices
 
 
-def _closest_option(unknown: Sequence[str], command: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+def _closest_option(
+    unknown: Sequence[str], command: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]
+) -> str:
     """' (did you mean '--schedule'?)' for the first unknown --option close to one the command has;
-    for `train data.csv`, where the data goes."""
+    for a value after a flag that takes none (`--resume RUN`), that it takes none; for `train
+    data.csv`, where the data goes."""
     from deepstep.errors import did_you_mean
 
     options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
     for token in unknown:
         if token.startswith("--"):
             return did_you_mean(token.split("=")[0], options)
+    flags = {o: a for a in command._actions for o in a.option_strings if a.nargs == 0}
+    before = argv[argv.index(unknown[0]) - 1] if unknown[0] in argv[1:] else None
+    if before in flags and before not in ("-h", "--help"):
+        where = f"; the run is the folder --out names: --out {unknown[0]} --resume" if before == "--resume" else ""
+        return f" ({before} takes no value{where})"
     if "--data" in options and getattr(args, "data", None) is None and not unknown[0].startswith("-"):
         return f" (the data is given as --data {unknown[0]})"
     return ""
