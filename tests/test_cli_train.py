@@ -90,13 +90,15 @@ def test_resume_after_two_epochs_ends_where_four_straight_epochs_end(image_folde
     assert info["resumes"][0]["from_epoch"] == 2 and "epochs: 2 -> 4" in info["resumes"][0]["changed"]
 
 
-def test_resuming_a_finished_run_says_how_to_train_on(image_folder, capsys):
-    assert _train(image_folder, "--epochs", "1", out="runs/done") == 0
+def test_resuming_a_finished_run_says_how_to_train_on_and_leaves_its_record(image_folder, capsys):
+    assert _train(image_folder, "--epochs", "2", out="runs/done") == 0
     capsys.readouterr()
     weights = _weights("runs/done")
-    assert main(["train", "--out", "runs/done", "--resume", "--quiet"]) == 0
-    assert "note: 1 epoch(s) of --epochs 1 are done; --epochs 2 or more trains on" in capsys.readouterr().out
+    record = {name: Path("runs/done", name).read_text() for name in ("config.yaml", "run.json")}
+    assert main(["train", "--out", "runs/done", "--resume", "--epochs", "1", "--lr", "0.5", "--quiet"]) == 0
+    assert "note: 2 epoch(s) of --epochs 1 are done; --epochs 3 or more trains on" in capsys.readouterr().out
     assert all(torch.equal(weights[k], v) for k, v in _weights("runs/done").items())  # nothing trained
+    assert {name: Path("runs/done", name).read_text() for name in record} == record  # nor said to be
 
 
 def test_resume_with_a_different_batch_size_is_refused_with_the_difference(image_folder, capsys):

@@ -240,18 +240,19 @@ def write_record(
     log: Log,
 ) -> dict[str, Any]:
     """config.yaml and run.json at the start of training: a new record (task, time, versions and
-    what `describe` returns), or the existing one with this resume and its changes noted."""
+    what `describe` returns), or the existing one with this resume and its changes noted; a resume
+    with no epoch left to train leaves the record as it is (it would say --epochs 1 of a run of 3)."""
     if resumed is not None:
         info = run.read_json("run.json")
+        if resumed.epoch >= config.epochs:
+            done = resumed.epoch
+            log(f"note: {done} epoch(s) of --epochs {config.epochs} are done; --epochs {done + 1} or more trains on")
+            return info
         info.setdefault("resumes", []).append({"time": now(), "from_epoch": resumed.epoch, "changed": changes})
         log(
             f"resuming {run.path} after epoch {resumed.epoch}"
             + (f" (changed: {'; '.join(changes)})" if changes else "")
         )
-        if resumed.epoch >= config.epochs:
-            log(
-                f"note: {resumed.epoch} epoch(s) of --epochs {config.epochs} are done; --epochs {resumed.epoch + 1} or more trains on"
-            )
     else:
         info = {"task": task, "created": now(), "versions": versions(), **describe()}
     run.write_config(config.to_dict())
