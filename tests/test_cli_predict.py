@@ -255,6 +255,27 @@ def test_an_unreadable_image_in_a_folder_is_skipped_with_a_warning_unless_strict
     assert capsys.readouterr().err.startswith("deepstep predict: error: none of the 2 image file(s) could be read")
 
 
+def test_the_python_api_takes_pil_images_as_it_takes_their_files_and_names_what_it_cannot_take(
+    trained_run, image_folder
+):
+    import deepstep
+    from deepstep.errors import DeepstepError
+
+    run = deepstep.load_run(trained_run)
+    first, second = sorted((image_folder / "test" / "square").glob("*.png"))[:2]
+    from_files = run.predict([first, second], verbose=False)
+    given = run.predict([Image.open(first), second], verbose=False)
+    assert [r["top_k"] for r in given] == [r["top_k"] for r in from_files]
+    assert given[0]["file"] is None and given[0]["image"] == 0 and given[1]["file"] == str(second)
+    (alone,) = run.predict(Image.open(first).convert("L"), verbose=False)  # grey, converted as a file is
+    assert alone["image"] == 0 and len(alone["top_k"]) == 3
+    pixels = np.asarray(Image.open(first))
+    with pytest.raises(DeepstepError, match=r"input 0 is a numpy.ndarray: make a PIL image of it, Image.fromarray"):
+        run.predict(pixels)
+    with pytest.raises(DeepstepError, match=r"input 1 is None$"):
+        run.predict([first, None])
+
+
 def test_the_python_api_hands_out_the_trained_model_which_gives_what_predict_says(trained_run, image_folder):
     import deepstep
     from deepstep.errors import DeepstepError

@@ -10,6 +10,8 @@ run.evaluate(baselines=True)["model"]["mape"]
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,7 +123,8 @@ class Run:
         strict: bool = False,
         verbose: bool = True,
     ) -> list[dict[str, Any]] | dict[str, Any]:
-        """Top-k classes with softmax probabilities for each image file (or folder of images); the
+        """Top-k classes with softmax probabilities for each image file (or folder of images, or
+        PIL image: its result has "file" None and "image", its place among the inputs); the
         class of each sequence CSV; or, for a forecasting run (no inputs), the steps after its data
         (`data`: where the series is now, if it moved since training). Images only: `precision`, as
         evaluate's; `device`, as train's (auto when None); `strict`: an unreadable image in a folder
@@ -138,7 +141,7 @@ class Run:
             raise DeepstepError(f"data= is for a forecasting run; {self.path} is {task}: leave it out")
         if images is None:
             raise DeepstepError("give the files to predict: run.predict(['a.jpg'])")
-        inputs = [images] if isinstance(images, str | Path) else list(images)
+        inputs = _inputs(images)
         if task == "sequence-classification":
             from deepstep.tasks.sequence_classification import predict_run as classify
 
@@ -186,6 +189,17 @@ def _images_only(task: str, path: Path, **options: Any) -> None:
     given = [name for name, value in options.items() if value is not None]
     if given and task != "image-classification":
         raise DeepstepError(f"{given[0]}= is for image runs; {path} is {task}: leave it out")
+
+
+def _inputs(given: Any) -> list[Any]:
+    """What predict was given, as a list: one path or image, or an iterable of them."""
+    from PIL import Image
+
+    if isinstance(given, str | os.PathLike | Image.Image):
+        return [given]
+    if hasattr(given, "__array__") or not isinstance(given, Iterable):  # an array or tensor: refused whole, by name
+        return [given]
+    return list(given)
 
 
 def _log(verbose: bool):
@@ -338,12 +352,13 @@ class Pretrained:
         strict: bool = False,
         verbose: bool = True,
     ) -> list[dict[str, Any]]:
-        """Top-k ImageNet label names with softmax probabilities for each image (or folder);
+        """Top-k ImageNet label names with softmax probabilities for each image file, folder or
+        PIL image (as `Run.predict`'s);
         `precision`: None or "32" for fp32, "bf16", "16" or "auto", as training's; `device`: as
         train's (auto when None); `strict`: as `Run.predict`'s."""
         from deepstep.tasks.image_classification import predict_pretrained
 
-        paths = [images] if isinstance(images, str | Path) else list(images)
+        paths = _inputs(images)
         return predict_pretrained(
             self.name,
             paths,

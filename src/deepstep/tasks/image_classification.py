@@ -967,14 +967,28 @@ def _classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: 
 
 
 class ImageFile(NamedTuple):
-    path: Path
+    """One image to predict: a file, or a Pillow image given in Python (`image`, the `index`-th input)."""
+
+    path: Path | None
     found: bool  # found in a folder given, not named: left out with a warning if unreadable (unless strict)
+    image: Any = None  # PIL.Image.Image
+    index: int | None = None
+
+    def name(self) -> str:
+        return str(self.path) if self.path is not None else f"image {self.index}"
 
 
-def image_files(inputs: Sequence[str | Path]) -> list[ImageFile]:
-    """Files as given, and the images inside given folders (sorted)."""
+def image_files(inputs: Sequence[Any]) -> list[ImageFile]:
+    """Files as given, the images inside given folders (sorted), and Pillow images as they are."""
+    from PIL import Image
+
     files: list[ImageFile] = []
-    for item in inputs:
+    for index, item in enumerate(inputs):
+        if isinstance(item, Image.Image):
+            files.append(ImageFile(None, False, item, index))
+            continue
+        if not isinstance(item, str | os.PathLike):
+            raise DeepstepError(f"predict takes image files, folders or PIL images; input {index} is {_what(item)}")
         if isinstance(item, str) and item.split("://")[0] in ("http", "https", "ftp", "s3", "gs"):
             raise DeepstepError(f"{item} is a web address: deepstep reads local files; download it first (curl -O URL)")
         path = item if isinstance(item, Path) else Path(item)
@@ -998,6 +1012,19 @@ def image_files(inputs: Sequence[str | Path]) -> list[ImageFile]:
     return files
 
 
+def _what(item: Any) -> str:
+    """What an input that is not an image is, and how to make an image of it where there is a way."""
+    if item is None:
+        return "None"
+    name = f"{type(item).__module__.split('.')[0]}.{type(item).__name__}".removeprefix("builtins.")
+    kind = f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+    if isinstance(item, np.ndarray):
+        return f"{kind}: make a PIL image of it, Image.fromarray(a) for a uint8 height x width x 3 array"
+    if isinstance(item, torch.Tensor):
+        return f"{kind}: make a PIL image of it, torchvision.transforms.functional.to_pil_image(t)"
+    return kind
+
+
 def read_for_model(path: Path, prep: Preprocessing) -> np.ndarray:
     from deepstep.data.decode import DECODE_ERRORS, describe_error, read_image
 
@@ -1007,6 +1034,16 @@ def read_for_model(path: Path, prep: Preprocessing) -> np.ndarray:
         why = describe_error(err)
         what = "; give a JPEG, PNG, BMP, GIF, WebP or TIFF image" if why == "not an image Pillow can read" else ""
         raise DeepstepError(f"{path}: {why}{what}") from None
+
+
+def prepare_given(file: ImageFile, prep: Preprocessing) -> np.ndarray:
+    """A Pillow image given in Python, made a model input as a file would be."""
+    from deepstep.data.decode import DECODE_ERRORS, describe_error, prepare_image
+
+    try:
+        return prepare_image(file.image, prep.size, prep.channels, prep.resize)
+    except DECODE_ERRORS as err:  # a lazily opened image whose file is broken
+        raise DeepstepError(f"{file.name()}: {describe_error(err)}") from None
 
 
 class ImageReader:
@@ -1055,7 +1092,10 @@ class ImageReader:
         images: list[tuple[ImageFile, np.ndarray | str]] = []
         for file in files:
             try:
-                images.append((file, read_for_model(file.path, self.prep)))
+                if file.image is not None:
+                    images.append((file, prepare_given(file, self.prep)))
+                else:
+                    images.append((file, read_for_model(file.path, self.prep)))
             except DeepstepError as err:
                 if self.strict or not file.found:
                     raise
@@ -1187,7 +1227,8 @@ def classify_files(
                 batch = read[start : start + batch_size]
                 for file, p, idx in zip(batch, values.tolist(), indices.tolist(), strict=True):
                     ranked = [{"label": classes[i], "probability": q} for i, q in zip(idx, p, strict=True)]
-                    results.append({"file": str(file.path), "label": ranked[0]["label"], "top_k": ranked})
+                    where = {"file": str(file.path)} if file.path is not None else {"file": None, "image": file.index}
+                    results.append({**where, "label": ranked[0]["label"], "top_k": ranked})
     if reader.skipped:
         if not results:
             raise DeepstepError(f"none of the {len(files)} image file(s) could be read (first: {reader.skipped[0]})")
@@ -1198,7 +1239,10 @@ def classify_files(
     if plot is not None:
         from deepstep.plots import plot_predictions
 
-        plot_predictions([(image, r["file"], r["top_k"]) for image, r in zip(shown, results, strict=False)], Path(plot))
+        names = [r["file"] or f"image {r['image']}" for r in results]
+        plot_predictions(
+            [(image, name, r["top_k"]) for image, name, r in zip(shown, names, results, strict=False)], Path(plot)
+        )
     return results
 
 
