@@ -329,6 +329,28 @@ def test_predict_takes_a_folder_of_sequence_csvs_and_leaves_the_labels_file_out(
     assert "header_only.csv holds no rows of numbers: a sequence is one row per time step" in capsys.readouterr().err
     assert main(["predict", "runs/s", "nowhere"]) == 2
     assert "nowhere does not exist; give sequence CSV files" in capsys.readouterr().err
+    (sequence_folder / "inf_1.csv").write_text("1,2\n1,inf\n")
+    assert main(["predict", "runs/s", str(sequence_folder / "inf_1.csv")]) == 2
+    assert "inf_1.csv: row 2 holds inf or nan" in capsys.readouterr().err
+
+
+def test_the_python_api_predicts_arrays_as_it_predicts_their_csv_files(sequence_folder):
+    import torch
+
+    from deepstep.data.sequences import read_numbers
+
+    train = ["train", "--data", str(sequence_folder), "--hidden", "4", "--epochs", "1", "--quiet", "--out", "runs/s"]
+    assert main(train) == 0
+    run = deepstep.load_run("runs/s")
+    csv = sequence_folder / "dataset" / "seq_3.csv"
+    values = read_numbers(csv)
+    from_file, from_array, from_tensor = run.predict([csv, values, torch.from_numpy(values.copy())])
+    assert from_array == {**from_file, "file": None, "sequence": 1} and from_tensor["sequence"] == 2
+    assert from_tensor["probabilities"] == from_file["probabilities"]
+    with pytest.raises(DeepstepError, match=r"^sequence 0: the model takes sequences of 2 columns, got shape"):
+        run.predict(values[:, :1])
+    with pytest.raises(DeepstepError, match=r"folders of them or arrays \(steps x features\); input 1 is None$"):
+        run.predict([csv, None])
 
 
 def test_an_image_model_for_a_series_is_a_one_line_error_that_names_the_sequence_models(seasonal_csv, capsys):

@@ -6,6 +6,7 @@ classes, a softmax over the classes otherwise.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -228,21 +229,41 @@ def sequence_files(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def predict_run(
-    run_path: str | Path, inputs: Sequence[str | Path], *, checkpoint: str = "best"
-) -> list[dict[str, Any]]:
-    """The class and class probabilities of each sequence CSV (rows = time steps, columns = features)."""
+def sequence_inputs(inputs: Sequence[Any], features: int) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """Each sequence to predict with where it came from ({"file": ...}, or {"file": None,
+    "sequence": its place among the inputs} for an array given in Python), as (steps, features)."""
     from deepstep.data.sequences import read_numbers
 
+    given: list[tuple[dict[str, Any], np.ndarray]] = []
+    for index, item in enumerate(inputs):
+        if isinstance(item, str | os.PathLike):
+            given += [({"file": str(f)}, read_numbers(f)) for f in sequence_files([item])]
+        elif hasattr(item, "__array__"):  # a numpy array or a tensor
+            values = np.asarray(item, dtype=np.float32)
+            given.append(({"file": None, "sequence": index}, values[:, None] if values.ndim == 1 else values))
+        else:
+            raise DeepstepError(
+                "predict takes sequence CSV files, folders of them or arrays (steps x features); "
+                f"input {index} is {'None' if item is None else type(item).__name__}"
+            )
+    for where, s in given:
+        name = where["file"] or f"sequence {where['sequence']}"
+        if len(s) == 0:
+            raise DeepstepError(f"{name} holds no rows of numbers: a sequence is one row per time step")
+        if s.ndim != 2 or s.shape[1] != features:
+            raise DeepstepError(f"{name}: the model takes sequences of {features} columns, got shape {s.shape}")
+        if not np.isfinite(s).all():
+            raise DeepstepError(f"{name}: row {np.argwhere(~np.isfinite(s))[0][0] + 1} holds inf or nan")
+    return given
+
+
+def predict_run(run_path: str | Path, inputs: Sequence[Any], *, checkpoint: str = "best") -> list[dict[str, Any]]:
+    """The class and class probabilities of each sequence CSV (rows = time steps, columns =
+    features), or array of that shape."""
     run = RunDir.open(run_path)
     model, record = load_model(run, checkpoint)
-    files = sequence_files(inputs)
-    sequences = [read_numbers(f) for f in files]
-    for f, s in zip(files, sequences, strict=True):
-        if len(s) == 0:
-            raise DeepstepError(f"{f} holds no rows of numbers: a sequence is one row per time step")
-        if s.ndim != 2 or s.shape[1] != record["features"]:
-            raise DeepstepError(f"{f}: the model takes sequences of {record['features']} columns, got shape {s.shape}")
+    given = sequence_inputs(inputs, record["features"])
+    sequences = [s for _, s in given]
     norm = record["normalization"]
     scaled = [((s - np.asarray(norm["mean"])) / np.asarray(norm["std"])).astype(np.float32) for s in sequences]
     x, lengths = pad(scaled)
@@ -251,11 +272,11 @@ def predict_run(
     classes = record["classes"]
     return [
         {
-            "file": str(f),
+            **where,
             "label": classes[int(p.argmax())],
             "probabilities": {c: float(q) for c, q in zip(classes, p, strict=True)},
         }
-        for f, p in zip(files, probs, strict=True)
+        for (where, _), p in zip(given, probs, strict=True)
     ]
 
 
