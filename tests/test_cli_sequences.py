@@ -51,6 +51,8 @@ def test_a_csv_is_forecast_with_an_lstm_by_default_and_beats_the_naive_forecast(
         row = next(csv.DictReader(f))
     assert {"train_loss", "val_loss", "seconds", "windows_per_s"} <= set(row) and "images_per_s" not in row
     capsys.readouterr()
+    assert main(["evaluate", "runs/f", "--order", "1,1,1"]) == 2  # before the test part is measured
+    assert "--order set the SARIMA baseline's orders, but no baselines are asked for" in capsys.readouterr().err
     assert main(["evaluate", "runs/f", "--baselines", "--json"]) == 0
     result = _json(capsys)
     assert set(result["model"]) == {"mae", "rmse", "mape", "smape", "mase"}
@@ -157,6 +159,11 @@ def test_baselines_that_cannot_forecast_the_span_say_which_option_to_change(seas
     )
     assert main([*args[:-2], "--baselines", ","]) == 2
     assert "--baselines names none; choose from naive, seasonal_naive, sarima" in capsys.readouterr().err
+    assert main([*args, "--order", "1,1,1"]) == 2  # not ignored: the orders were meant for a SARIMA
+    assert capsys.readouterr().err == (
+        "deepstep baseline: error: --order set the SARIMA baseline's orders, but --baselines naive,seasonal_naive "
+        "leaves sarima out: add it, --baselines naive,seasonal_naive,sarima\n"
+    )
 
 
 def test_a_metric_that_is_not_defined_reads_n_a_with_the_reason_and_null_in_json(tmp_path, capsys):

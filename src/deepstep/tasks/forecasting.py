@@ -252,6 +252,7 @@ def evaluate_run(
     run = RunDir.open(run_path)
     if split not in ("test", "val"):
         raise DeepstepError(f"--split {split!r}: evaluate measures 'test' or 'val'")
+    names = baseline_names(baselines, order, seasonal_order) if baselines or order or seasonal_order else ()
     history = test_evaluations(run, split, force, lambda e: f"MAE {e['model']['mae']:.4g}")
     config = run_config(run, data)
     info = run.read_json("run.json")
@@ -274,7 +275,7 @@ def evaluate_run(
             starts,
             H,
             data.season,
-            names=baseline_names(baselines),
+            names=names,
             order=order,
             seasonal_order=seasonal_order,
             progress=progress,
@@ -328,8 +329,17 @@ def evaluate_run(
     return result
 
 
-def baseline_names(chosen: bool | Sequence[str]) -> tuple[str, ...]:
-    """True -> every baseline; else the names given, checked."""
+def baseline_names(chosen: bool | Sequence[str], order=None, seasonal_order=None) -> tuple[str, ...]:
+    """True -> every baseline; else the names given, checked; orders given for a SARIMA that is
+    not among them are refused rather than ignored."""
+    orders = [name for name, value in (("--order", order), ("--seasonal-order", seasonal_order)) if value]
+    if orders and (not chosen or (chosen is not True and "sarima" not in chosen)):
+        which = (
+            "no baselines are asked for: add --baselines"
+            if not chosen
+            else f"--baselines {','.join(chosen)} leaves sarima out: add it, --baselines {','.join(chosen)},sarima"
+        )
+        raise DeepstepError(f"{', '.join(orders)} set the SARIMA baseline's orders, but {which}")
     if chosen is True:
         return BASELINES
     unknown = [n for n in chosen if n not in BASELINES]
@@ -380,6 +390,7 @@ def baseline_report(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The baselines alone, on the spans and origins a run with `config` would be measured on."""
+    names = baseline_names(baselines, order, seasonal_order)
     data = prepare(config)
     L, H, spans = config.lookback, config.horizon, data.spans
     starts, fit_end = span_origins(spans, split, L, H, backtest)
@@ -391,7 +402,7 @@ def baseline_report(
         starts,
         H,
         data.season,
-        names=baseline_names(baselines),
+        names=names,
         order=order,
         seasonal_order=seasonal_order,
         progress=progress,
