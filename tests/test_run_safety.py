@@ -88,6 +88,24 @@ def test_an_out_that_cannot_be_a_folder_and_a_full_disk_elsewhere_are_one_line_e
     assert Path("runs/plots/checkpoints/best.json").exists()  # the finished epoch's checkpoint is kept
 
 
+def test_a_folder_of_other_files_is_not_made_a_run_folder(image_folder, capsys):
+    photos = Path("photos")
+    photos.mkdir()
+    for name in ("grid.png", "holiday.jpg", "notes.txt", "z.csv"):  # grid.png: a name a run writes
+        (photos / name).write_text(name)
+    assert train_lenet(image_folder, "--epochs", "1", out="photos") == 2
+    assert capsys.readouterr().err == (
+        "deepstep train: error: --out photos holds other files (grid.png, holiday.jpg, notes.txt, ...): "
+        "a run gets a folder of its own; choose a new or empty --out\n"
+    )
+    assert {p.name: p.read_text() for p in photos.iterdir()} == {
+        n: n for n in ("grid.png", "holiday.jpg", "notes.txt", "z.csv")
+    }
+    Path("empty").mkdir()
+    Path("empty/.DS_Store").write_text("")  # hidden files do not count
+    assert train_lenet(image_folder, "--epochs", "1", out="empty") == 0
+
+
 class _Exploit:
     def __reduce__(self):
         return (Path("pwned").write_text, ("the pickle ran",))

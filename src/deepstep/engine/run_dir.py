@@ -62,6 +62,14 @@ class RunDir:
             raise DeepstepError(f"--out {run.path} is a file, not a folder: choose another --out")
         if run.has_checkpoint():
             raise DeepstepError(f"{run.path} already holds a run: use --resume to continue it, or choose another --out")
+        if run.path.is_dir() and not (run.exists() or run.file("config.yaml").is_file()):
+            others = sorted(p.name for p in run.path.iterdir() if not p.name.startswith("."))
+            if others:  # deepstep writes grid.png, curves.png, ... there: another's files are not its to replace
+                shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+                raise DeepstepError(
+                    f"--out {run.path} holds other files ({shown}): a run gets a folder of its own; "
+                    "choose a new or empty --out"
+                )
         try:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
