@@ -136,7 +136,7 @@ def test_a_model_file_that_cannot_give_a_model_is_one_line_naming_it(image_folde
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda t: t.replace("torch.flatten(x, 1)", "torch.flaten(x, 1)"), "model 'tutorial-net' fails on a 3x32x32 input: {file}, line 22: AttributeError: module 'torch' has no attribute 'flaten'"),
+        (lambda t: t.replace("torch.flatten(x, 1)", "torch.flaten(x, 1)"), "tutorial-net fails on a 3x32x32 input in its forward, after layer pool: AttributeError: module 'torch' has no attribute 'flaten' ({file}, line 22)"),
         (lambda t: t.replace("Net(num_classes)", "Net(7)"), "model 'tutorial-net' gives outputs of shape [2, 7] for a batch of 2, not [2, 3] for the data's 3 classes: size its last layer by num_classes"),
         (lambda t: t.replace("16 * 5 * 5", "16 * 4 * 4"), "tutorial-net cannot take input 3x32x32: layer fc1 (Linear) expects 256 input features but gets 400 (the flattened 16x5x5 from pool); input 3x31x31 makes them match. Its declared input is 3x32x32 (--image-size)"),
         (lambda t: t.replace("super().__init__()", "super().__init__()\n        raise ValueError('no')"), "model 'tutorial-net' cannot be built with {{'num_classes': 3}}: no"),
@@ -149,6 +149,16 @@ def test_a_model_that_does_not_fit_the_data_is_one_line_naming_where(image_folde
     assert _train(image_folder, net) == 2
     assert capsys.readouterr().err == f"deepstep train: error: {message.format(file=net)}\n"
     assert not Path("runs/own").exists()
+
+
+def test_summary_of_a_model_whose_forward_fails_says_where_in_the_users_file(tmp_path, capsys):
+    net = tmp_path / "mynet.py"
+    net.write_text(TUTORIAL_NET.replace("torch.flatten(x, 1)", "flatten(x)"))
+    assert main(["summary", "tutorial-net", "--model-file", str(net)]) == 2  # was a NameError traceback
+    assert capsys.readouterr().err == (
+        "deepstep summary: error: tutorial-net fails on a 3x32x32 input in its forward, after layer pool: "
+        f"NameError: name 'flatten' is not defined ({net}, line 22)\n"
+    )
 
 
 def test_registering_a_name_again_replaces_the_users_model_as_a_notebook_cell_run_twice_would():

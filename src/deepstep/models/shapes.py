@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +25,8 @@ class LayerShape:
 
 
 class InputMismatch(Exception):
-    """Raised by trace_shapes: the layer where the input stopped fitting, and why."""
+    """Raised by trace_shapes: the layer where the input stopped fitting, and why; for an error
+    in the forward's code between layers, `module` is None and `layer` says what it came after."""
 
     def __init__(
         self,
@@ -39,6 +42,7 @@ class InputMismatch(Exception):
         self.input_shape = input_shape
         self.reason = reason
         self.done = done
+        self.about_shapes = True  # what torch raises for a shape it cannot take, rather than a bug
 
 
 def trace_shapes(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) -> list[LayerShape]:
@@ -76,20 +80,29 @@ def trace_shapes(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) 
     try:
         with torch.no_grad():
             model(torch.zeros((batch, *input_size), device=device))
-    except (RuntimeError, ValueError, IndexError) as err:
-        reason = str(err).splitlines()[0]
+    except Exception as err:  # a model of the user's may raise anything
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         if current:
             name, module, shape = current[-1]
             raise InputMismatch(name, module, shape, reason, done) from None
-        after_name = done[-1].name if done else "the input"
-        raise InputMismatch(
-            f"(between layers, after {after_name})", None, done[-1].output_shape if done else None, reason, done
-        ) from None
+        after = f"layer {done[-1].name}" if done else "the input"  # between layers: in the forward's own code
+        reason = f"{type(err).__name__}: {reason} ({_raised_at(err)})"
+        mismatch = InputMismatch(after, None, done[-1].output_shape if done else None, reason, done)
+        mismatch.about_shapes = isinstance(err, RuntimeError | ValueError | IndexError)  # not a NameError
+        raise mismatch from None
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
     return done
+
+
+def _raised_at(err: BaseException) -> str:
+    """Where the model's own code raised `err` (or called the torch function that did): the last
+    frame of its traceback outside torch."""
+    torch_dir = os.path.dirname(torch.__file__) + os.sep
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(torch_dir)]
+    return f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else "inside torch"
 
 
 def format_size(size: tuple[int, ...]) -> str:
@@ -122,10 +135,8 @@ def check_input(
     try:
         return trace_shapes(model, input_size)
     except InputMismatch as err:
-        raise DeepstepError(
-            f"{describe_mismatch(model, model_name, input_size, err, declared)}. "
-            f"Its declared input is {format_size(declared)} (--image-size)"
-        ) from None
+        hint = f". Its declared input is {format_size(declared)} (--image-size)" if err.about_shapes else ""
+        raise DeepstepError(f"{describe_mismatch(model, model_name, input_size, err, declared)}{hint}") from None
 
 
 # ---- the layer-by-layer summary ----------------------------------------------------------------
@@ -282,8 +293,12 @@ def describe_mismatch(
 ) -> str:
     """Which layer stops fitting, what it expects and gets, and the input that would make them match."""
     module, got = err.module, err.input_shape
+    if module is None:
+        return (
+            f"{model_name} fails on a {format_size(input_size)} input in its forward, after {err.layer}: {err.reason}"
+        )
     where = f"{model_name} cannot take input {format_size(input_size)}: layer {err.layer}"
-    if module is None or got is None:
+    if got is None:
         return f"{where}: {err.reason}"
     kind = type(module).__name__
     if isinstance(module, nn.Linear) and got[-1] != module.in_features:
