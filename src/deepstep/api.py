@@ -354,9 +354,8 @@ class Pretrained:
         verbose: bool = True,
     ) -> list[dict[str, Any]]:
         """Top-k ImageNet label names with softmax probabilities for each image file, folder or
-        PIL image (as `Run.predict`'s);
-        `precision`: None or "32" for fp32, "bf16", "16" or "auto", as training's; `device`: as
-        train's (auto when None); `strict`: as `Run.predict`'s."""
+        PIL image (as `Run.predict`'s); `precision`: None or "32" for fp32, "bf16", "16" or
+        "auto", as training's; `device`: as train's (auto when None); `strict`: as `Run.predict`'s."""
         from deepstep.tasks.image_classification import predict_pretrained
 
         paths = _inputs(images)
