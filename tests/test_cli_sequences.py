@@ -310,6 +310,8 @@ def test_options_a_task_has_no_use_for_are_refused_not_ignored(seasonal_csv, seq
     assert "--plot does not apply to runs/s" in capsys.readouterr().err
     assert main(["predict", "runs/s", seq, "--precision", "bf16", "--device", "cpu"]) == 2
     assert "--precision, --device do not apply to runs/s (sequence-classification)" in capsys.readouterr().err
+    assert main(["predict", "runs/s", seq, "--top-k", "1"]) == 2  # every class's probability is given
+    assert "--top-k does not apply to runs/s (sequence-classification)" in capsys.readouterr().err
     with pytest.raises(DeepstepError, match=r"^device= is for image runs; runs/s is sequence-classification"):
         deepstep.load_run("runs/s").predict(seq, device="cpu")
     with pytest.raises(DeepstepError, match=r"^strict= is for image runs"):

@@ -44,9 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="use --model's ImageNet weights and their pre-processing (`deepstep models --pretrained`)",
     )
-    parser.add_argument(
-        "--top-k", type=int, default=5, metavar="K", help="how many classes to list per image (default 5)"
-    )
+    parser.add_argument("--top-k", type=int, metavar="K", help="images: how many classes to list per image (default 5)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
     add_model_file(parser, "a run of your own model")
     add_tta_options(parser)
@@ -89,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
         from deepstep.tasks import run_task
 
         task = run_task(args.inputs[0])
+        images_only = ("top_k", "tta", "tta_translate", "precision", "device", "strict")
         unused = {
             "image-classification": ("out", "data"),
-            "forecasting": ("tta", "tta_translate", "precision", "device", "strict"),
-            "sequence-classification": ("tta", "tta_translate", "precision", "device", "strict", "plot", "out", "data"),
+            "forecasting": images_only,
+            "sequence-classification": (*images_only, "plot", "out", "data"),
         }
         refuse_options(args, unused[task], args.inputs[0], task)
         if task == "forecasting":
@@ -104,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
         args.plot = str(picture_path(args.plot))
     options = {
-        "top_k": args.top_k,
+        "top_k": 5 if args.top_k is None else args.top_k,
         "plot": args.plot,
         "tta": tta_from_flags(args),
         "precision": args.precision,
