@@ -84,6 +84,17 @@ def test_a_semicolon_csv_with_decimal_commas_reads_as_numbers_and_says_so(tmp_pa
     assert series.values[:, 0].tolist() == [1, 2] and series.report["read_as"] == "Windows-1252 text (not UTF-8)"
 
 
+def test_thousands_grouped_as_spreadsheets_export_them_read_as_numbers_and_say_so(tmp_path):
+    (tmp_path / "us.csv").write_text('Month,Sales\n2000-01,"1,234"\n2000-02,"12,345.5"\n2000-03,999\n')
+    series = load_series(str(tmp_path / "us.csv"), target="Sales")
+    assert series.values[:, 0].tolist() == [1234.0, 12345.5, 999.0]
+    assert series.report["read_as"] == "thousands grouped by commas"
+    (tmp_path / "eu.csv").write_text("Monat;Umsatz\n2000-01;1.234,5\n2000-02;12,5\n2000-03;1.000.000\n")
+    series = load_series(str(tmp_path / "eu.csv"), target="Umsatz")
+    assert series.values[:, 0].tolist() == [1234.5, 12.5, 1_000_000.0]
+    assert series.report["read_as"] == "';'-separated, with decimal commas, thousands grouped by points"
+
+
 def test_day_first_dates_are_read_with_one_format_for_every_row_not_guessed_row_by_row(tmp_path):
     import datetime as dt
 

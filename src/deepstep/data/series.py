@@ -86,11 +86,12 @@ def is_series_spec(spec: str) -> bool:
 # ---- reading and cleaning ----------------------------------------------------------------------
 
 
-def csv_dialect(path: Path) -> tuple[str, str, bool]:
-    """(separator, decimal mark, one column?) of a CSV, from its first lines: a .tsv is
-    tab-separated; a header split by ';' (or tabs) and no commas is read with that separator, and
-    then with decimal commas if its numbers have them ("12,5"), as spreadsheets in much of Europe
-    write them."""
+def csv_dialect(path: Path) -> tuple[str, str, str | None, bool]:
+    """(separator, decimal mark, thousands separator, one column?) of a CSV, from its first lines:
+    a .tsv is tab-separated; a header split by ';' (or tabs) and no commas is read with that
+    separator, and then with decimal commas if its numbers have them ("12,5"), as spreadsheets in
+    much of Europe write them. Thousands are grouped by commas in quoted numbers of a comma-separated
+    file ("1,234.5", as a spreadsheet exports a formatted cell), by points beside decimal commas."""
     try:
         with path.open(encoding="utf-8", errors="replace") as f:
             lines = list(itertools.islice(f, 20))
@@ -102,7 +103,11 @@ def csv_dialect(path: Path) -> tuple[str, str, bool]:
     else:
         sep = next((s for s in (";", "\t") if s in header and "," not in header), ",")
     decimal = "," if sep != "," and any(re.search(r"\d,\d", line) for line in lines[1:]) else "."
-    return sep, decimal, sep not in header
+    grouped = r'"-?\d{1,3}(,\d{3})+(\.\d+)?"' if decimal == "." else r"(?<![\d.])\d{1,3}(\.\d{3})+(,\d+)?(?![\d.])"
+    thousands = ("," if decimal == "." else ".") if any(re.search(grouped, line) for line in lines[1:]) else None
+    if thousands == "," and sep != ",":
+        thousands = None  # "1,234" beside semicolons is a decimal comma
+    return sep, decimal, thousands, sep not in header
 
 
 def _read_table(spec: str):
@@ -117,7 +122,7 @@ def _read_table(spec: str):
         raise DeepstepError(
             f"{spec} does not exist; give a CSV file or a built-in series ({', '.join(BUILTIN_SERIES)})"
         )
-    sep, decimal, one_column = csv_dialect(path)
+    sep, decimal, thousands, one_column = csv_dialect(path)
     try:
         path.read_bytes().decode("utf-8")
         encoding = "utf-8"
@@ -134,6 +139,7 @@ def _read_table(spec: str):
                 path,
                 sep=sep,
                 decimal=decimal,
+                thousands=thousands,
                 encoding=encoding,
                 skipinitialspace=True,
                 index_col=False,
@@ -154,6 +160,8 @@ def _read_table(spec: str):
         read_as.append(f"{'tab' if sep == chr(9) else repr(sep)}-separated")
     if decimal == ",":
         read_as.append("with decimal commas")
+    if thousands:
+        read_as.append(f"thousands grouped by {'commas' if thousands == ',' else 'points'}")
     if encoding != "utf-8":
         read_as.append("Windows-1252 text (not UTF-8)")
     return frame, path.stem, ", ".join(read_as) or None
