@@ -184,3 +184,18 @@ def test_cudnn_lstm_dropout_which_no_seed_or_checkpoint_holds_gets_a_note_on_cud
     # dropout applies between stacked layers only: one layer, or none, leaves nothing unseeded
     assert unrepeatable_note(nn.LSTM(1, 4, num_layers=1, dropout=0.3), torch.device("cuda")) is None
     assert unrepeatable_note(nn.LSTM(1, 4, num_layers=2), torch.device("cuda")) is None
+
+
+def test_a_resumed_optimizer_keeps_its_state_in_the_layout_of_its_parameters():
+    # a checkpoint stores tensors contiguous; a channels_last weight's momentum is put back as the weight is
+    from deepstep.engine.fit import _laid_out_as_parameters
+
+    conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(conv.parameters(), lr=0.1, momentum=0.9)
+    momentum = torch.randn(conv.weight.shape)
+    optimizer.state[conv.weight]["momentum_buffer"] = momentum.clone()
+    optimizer.state[conv.bias]["momentum_buffer"] = torch.ones(8)
+    _laid_out_as_parameters(optimizer)
+    kept = optimizer.state[conv.weight]["momentum_buffer"]
+    assert kept.stride() == conv.weight.stride() != momentum.stride() and torch.equal(kept, momentum)
+    assert torch.equal(optimizer.state[conv.bias]["momentum_buffer"], torch.ones(8))

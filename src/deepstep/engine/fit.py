@@ -128,6 +128,17 @@ def restore_rng(rng: dict[str, Any], batches: Iterable) -> None:
         batches.load_state_dict(rng["batches"])
 
 
+def _laid_out_as_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Each optimizer state tensor of its parameter's shape in the parameter's memory layout: a
+    checkpoint stores them contiguous, and an SGD step that mixes channels_last conv weights with
+    contiguous momentum took resnet-cifar's 0.96 ms against 0.44 ms (1.17 against 0.65 ms with
+    weight decay; 2 cores, 30 November 2026), for the rest of a resumed run."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def resume(training: Training, run: RunDir) -> FitState:
     """Load the last checkpoint's weights and training state; return where to continue."""
     load_weights(run.checkpoints, "last", training.model)
@@ -140,6 +151,7 @@ def resume(training: Training, run: RunDir) -> FitState:
             "or start a new run"
         )
     training.optimizer.load_state_dict(state["optimizer"])
+    _laid_out_as_parameters(training.optimizer)
     training.scheduler.load_state_dict(state["scheduler"])
     if state["scaler"]:
         training.scaler.load_state_dict(state["scaler"])
