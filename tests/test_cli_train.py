@@ -277,6 +277,8 @@ def test_find_lr_plots_the_range_test_and_writes_no_run(image_folder, seasonal_c
     assert Image.open("runs/lenet-shapes-lr-find.png").size == (800, 450)
     assert main([*args, "--find-lr", "5"]) == 2
     assert capsys.readouterr().err == "deepstep train: error: --find-lr takes at least 10 steps (default 100), got 5\n"
+    assert main([*args[:-3], "--batch-size", "256", "--find-lr", "10", "--quiet"]) == 0  # 54 train images
+    assert "lr range test: 10 steps of batch 54 (all the train part), lr 1e-07" in capsys.readouterr().out
     forecast = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--lookback", "12", "--horizon", "6"]
     assert main([*forecast, "--test-size", "12", "--find-lr", "--out", "runs/sales", "--quiet"]) == 0
     assert re.search(r"^lr range test: \d+ steps of batch 32, lr 1e-07 to \S+; stopped ", capsys.readouterr().out, re.M)

@@ -15,7 +15,7 @@ from torch import nn
 
 from deepstep.engine.checkpoint import load_state, load_weights, save_checkpoint
 from deepstep.engine.distributed import SINGLE, Ranks
-from deepstep.engine.loop import Meter, Progress, Step, evaluate, forward_backward, train_one_epoch
+from deepstep.engine.loop import Meter, Progress, Step, batch_size_of, evaluate, forward_backward, train_one_epoch
 from deepstep.engine.optim import Lookahead
 from deepstep.engine.precision import Precision
 from deepstep.engine.run_dir import RunDir
@@ -297,6 +297,7 @@ class LrFinding:
     noise: float = 0.0  # the curve's batch-to-batch noise, measured over the first steps (see LR_FIND_MIN_SIGNAL)
     fall: float = 0.0  # how far the curve fell below the loss of those first steps
     withheld: str = ""  # why there is no suggestion: "flat" (LR_FIND_MIN_FALL) or "noise" (LR_FIND_MIN_SIGNAL)
+    batch: int = 0  # the largest batch stepped on: the whole train part when it is smaller than --batch-size
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -335,7 +336,7 @@ def find_lr(
     for hook in training.before_epoch:
         hook(1)
     model.train()
-    lrs, raw, running, best, stopped = [], [], 0.0, math.inf, f"after {steps} steps"
+    lrs, raw, running, best, stopped, largest = [], [], 0.0, math.inf, f"after {steps} steps", 0
     bar = Progress(steps, "lr range test", progress)
     batches = iter(())
     for i in range(steps):
@@ -347,6 +348,7 @@ def find_lr(
         except StopIteration:  # the train part is shorter than the test: start it again
             batches = iter(training.train_batches)
             batch = next(batches)
+        largest = max(largest, batch_size_of(batch))
         meter = Meter()
         optimizer.zero_grad(set_to_none=True)
         forward_backward(
@@ -379,7 +381,7 @@ def find_lr(
     fall = float(first.mean() - min(curve)) if curve else 0.0
     if suggestion is not None and fall < LR_FIND_MIN_SIGNAL * noise:
         suggestion, withheld = None, "noise"
-    return LrFinding(lrs, curve, suggestion, stopped, noise, fall, withheld)
+    return LrFinding(lrs, curve, suggestion, stopped, noise, fall, withheld, largest)
 
 
 def _centred_mean(values: Sequence[float], half: int) -> list[float]:

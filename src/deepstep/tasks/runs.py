@@ -73,8 +73,9 @@ def find_lr_report(config: TrainConfig, training: Training, source_name: str, lo
     except OSError as err:
         raise cannot_write(png, err, "--out" if config.out else "") from None
     finding = find_lr(training, base_lr=config.lr, steps=config.find_lr, progress=progress)
+    batch = config.batch_size if finding.batch in (0, config.batch_size) else f"{finding.batch} (all the train part)"
     tried = (
-        f"{len(finding.lrs)} steps of batch {config.batch_size}, lr {finding.lrs[0]:.0e} to {finding.lrs[-1]:.3g}"
+        f"{len(finding.lrs)} steps of batch {batch}, lr {finding.lrs[0]:.0e} to {finding.lrs[-1]:.3g}"
         if finding.lrs
         else "no step"
     )
@@ -111,7 +112,7 @@ def find_lr_report(config: TrainConfig, training: Training, source_name: str, lo
         finding.losses,
         finding.suggestion,
         png,
-        title=f"{config.model} on {source_name}: {config.optimizer}, batch {config.batch_size}",
+        title=f"{config.model} on {source_name}: {config.optimizer}, batch {batch}",
     )
     log(f"plot: {png}; numbers: {record}")
     return png
