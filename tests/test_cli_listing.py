@@ -36,10 +36,14 @@ def test_every_command_has_help_and_train_groups_its_options(capsys):
     from deepstep.cli import COMMANDS
 
     for command in COMMANDS:
-        with pytest.raises(SystemExit) as done:
-            main([command, "--help"])
-        text = capsys.readouterr().out
-        assert done.value.code == 0 and f"usage: deepstep {command}" in text and "\nexamples:\n" in text
+        for asked in ([command, "--help"], ["help", command]):  # `deepstep help train`, as git takes it
+            with pytest.raises(SystemExit) as done:
+                main(asked)
+            text = capsys.readouterr().out
+            assert done.value.code == 0 and f"usage: deepstep {command}" in text and "\nexamples:\n" in text
+    with pytest.raises(SystemExit) as done:
+        main(["help"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("usage: deepstep [-h] [--version] COMMAND")
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out

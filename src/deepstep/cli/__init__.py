@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["help"]:  # `deepstep help [COMMAND]`, as git and pip take it
+        argv = [*argv[1:2], "--help"]
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         command = _subcommands(parser)[args.command]
