@@ -42,6 +42,20 @@ def test_a_streamed_corrupt_image_with_strict_is_a_one_line_error(image_folder, 
     assert str(bad) in err and err.count("\n") == 1
 
 
+def test_more_workers_than_cores_is_one_note_not_dataloaders_warnings(image_folder, capsys, recwarn):
+    import os
+
+    from deepstep.hardware import available_cores
+
+    workers = max(len(os.sched_getaffinity(0)), available_cores()) + 1  # DataLoader counts the former
+    args = ["--workers", str(workers), "--epochs", "1", "--in-memory", "no", "--val-split", "0"]
+    assert train_lenet(image_folder, *args, out="runs/w") == 0
+    assert f"note: --workers {workers} on {available_cores()} cores: the workers take turns on them" in (
+        capsys.readouterr().out
+    )
+    assert not [w for w in recwarn if "DataLoader will create" in str(w.message)]
+
+
 def test_resize_then_center_crop_is_the_same_in_training_and_in_predict(tmp_path, capsys):
     root = tmp_path / "wide"
     rng = np.random.default_rng(0)

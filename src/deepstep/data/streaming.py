@@ -5,6 +5,8 @@ DataLoader with worker processes."""
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +80,15 @@ def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, lis
     return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
 
 
+@contextlib.contextmanager
+def _no_worker_count_warning() -> Iterator[None]:
+    """Without DataLoader's warning, two lines each time a loader is made or iterated, that there
+    are more workers than cores: the training log says so once, in one line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        yield
+
+
 class FileBatches:
     """Mini-batches streamed from image files: same interface as ImageBatches."""
 
@@ -102,18 +113,19 @@ class FileBatches:
         self.strict = strict
         self.channels_last = channels_last
         self.skipped: list[str] = []
-        self.loader = torch.utils.data.DataLoader(
-            ImageFiles(split, transform, channels),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=self.generator,
-            num_workers=workers,
-            collate_fn=_collate,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=workers > 0,
-            drop_last=shuffle and len(split) % batch_size == 1,
-            multiprocessing_context="spawn" if workers > 0 else None,
-        )
+        with _no_worker_count_warning():
+            self.loader = torch.utils.data.DataLoader(
+                ImageFiles(split, transform, channels),
+                batch_size=batch_size,
+                shuffle=shuffle,
+                generator=self.generator,
+                num_workers=workers,
+                collate_fn=_collate,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=workers > 0,
+                drop_last=shuffle and len(split) % batch_size == 1,
+                multiprocessing_context="spawn" if workers > 0 else None,
+            )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}
@@ -126,7 +138,9 @@ class FileBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         non_blocking = self.device.type == "cuda"
-        for x, y, bad in self.loader:
+        with _no_worker_count_warning():
+            batches = iter(self.loader)
+        for x, y, bad in batches:
             if bad:
                 if self.strict:
                     raise DeepstepError(f"{bad[0]}; leave out --strict to skip bad images with a warning")

@@ -416,6 +416,8 @@ def prepare_training_data(
 ) -> TrainingData:
     """The train and validation parts as the model will see them, and the normalisation."""
     data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
+    if config.workers > available_cores():
+        log(f"note: --workers {config.workers} on {available_cores()} cores: the workers take turns on them")
     in_memory = holds_in_memory(config.in_memory, len(source.splits["train"]), channels, size)
     if not in_memory and source.splits["train"].files is None:
         in_memory = True  # a torchvision dataset is in memory already
