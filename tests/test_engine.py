@@ -375,6 +375,19 @@ def test_unwrap_finds_the_plain_module_under_torch_compile():
     assert set(unwrap(torch.compile(plain)).state_dict()) == {"weight", "bias"}
 
 
+def test_compile_on_a_cpu_leaves_out_torchs_line_about_a_missing_cuda_runtime(caplog):
+    import logging
+
+    from deepstep.engine.distributed import SINGLE, wrap
+
+    wrap(nn.Linear(2, 2), SINGLE, torch.device("cpu"), compile=True)  # compiled lazily
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local/cuda")
+        logger.warning("another of its warnings")
+    assert [r.getMessage() for r in caplog.records] == ["another of its warnings"]
+
+
 def test_a_truncated_checkpoint_names_the_intact_one_to_use_instead(tmp_path):
     model, _, _ = _fit(1)
     save_checkpoint(tmp_path, "best", "e0001", model, {"epoch": 1})

@@ -13,6 +13,7 @@ across ranks; only rank 0 logs and writes the run folder.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,6 +129,12 @@ def check_compiler(device: torch.device) -> None:
         ) from None
 
 
+def _not_the_missing_cuda_runtime(record: logging.LogRecord) -> bool:
+    """False for the line torch logs when torch.compile's C++ build finds a CUDA toolkit on a
+    machine without a GPU ("No CUDA runtime is found"): true, and nothing to a run on the CPU."""
+    return not record.getMessage().startswith("No CUDA runtime is found")
+
+
 def wrap(
     model: torch.nn.Module, ranks: Ranks, device: torch.device, compile: bool = False, freezes: bool = False
 ) -> torch.nn.Module:
@@ -138,6 +145,8 @@ def wrap(
     model and fails at the next step without it, unless it looks for the unused ones each step.
     """
     if compile:
+        if device.type == "cpu":
+            logging.getLogger("torch.utils.cpp_extension").addFilter(_not_the_missing_cuda_runtime)
         # Static shapes: the few batch sizes a run sees (full, last, evaluation) each get their own
         # graph. The default recompiles for dynamic shapes at the second size, which doubled the
         # compile time (resnet-cifar on a 2-core CPU: first epoch 68 s against 31 s).
