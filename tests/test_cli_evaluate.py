@@ -226,6 +226,13 @@ def test_data_with_some_of_the_run_s_classes_is_scored_by_class_name_and_other_c
     assert capsys.readouterr().err.startswith(
         f"deepstep evaluate: error: {some} has classes this run was not trained on: other; the run knows "
     )
+    flat = tmp_path / "flat"  # no test/ of its own: its test part is carved as training carves one, and said
+    for cls in CLASSES[1:]:
+        shutil.copytree(image_folder / "test" / cls, flat / cls)
+    assert main(["evaluate", str(trained_run), "--data", str(flat), "--force"]) == 0
+    assert "; its test part: carved from the folder: 20% of each class (stratified, seed 0)\n" in (
+        capsys.readouterr().out
+    )
 
 
 def test_a_run_trained_on_a_relative_path_is_evaluated_from_another_folder(image_folder, monkeypatch, capsys):

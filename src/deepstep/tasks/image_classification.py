@@ -922,9 +922,10 @@ def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data
     data_dir = Path(data_dir or config.data_dir or default_data_dir())
     source = open_image_source(config.data, data_dir, config.test_split)
     if source.fingerprint != info["data"]["fingerprint"]:
+        where = f"; its test part: {source.test_origin}" if split == "test" else ""  # a carved part is a fifth
         log(
             f"warning: the data at {config.data} changed since this run was trained "
-            f"(fingerprint {info['data']['fingerprint']} -> {source.fingerprint})"
+            f"(fingerprint {info['data']['fingerprint']} -> {source.fingerprint}){where}"
         )
     in_memory = info["data"].get("in_memory", True)
     renumber = torch.from_numpy(class_numbers(config.data, source.classes, info["data"]["classes"]))
