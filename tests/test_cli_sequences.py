@@ -316,6 +316,8 @@ def test_options_a_task_has_no_use_for_are_refused_not_ignored(seasonal_csv, seq
         deepstep.load_run("runs/s").predict(seq, device="cpu")
     with pytest.raises(DeepstepError, match=r"^strict= is for image runs"):
         deepstep.load_run("runs/s").predict(seq, strict=True)
+    with pytest.raises(DeepstepError, match=r"^top_k= is for image runs"):
+        deepstep.load_run("runs/s").predict(seq, top_k=1)
     assert main(["predict", "runs/s", seq]) == 0  # without it, the same command works
     assert main([*train[:-2], "--augment", "--lookback", "5", "--out", "runs/s2"]) == 2
     assert capsys.readouterr().err.strip() == (

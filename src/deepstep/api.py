@@ -113,7 +113,7 @@ class Run:
         self,
         images: str | Path | list[str | Path] | None = None,
         *,
-        top_k: int = 5,
+        top_k: int | None = None,
         plot: str | Path | None = None,
         checkpoint: str = "best",
         tta: bool | str | None = None,
@@ -129,9 +129,9 @@ class Run:
         forecasting run (no inputs), the steps after its data (`data`: where the series is now, if
         it moved since training). Images only: `precision`, as evaluate's; `device`, as train's
         (auto when None); `strict`: an unreadable image in a folder is an error instead of being
-        left out with a warning."""
+        left out with a warning; `top_k`: how many classes per image (default 5)."""
         task = self.task
-        _images_only(task, self.path, precision=precision, device=device, strict=strict or None)
+        _images_only(task, self.path, top_k=top_k, precision=precision, device=device, strict=strict or None)
         if task == "forecasting":
             from deepstep.tasks.forecasting import predict_run as forecast
 
@@ -152,7 +152,7 @@ class Run:
         return predict_run(
             self.path,
             inputs,
-            top_k=top_k,
+            top_k=5 if top_k is None else top_k,
             plot=plot,
             checkpoint=checkpoint,
             tta=tta,
