@@ -29,6 +29,14 @@ class NonFiniteLoss(DeepstepError):
     """The training loss became NaN or inf (too high a learning rate, fp16 overflow)."""
 
 
+def kind_of(value: object) -> str:
+    """A value named for a message: 'None', 'an int', 'a numpy.ndarray', 'a PIL.Image'."""
+    if value is None:
+        return "None"
+    name = f"{type(value).__module__.split('.')[0]}.{type(value).__name__}".removeprefix("builtins.")
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' (did you mean a or b?)' for the choices closest to `name`, else ''."""
     scored = sorted(

@@ -39,7 +39,7 @@ from deepstep.engine.fit import Monitor, Training, fit, resume
 from deepstep.engine.loop import Step, evaluate
 from deepstep.engine.precision import Precision, pays_off, resolve_device, resolve_precision, supported_by
 from deepstep.engine.run_dir import RunDir
-from deepstep.errors import DeepstepError, did_you_mean
+from deepstep.errors import DeepstepError, did_you_mean, kind_of
 from deepstep.hardware import available_cores
 from deepstep.models import check_input, create_model, file_record, get_model_spec
 from deepstep.models.registry import in_user_code
@@ -1017,10 +1017,7 @@ def image_files(inputs: Sequence[Any]) -> list[ImageFile]:
 
 def _what(item: Any) -> str:
     """What an input that is not an image is, and how to make an image of it where there is a way."""
-    if item is None:
-        return "None"
-    name = f"{type(item).__module__.split('.')[0]}.{type(item).__name__}".removeprefix("builtins.")
-    kind = f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+    kind = kind_of(item)
     if isinstance(item, np.ndarray):
         return f"{kind}: make a PIL image of it, Image.fromarray(a) for a uint8 height x width x 3 array"
     if isinstance(item, torch.Tensor):

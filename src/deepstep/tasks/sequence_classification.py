@@ -25,7 +25,7 @@ from deepstep.engine.fit import Monitor
 from deepstep.engine.loop import evaluate
 from deepstep.engine.precision import resolve_precision
 from deepstep.engine.run_dir import RunDir
-from deepstep.errors import DeepstepError
+from deepstep.errors import DeepstepError, kind_of
 from deepstep.tasks.metrics import classification_metrics, save_confusion
 from deepstep.tasks.runs import (
     RECURRENT_MUST_MATCH,
@@ -244,7 +244,7 @@ def sequence_inputs(inputs: Sequence[Any], features: int) -> list[tuple[dict[str
         else:
             raise DeepstepError(
                 "predict takes sequence CSV files, folders of them or arrays (steps x features); "
-                f"input {index} is {'None' if item is None else type(item).__name__}"
+                f"input {index} is {kind_of(item)}"
             )
     for where, s in given:
         name = where["file"] or f"sequence {where['sequence']}"
