@@ -152,7 +152,7 @@ class Run:
         return predict_run(
             self.path,
             inputs,
-            top_k=5 if top_k is None else top_k,
+            top_k=top_k,
             plot=plot,
             checkpoint=checkpoint,
             tta=tta,
@@ -345,7 +345,7 @@ class Pretrained:
         self,
         images: str | Path | list[str | Path],
         *,
-        top_k: int = 5,
+        top_k: int | None = None,
         plot: str | Path | None = None,
         tta: bool | str | None = None,
         precision: str | None = None,

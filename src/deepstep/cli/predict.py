@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
         args.plot = str(picture_path(args.plot))
     options = {
-        "top_k": 5 if args.top_k is None else args.top_k,
+        "top_k": args.top_k,
         "plot": args.plot,
         "tta": tta_from_flags(args),
         "precision": args.precision,

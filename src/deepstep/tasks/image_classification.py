@@ -1103,11 +1103,20 @@ class ImageReader:
         return images
 
 
+def checked_top_k(top_k: int | None) -> int:
+    """--top-k as given, checked, or 5 when not given (None, so that a sequence run can tell it was)."""
+    if top_k is None:
+        return 5
+    if top_k < 1:
+        raise DeepstepError(f"--top-k must be at least 1, got {top_k}")
+    return top_k
+
+
 def predict_run(
     run_path: str | Path,
     inputs: Sequence[str | Path],
     *,
-    top_k: int = 5,
+    top_k: int | None = None,
     checkpoint: str = "best",
     plot: str | Path | None = None,
     batch_size: int = 64,
@@ -1119,9 +1128,9 @@ def predict_run(
 ) -> list[dict[str, Any]]:
     """Class and softmax probabilities for each image, with the run's own pre-processing.
     `precision`: as evaluate's (fp32 when None); `device`: as train's (auto when None); `strict`:
-    an unreadable image in a folder is an error, not left out with a warning."""
-    if top_k < 1:
-        raise DeepstepError(f"--top-k must be at least 1, got {top_k}")
+    an unreadable image in a folder is an error, not left out with a warning; `top_k`: how many
+    classes per image (default 5)."""
+    top_k = checked_top_k(top_k)
     run = RunDir.open(run_path)
     on = resolve_device(device or "auto")
     trained = load_trained(run, checkpoint)
@@ -1147,7 +1156,7 @@ def predict_pretrained(
     model_name: str,
     inputs: Sequence[str | Path],
     *,
-    top_k: int = 5,
+    top_k: int | None = None,
     plot: str | Path | None = None,
     batch_size: int = 16,
     tta: bool | str | None = None,
@@ -1158,11 +1167,10 @@ def predict_pretrained(
 ) -> list[dict[str, Any]]:
     """ImageNet top-k label names and probabilities from torchvision's pretrained `model_name`,
     with the weights' own pre-processing (resize the short side, center-crop, normalise).
-    `precision`, `device`, `strict`: as `predict_run`'s."""
+    `top_k`, `precision`, `device`, `strict`: as `predict_run`'s."""
     from deepstep.models.pretrained import load_pretrained
 
-    if top_k < 1:
-        raise DeepstepError(f"--top-k must be at least 1, got {top_k}")
+    top_k = checked_top_k(top_k)
     files = image_files(inputs)  # a wrong path or device is said before the weights are loaded (or downloaded)
     on = resolve_device(device or "auto")
     model, spec = load_pretrained(model_name)
