@@ -133,7 +133,7 @@ def _closest_option(
     for token in unknown:
         if token.startswith("--"):
             return did_you_mean(token.split("=")[0], options)
-    flags = {o: a for a in command._actions for o in a.option_strings if a.nargs == 0}
+    flags = {o for a in command._actions for o in a.option_strings if a.nargs == 0}
     before = argv[argv.index(unknown[0]) - 1] if unknown[0] in argv[1:] else None
     if before in flags and before not in ("-h", "--help"):
         where = f"; the run is the folder --out names: --out {unknown[0]} --resume" if before == "--resume" else ""

@@ -35,6 +35,7 @@ class InputMismatch(Exception):
         input_shape: tuple[int, ...] | None,
         reason: str,
         done: list[LayerShape],
+        about_shapes: bool = True,
     ):
         super().__init__(reason)
         self.layer = layer
@@ -42,7 +43,7 @@ class InputMismatch(Exception):
         self.input_shape = input_shape
         self.reason = reason
         self.done = done
-        self.about_shapes = True  # what torch raises for a shape it cannot take, rather than a bug
+        self.about_shapes = about_shapes  # what torch raises for a shape it cannot take, not a NameError
 
 
 def trace_shapes(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) -> list[LayerShape]:
@@ -87,9 +88,8 @@ def trace_shapes(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) 
             raise InputMismatch(name, module, shape, reason, done) from None
         after = f"layer {done[-1].name}" if done else "the input"  # between layers: in the forward's own code
         reason = f"{type(err).__name__}: {reason} ({_raised_at(err)})"
-        mismatch = InputMismatch(after, None, done[-1].output_shape if done else None, reason, done)
-        mismatch.about_shapes = isinstance(err, RuntimeError | ValueError | IndexError)  # not a NameError
-        raise mismatch from None
+        shaped = isinstance(err, RuntimeError | ValueError | IndexError)
+        raise InputMismatch(after, None, done[-1].output_shape if done else None, reason, done, shaped) from None
     finally:
         for handle in handles:
             handle.remove()

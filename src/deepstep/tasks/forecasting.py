@@ -252,7 +252,7 @@ def evaluate_run(
     run = RunDir.open(run_path)
     if split not in ("test", "val"):
         raise DeepstepError(f"--split {split!r}: evaluate measures 'test' or 'val'")
-    names = baseline_names(baselines, order, seasonal_order) if baselines or order or seasonal_order else ()
+    names = baseline_names(baselines, order, seasonal_order)
     history = test_evaluations(run, split, force, lambda e: f"MAE {e['model']['mae']:.4g}")
     config = run_config(run, data)
     info = run.read_json("run.json")
@@ -330,8 +330,8 @@ def evaluate_run(
 
 
 def baseline_names(chosen: bool | Sequence[str], order=None, seasonal_order=None) -> tuple[str, ...]:
-    """True -> every baseline; else the names given, checked; orders given for a SARIMA that is
-    not among them are refused rather than ignored."""
+    """True -> every baseline, False -> none; else the names given, checked. Orders given for a
+    SARIMA that is not among them are refused rather than ignored."""
     orders = [name for name, value in (("--order", order), ("--seasonal-order", seasonal_order)) if value]
     if orders and (not chosen or (chosen is not True and "sarima" not in chosen)):
         which = (
@@ -340,8 +340,8 @@ def baseline_names(chosen: bool | Sequence[str], order=None, seasonal_order=None
             else f"--baselines {','.join(chosen)} leaves sarima out: add it, --baselines {','.join(chosen)},sarima"
         )
         raise DeepstepError(f"{', '.join(orders)} set the SARIMA baseline's orders, but {which}")
-    if chosen is True:
-        return BASELINES
+    if chosen is True or chosen is False:
+        return BASELINES if chosen else ()
     unknown = [n for n in chosen if n not in BASELINES]
     if not chosen:
         raise DeepstepError(f"--baselines names none; choose from {', '.join(BASELINES)}, or leave it out for all")
