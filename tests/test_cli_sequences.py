@@ -51,6 +51,8 @@ def test_a_csv_is_forecast_with_an_lstm_by_default_and_beats_the_naive_forecast(
         row = next(csv.DictReader(f))
     assert {"train_loss", "val_loss", "seconds", "windows_per_s"} <= set(row) and "images_per_s" not in row
     capsys.readouterr()
+    assert main(["evaluate", "runs/f", "--baselines", ","]) == 2  # as `baseline` refuses it, not read as none
+    assert "--baselines names none; choose from naive, seasonal_naive, sarima" in capsys.readouterr().err
     assert main(["evaluate", "runs/f", "--order", "1,1,1"]) == 2  # before the test part is measured
     assert "--order set the SARIMA baseline's orders, but no baselines are asked for" in capsys.readouterr().err
     assert main(["evaluate", "runs/f", "--baselines", "--json"]) == 0

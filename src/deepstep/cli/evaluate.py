@@ -150,7 +150,7 @@ def _run_forecast(args: argparse.Namespace) -> int:
         args.split,
         force=args.force,
         checkpoint=args.checkpoint,
-        baselines=args.baselines or False,
+        baselines=False if args.baselines is None else args.baselines,  # [] (--baselines ""): refused by name
         backtest=args.backtest,
         order=args.order,
         seasonal_order=args.seasonal_order,
