@@ -1221,12 +1221,13 @@ def classify_files(
     model = ViewAveraged(model, tta) if tta else model
     image_bytes = prep.channels * prep.size[0] * prep.size[1]
     chunk = max(1, PREDICT_DECODE_BYTES // (image_bytes * batch_size)) * batch_size  # files decoded at once
-    results, shown = [], []  # shown: the images the plot draws
+    results, shown = [], []  # shown: (image, its name) for the ones the plot draws
     with torch.inference_mode(), precision.autocast(), ImageReader(prep, strict=strict) as reader:
         for first in range(0, len(files), chunk):
             images, read = reader.read(files[first : first + chunk])
             if plot is not None and len(shown) < PLOT_MAX_IMAGES:
-                shown.extend(images[: PLOT_MAX_IMAGES - len(shown)])
+                more = PLOT_MAX_IMAGES - len(shown)
+                shown.extend(zip(images[:more], [f.name() for f in read[:more]], strict=True))
             for start in range(0, len(images), batch_size):
                 x = prep.normalize(torch.from_numpy(images[start : start + batch_size]))
                 x = x.to(device, non_blocking=True).contiguous(memory_format=layout)
@@ -1247,9 +1248,8 @@ def classify_files(
     if plot is not None:
         from deepstep.plots import plot_predictions
 
-        names = [r["file"] or f"image {r['image']}" for r in results]
         plot_predictions(
-            [(image, name, r["top_k"]) for image, name, r in zip(shown, names, results, strict=False)], Path(plot)
+            [(image, name, r["top_k"]) for (image, name), r in zip(shown, results, strict=False)], Path(plot)
         )
     return results
 
