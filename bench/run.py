@@ -632,6 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, help="time_to_accuracy: train's --seed")
     parser.add_argument(
+        "--micro-batch", type=int, metavar="N", help="time_to_accuracy: train's --micro-batch (e.g. 256 on a CPU)"
+    )
+    parser.add_argument(
         "--seeds",
         type=int,
         metavar="N",
@@ -677,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
                     "compile": args.compile or None,
                     "seed": args.seed,
                     "epochs": args.epochs,
+                    "micro_batch": args.micro_batch,
                     "model_args": dict(args.model_arg) if args.model_arg else None,
                 },
                 "tutorial": {"seeds": args.seeds or (1 if args.quick else 3)},
