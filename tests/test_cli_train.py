@@ -171,16 +171,16 @@ def test_a_batch_too_big_for_a_cpus_caches_gets_a_note_that_suggests_micro_batch
 
     airbench = ic.check_model_fits("airbench", {"num_classes": 10}, 3, (32, 32))
     assert airbench == ic.ModelCost(parameters=1_972_792, mult_adds=118_147_360, activation_bytes=1_415_144)
-    note = ic.micro_batch_hint(ic.TrainConfig(batch_size=1024), airbench, torch.device("cpu"))
+    note = ic.micro_batch_hint(1024, 0, airbench, torch.device("cpu"))
     assert note == (
         "note: a batch of 1024 holds 1.3 GiB of activations, which run faster in parts on a CPU: try "
         "--micro-batch 256 (the same steps; batch norm then normalises each part on its own)"
     )
-    assert ic.micro_batch_hint(ic.TrainConfig(batch_size=256), airbench, torch.device("cpu")) is None
-    assert ic.micro_batch_hint(ic.TrainConfig(batch_size=1024, micro_batch=256), airbench, torch.device("cpu")) is None
-    assert ic.micro_batch_hint(ic.TrainConfig(batch_size=1024), airbench, torch.device("cuda")) is None
+    assert ic.micro_batch_hint(256, 0, airbench, torch.device("cpu")) is None
+    assert ic.micro_batch_hint(1024, 256, airbench, torch.device("cpu")) is None
+    assert ic.micro_batch_hint(1024, 0, airbench, torch.device("cuda")) is None
     lenet = ic.check_model_fits("lenet", {"num_classes": 3}, 3, (32, 32))  # 32,348 bytes an image
-    assert ic.micro_batch_hint(ic.TrainConfig(batch_size=1024), lenet, torch.device("cpu")) is None
+    assert ic.micro_batch_hint(1024, 0, lenet, torch.device("cpu")) is None
 
     monkeypatch.setattr(ic, "CPU_PARTS_HINT_BYTES", 2**18)  # lenet's batch of 16 passes a 256 KiB threshold
     args = ["train", "--data", str(image_folder), "--model", "lenet", "--epochs", "1", "--batch-size", "16"]
@@ -189,6 +189,24 @@ def test_a_batch_too_big_for_a_cpus_caches_gets_a_note_that_suggests_micro_batch
     assert "try --micro-batch 4 (the same steps" in capsys.readouterr().out  # parts under 3/4 of it
     assert main([*args, "--micro-batch", "4", "--out", "runs/parts"]) == 0
     assert "--micro-batch" not in capsys.readouterr().out
+
+
+def test_a_train_part_smaller_than_the_batch_is_sized_as_the_one_batch_it_makes(flat_folder, monkeypatch, capsys):
+    """21 training images at --batch-size 64 make steps of 21: auto precision and the micro-batch
+    note count those, not 64 (lenet: 651,720 multiply-adds and 32,348 bytes of activations an image)."""
+    from deepstep.engine import precision
+    from deepstep.tasks import image_classification as ic
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(ic, "CPU_PARTS_HINT_BYTES", 2**19)  # 16 images pass 512 KiB; 21 do, 64 would
+    args = ["train", "--data", str(flat_folder), "--model", "lenet", "--epochs", "1", "--device", "cpu"]
+    assert main([*args, "--batch-size", "64", "--precision", "auto", "--out", "runs/small"]) == 0
+    out = capsys.readouterr().out
+    assert "data: flat: 21 train" in out
+    assert "note: a batch of 21 holds" in out and "try --micro-batch 8 (" in out
+    device = json.loads(Path("runs/small/run.json").read_text())["device"]
+    assert device["precision"] == "32"  # 21 x 651,720 = 13.7 M a step, under bf16's 32 M
+    assert device["precision_reason"].endswith("and this one has 13.7 M")
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "muon"])

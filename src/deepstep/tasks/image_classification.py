@@ -283,13 +283,13 @@ def check_model_fits(model_name: str, model_args: dict[str, Any], channels: int,
 CPU_PARTS_HINT_BYTES = 512 * 2**20
 
 
-def micro_batch_hint(config: TrainConfig, cost: ModelCost, device: torch.device) -> str | None:
-    """A note suggesting --micro-batch for big batches on a CPU, or None."""
-    if device.type != "cpu" or config.micro_batch or config.batch_size * cost.activation_bytes < CPU_PARTS_HINT_BYTES:
+def micro_batch_hint(batch: int, micro_batch: int, cost: ModelCost, device: torch.device) -> str | None:
+    """A note suggesting --micro-batch for big batches (of `batch` examples, as trained) on a CPU, or None."""
+    if device.type != "cpu" or micro_batch or batch * cost.activation_bytes < CPU_PARTS_HINT_BYTES:
         return None
     part = 2 ** int(math.log2(max(1, CPU_PARTS_HINT_BYTES * 3 // 4 // cost.activation_bytes)))  # airbench: 256
     return (
-        f"note: a batch of {config.batch_size} holds {config.batch_size * cost.activation_bytes / 2**30:.1f} GiB of "
+        f"note: a batch of {batch} holds {batch * cost.activation_bytes / 2**30:.1f} GiB of "
         f"activations, which run faster in parts on a CPU: try --micro-batch {part} (the same steps; batch norm "
         "then normalises each part on its own)"
     )
@@ -645,9 +645,10 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
             log(f"note: {flag} does nothing without --augment")
         elif given and not isinstance(data.train, Pixels):
             log(f"note: {flag} is for images held in memory; streamed ones {streamed}")
-    part = min(config.batch_size, config.micro_batch or config.batch_size)  # what one forward call takes
+    batch = min(config.batch_size, len(_labels(data.train)))  # a train part smaller than a batch is one batch
+    part = min(batch, config.micro_batch or batch)  # what one forward call takes
     precision = pays_off(precision, part * cost.mult_adds, auto=config.precision == "auto")
-    if hint := micro_batch_hint(config, cost, device):
+    if hint := micro_batch_hint(batch, config.micro_batch, cost, device):
         log(hint)
     window_epochs = progressive_epochs(config, model_args, channels, size, data, log)
     if config.compile:
@@ -660,7 +661,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     if not config.pretrained and not config.resume:  # a resumed run's checkpoint holds what it computed
         initialised = init_from_data(model, data, config.seed)
     model = model.to(device)
-    kernels = _choose_kernels(model, precision, config.batch_size, device)
+    kernels = _choose_kernels(model, precision, batch, device)
     # Before each epoch: --freeze-backbone's freeze, and the model's own (airbench stops its whitening bias)
     epoch_hooks = [hook for hook in (freeze and freeze.set_epoch, getattr(model, "set_epoch", None)) if hook]
     model = distributed.wrap(model, ranks, device, compile=config.compile, freezes=bool(epoch_hooks))
