@@ -95,6 +95,7 @@ def test_what_a_folder_scan_leaves_out_is_noted_not_dropped_unseen(flat_folder, 
     assert open_image_source(str(image_folder), isolated).notes == []
     (flat_folder / "empty_class").mkdir()
     (flat_folder / "README.txt").write_text("about these images")
+    (flat_folder / "stray.png").write_bytes((flat_folder / CLASSES[1] / "000.png").read_bytes())
     (flat_folder / CLASSES[0] / "Thumbs.db").write_bytes(b"\0junk")
     (flat_folder / CLASSES[0] / ".DS_Store").write_bytes(b"\0junk")  # hidden: not worth a word
     source = open_image_source(str(flat_folder), isolated)
@@ -102,7 +103,9 @@ def test_what_a_folder_scan_leaves_out_is_noted_not_dropped_unseen(flat_folder, 
     assert len(source.splits["train"]) + len(source.splits["test"]) == 30
     assert source.notes == [
         f"{flat_folder}: left out 1 folder(s) with no images, so not classes: empty_class",
-        f"{flat_folder}: left out 2 file(s) that are not images by name (README.txt, {CLASSES[0]}/Thumbs.db); "
+        f"{flat_folder}: left out 2 file(s) beside the class folders, in no class (README.txt, stray.png); "
+        "move an image into its class's folder to use it",
+        f"{flat_folder}: left out 1 file(s) that are not images by name ({CLASSES[0]}/Thumbs.db); "
         "images end in .jpg, .jpeg, .png, .bmp, .gif, .webp, .tif, .tiff, .ppm, .pgm, .pbm",
     ]
 

@@ -63,18 +63,28 @@ def find_images(folder: Path, others: list[Path] | None = None) -> list[Path]:
     return found
 
 
-def _left_out_notes(folder: Path, empty: list[str], others: list[Path]) -> list[str]:
-    """One line per kind of thing a scan of `folder` left out, so that nothing is dropped unseen."""
+def _left_out_notes(folder: Path, empty: list[str], loose: list[Path], others: list[Path]) -> list[str]:
+    """One line per kind of thing a scan of `folder` left out, so that nothing is dropped unseen:
+    folders without images, files beside the class folders (`loose`), and files in them that are
+    not images by name (`others`)."""
+
+    def shown(paths: list[Path]) -> str:
+        return ", ".join(str(p.relative_to(folder)) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+
     notes = []
     if empty:
         notes.append(
             f"{folder}: left out {len(empty)} folder(s) with no images, so not classes: {', '.join(empty[:5])}"
             + (", ..." if len(empty) > 5 else "")
         )
-    if others:
-        shown = ", ".join(str(p.relative_to(folder)) for p in others[:3]) + (", ..." if len(others) > 3 else "")
+    if loose:
         notes.append(
-            f"{folder}: left out {len(others)} file(s) that are not images by name ({shown}); "
+            f"{folder}: left out {len(loose)} file(s) beside the class folders, in no class ({shown(loose)}); "
+            "move an image into its class's folder to use it"
+        )
+    if others:
+        notes.append(
+            f"{folder}: left out {len(others)} file(s) that are not images by name ({shown(others)}); "
             f"images end in {', '.join(IMAGE_EXTENSIONS)}"
         )
     return notes
@@ -93,7 +103,8 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[
         raise DeepstepError(
             f"{folder} has no class subfolders: expected {folder}/<class>/<image>.jpg (ImageFolder layout)"
         )
-    others = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    loose = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    others: list[Path] = []
     found = {p.name: find_images(p, others) for p in subfolders}
     empty = [name for name, files in found.items() if not files]
     found = {name: files for name, files in found.items() if files}
@@ -113,7 +124,7 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[
     for name in sorted(found, key=index.__getitem__):
         files.extend(found[name])
         labels.extend([index[name]] * len(found[name]))
-    return classes, FolderSplit(files, labels), _left_out_notes(folder, empty, others)
+    return classes, FolderSplit(files, labels), _left_out_notes(folder, empty, loose, others)
 
 
 def _descend_single_folder(root: Path) -> Path:
