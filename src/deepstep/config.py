@@ -347,8 +347,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # faster hour, 90.34% (89.36%) in 532 s; seed 2 on a slow one, 90.46% (89.32%) in 834 s; seed 3,
     # 90.39% (89.45%) in 553 s; with the matmul weight gradient (engine/backends.py), seed 0 90.13%
     # (89.32%) in 623 s, seed 1 90.41% (89.57%) in 588 s, seed 2 90.28% (89.53%) in 651 s; seed 4 on
-    # the fastest hour yet, 90.63% (89.76%) in 320 s; on an H200 (bf16, eager), 90.31% (89.17%) in 2.9 s;
-    # see bench/RESULTS.md.
+    # the fastest hour yet, 90.63% (89.76%) in 320 s; on an H200 (bf16, eager), 90.31% (89.17%) in 2.9 s.
+    # With `--val-split 0 --epochs 10` on the AMX CPU, 91.04% (89.96%) on average over seeds 0-2 in
+    # 432-467 s of a fast hour; see bench/RESULTS.md.
     "cifar-airbench-muon": {
         "model": "airbench",
         "batch_size": 2000,
