@@ -348,8 +348,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # 90.39% (89.45%) in 553 s; with the matmul weight gradient (engine/backends.py), seed 0 90.13%
     # (89.32%) in 623 s, seed 1 90.41% (89.57%) in 588 s, seed 2 90.28% (89.53%) in 651 s; seed 4 on
     # the fastest hour yet, 90.63% (89.76%) in 320 s; on an H200 (bf16, eager), 90.31% (89.17%) in 2.9 s.
-    # With `--val-split 0 --epochs 10` on the AMX CPU, 91.04% (89.96%) on average over seeds 0-2 in
-    # 432-467 s of a fast hour; see bench/RESULTS.md.
+    # With `--val-split 0 --epochs 10` on the AMX CPU, 91.01% (90.01%) on average over seeds 0-3 in
+    # 320-467 s of fast hours; see bench/RESULTS.md.
     "cifar-airbench-muon": {
         "model": "airbench",
         "batch_size": 2000,
