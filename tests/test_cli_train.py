@@ -198,7 +198,7 @@ def test_a_train_part_smaller_than_the_batch_is_sized_as_the_one_batch_it_makes(
     from deepstep.tasks import image_classification as ic
 
     monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
-    monkeypatch.setattr(ic, "CPU_PARTS_HINT_BYTES", 2**19)  # 16 images pass 512 KiB; 21 do, 64 would
+    monkeypatch.setattr(ic, "CPU_PARTS_HINT_BYTES", 2**19)  # 512 KiB: 21 images pass it, 16 would not
     args = ["train", "--data", str(flat_folder), "--model", "lenet", "--epochs", "1", "--device", "cpu"]
     assert main([*args, "--batch-size", "64", "--precision", "auto", "--out", "runs/small"]) == 0
     out = capsys.readouterr().out
