@@ -132,6 +132,15 @@ def test_evaluating_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path, cap
     assert "is not a deepstep run folder" in capsys.readouterr().err
 
 
+def test_an_image_given_where_the_run_goes_is_named_as_a_file(image_folder, capsys):
+    image = next((image_folder / "test").rglob("*.png"))
+    assert main(["predict", str(image)]) == 2
+    assert capsys.readouterr().err == (
+        f"deepstep predict: error: {image} is a file, not a run folder; give the folder `deepstep train` wrote "
+        "(predict: the run first, then the images)\n"
+    )
+
+
 def test_the_human_readable_report_lists_every_class(trained_run, capsys):
     assert main(["evaluate", str(trained_run)]) == 0
     out = capsys.readouterr().out

@@ -48,6 +48,22 @@ def test_a_picture_that_cannot_be_written_where_asked_is_one_line(image_folder, 
     assert sorted(p.name for p in where.rglob("*")) == ["a-file", "a-folder"]  # nothing written
 
 
+def test_a_run_folder_given_as_data_is_named_as_one_with_the_data_it_trained_on(trained_run, image_folder, capsys):
+    for command in (["show", str(trained_run)], ["train", "--data", str(trained_run)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(f"runs/tiny is a deepstep run folder, not data; it trained on {image_folder}: give that\n")
+        assert err.count("\n") == 1
+
+
+def test_show_of_a_run_in_python_draws_the_data_it_trained_on(trained_run, image_folder, tmp_path):
+    import deepstep
+
+    out = deepstep.show(deepstep.load_run(trained_run), split="test", n=9, out=tmp_path / "run.png")
+    assert main(["show", str(image_folder), "--split", "test", "--n", "9", "--out", str(tmp_path / "data.png")]) == 0
+    assert Image.open(out).tobytes() == Image.open(tmp_path / "data.png").tobytes()
+
+
 def test_show_of_a_missing_split_names_the_ones_there(image_folder, capsys):
     assert main(["show", str(image_folder), "--split", "val"]) == 2
     assert "has no 'val' split; it has train, test" in capsys.readouterr().err

@@ -267,7 +267,7 @@ def load_run(path: str | Path) -> Run:
 
 
 def show(
-    data: str,
+    data: str | Run,
     *,
     split: str = "train",
     n: int = 16,
@@ -276,9 +276,12 @@ def show(
     time: str | None = None,
 ) -> Path:
     """Save a picture of a dataset: a labelled grid of `n` images of a split, a series' columns
-    over time, or `n` labelled sequences; returns the PNG's path."""
+    over time, or `n` labelled sequences; returns the PNG's path. A `Run` shows the data it trained on."""
     from deepstep.tasks import show as show_data
 
+    if isinstance(data, Run):
+        config = data.config
+        data, data_dir, time = config["data"], data_dir or config.get("data_dir"), time or config.get("time")
     return show_data(data, split=split, n=n, out=out, data_dir=data_dir, time=time)
 
 

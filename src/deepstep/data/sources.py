@@ -27,6 +27,7 @@ from deepstep.data.folders import (
     unpack_archive,
 )
 from deepstep.data.splits import stratified_split
+from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError, did_you_mean
 from deepstep.registry import Registry
 
@@ -101,6 +102,12 @@ def check_image_spec(spec: str) -> None:
     if spec in DATASETS:
         return
     path = Path(spec).expanduser()
+    if RunDir(path).exists():
+        trained_on = RunDir(path).data_given()
+        raise DeepstepError(
+            f"{path} is a deepstep run folder, not data"
+            + (f"; it trained on {trained_on}: give that" if trained_on else ": give the images themselves")
+        )
     if path.exists():
         return
     if os.sep in spec or "." in spec:

@@ -46,6 +46,11 @@ class RunDir:
         run = cls(path)
         if not run.path.exists():
             raise DeepstepError(f"run folder {run.path} does not exist")
+        if not run.path.is_dir():
+            raise DeepstepError(
+                f"{run.path} is a file, not a run folder; give the folder `deepstep train` wrote "
+                "(predict: the run first, then the images)"
+            )
         if not run.exists():
             raise DeepstepError(
                 f"{run.path} is not a deepstep run folder (no run.json); give the folder `deepstep train` wrote"
@@ -143,6 +148,14 @@ class RunDir:
         import yaml
 
         write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def data_given(self) -> str | None:
+        """The --data the run trained on, as config.yaml records it; None if that cannot be read."""
+        try:
+            data = self.read_config().get("data")
+        except Exception:  # a damaged config.yaml only loses the hint it was read for
+            return None
+        return str(data) if data else None
 
     def read_config(self) -> dict[str, Any]:
         import yaml
