@@ -59,6 +59,37 @@ def test_an_npz_with_lengths_keeps_each_sequence_its_own_length(tmp_path):
     assert [len(s) for s in data.sequences] == [5, 3, 1] and data.classes == ["0", "1", "2"]
 
 
+def test_an_npz_padded_with_nan_past_its_lengths_is_read_and_a_nan_inside_one_is_refused(tmp_path):
+    x = np.ones((3, 5, 2), np.float32)
+    x[1, 3:] = np.nan  # padding, past length 3: never read
+    np.savez(tmp_path / "d.npz", X=x, y=np.array([0, 1, 0]), lengths=np.array([5, 3, 5]))
+    data = load_sequences(str(tmp_path / "d.npz"), tmp_path)
+    assert [len(s) for s in data.sequences] == [5, 3, 5] and all(np.isfinite(s).all() for s in data.sequences)
+    x[2, 4, 1] = np.inf
+    np.savez(tmp_path / "d.npz", X=x, y=np.array([0, 1, 0]), lengths=np.array([5, 3, 5]))
+    with pytest.raises(
+        DeepstepError, match=r"d.npz: X holds NaN or inf values \(first in sequence 2 at step 4\); fill them$"
+    ):
+        load_sequences(str(tmp_path / "d.npz"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "lengths, message",
+    [
+        ([5, 6, 1], r"lengths must be 1 to 5 \(X's steps\); sequence 1 has 6"),
+        ([5, 0, 1], r"lengths must be 1 to 5 \(X's steps\); sequence 1 has 0"),
+        ([5, 3], r"lengths must hold one length per sequence \(3\); it has shape \(2,\)"),
+        ([5.0, 2.5, 1.0], r"lengths must be whole numbers of steps; it holds float64 values"),
+    ],
+    ids=["longer than X", "empty", "too few", "fractions"],
+)
+def test_npz_lengths_that_cannot_be_a_sequences_length_are_refused(tmp_path, lengths, message):
+    # a length past X's steps was cut to them, and a missing one left its sequence out, in silence
+    np.savez(tmp_path / "d.npz", X=np.zeros((3, 5, 2), np.float32), y=np.array([0, 1, 0]), lengths=np.array(lengths))
+    with pytest.raises(DeepstepError, match=message):
+        load_sequences(str(tmp_path / "d.npz"), tmp_path)
+
+
 def test_holding_out_a_group_puts_all_of_it_in_the_test_part_and_none_elsewhere(sequence_folder, tmp_path):
     data = load_sequences(str(sequence_folder), tmp_path, group_file="groups.csv")
     splits = split_sequences(data, test_size=0.2, val_size=0.1, seed=0, test_groups=["3"])

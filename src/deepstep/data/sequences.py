@@ -190,16 +190,43 @@ def _load_npz(path: Path) -> SequenceSet:
         x = x[:, :, None]
     if x.ndim != 3 or len(x) != len(y):
         raise DeepstepError(f"{path}: X must be (N, T, F) with one y per sequence; got X {x.shape}, y {y.shape}")
-    if lengths is None:
-        lengths = np.full(len(x), x.shape[1])
-    if np.isnan(x).any() or np.isinf(x).any():
-        raise DeepstepError(f"{path}: X holds NaN or inf values; fill them or give lengths for padded sequences")
+    steps = x.shape[1]
+    lengths = np.full(len(x), steps) if lengths is None else _npz_lengths(path, lengths, len(x), steps)
+    unread = ~np.isfinite(x).all(axis=2) & (np.arange(steps) < lengths[:, None])  # padding may hold anything
+    if unread.any():
+        i, t = (int(v) for v in np.argwhere(unread)[0])
+        raise DeepstepError(
+            f"{path}: X holds NaN or inf values (first in sequence {i} at step {t}); fill them"
+            + ("" if "lengths" in names else ", or give the lengths of padded sequences as 'lengths'")
+        )
     raw = [str(v) for v in y.tolist()]
     classes = _class_names(raw)
     lookup = {c: i for i, c in enumerate(classes)}
     labels = np.array([lookup[_class_names([v])[0]] for v in raw], dtype=np.int64)
-    sequences = [x[i, : int(n)] for i, n in enumerate(lengths)]
+    sequences = [x[i, :n] for i, n in enumerate(lengths.tolist())]
     return SequenceSet(path.stem, sequences, labels, classes, [str(i) for i in range(len(x))], None, path.parent)
+
+
+def _npz_lengths(path: Path, lengths: np.ndarray, count: int, steps: int) -> np.ndarray:
+    """An .npz's `lengths`: one whole number per sequence, from 1 to X's steps."""
+    if lengths.shape != (count,):
+        raise DeepstepError(
+            f"{path}: lengths must hold one length per sequence ({count}); it has shape {lengths.shape}"
+        )
+    whole = np.issubdtype(lengths.dtype, np.integer) or (
+        np.issubdtype(lengths.dtype, np.floating)
+        and np.isfinite(lengths).all()
+        and (lengths == np.round(lengths)).all()
+    )
+    if not whole:
+        raise DeepstepError(f"{path}: lengths must be whole numbers of steps; it holds {lengths.dtype} values")
+    lengths = lengths.astype(np.int64)
+    wrong = np.flatnonzero((lengths < 1) | (lengths > steps))
+    if len(wrong):
+        raise DeepstepError(
+            f"{path}: lengths must be 1 to {steps} (X's steps); sequence {wrong[0]} has {lengths[wrong[0]]}"
+        )
+    return lengths
 
 
 def _load_folder(root: Path, name: str) -> SequenceSet:
