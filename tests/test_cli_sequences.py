@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import deepstep
@@ -360,9 +361,18 @@ def test_the_python_api_predicts_arrays_as_it_predicts_their_csv_files(sequence_
     from_file, from_array, from_tensor = run.predict([csv, values, torch.from_numpy(values.copy())])
     assert from_array == {**from_file, "file": None, "sequence": 1} and from_tensor["sequence"] == 2
     assert from_tensor["probabilities"] == from_file["probabilities"]
+    other = read_numbers(sequence_folder / "dataset" / "seq_4.csv")
+    steps = min(len(other), len(values))
+    batch = np.stack([other[:steps], values[:steps]])  # sequences x steps x features, as an .npz's X
+    _, of_other, of_values = run.predict([csv, batch])
+    assert [of_other["sequence"], of_values["sequence"]] == [1, 2]
+    assert of_other == {**run.predict(other[:steps])[0], "sequence": 1}
+    assert of_values == {**run.predict(values[:steps])[0], "sequence": 2}
     with pytest.raises(DeepstepError, match=r"^sequence 0: the model takes sequences of 2 columns, got shape"):
         run.predict(values[:, :1])
-    with pytest.raises(DeepstepError, match=r"folders of them or arrays \(steps x features\); input 1 is None$"):
+    with pytest.raises(
+        DeepstepError, match=r"arrays \(steps x features, or sequences x steps x features\); input 1 is None$"
+    ):
         run.predict([csv, None])
 
 

@@ -125,7 +125,8 @@ class Run:
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """Top-k classes with softmax probabilities for each image file (or folder of images, or
         PIL image: its result has "file" None and "image", its place among the inputs); the
-        class of each sequence CSV or array (steps x features; "sequence": its place); or, for a
+        class of each sequence CSV or array (steps x features, or a batch of them as sequences x
+        steps x features; "sequence": its place); or, for a
         forecasting run (no inputs), the steps after its data (`data`: where the series is now, if
         it moved since training). Images only: `precision`, as evaluate's; `device`, as train's
         (auto when None); `strict`: an unreadable image in a folder is an error instead of being

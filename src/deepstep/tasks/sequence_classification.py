@@ -231,9 +231,11 @@ def sequence_files(inputs: Sequence[str | Path]) -> list[Path]:
 
 def sequence_inputs(inputs: Sequence[Any], features: int) -> list[tuple[dict[str, Any], np.ndarray]]:
     """Each sequence to predict with where it came from ({"file": ...}, or {"file": None,
-    "sequence": its place among the inputs} for an array given in Python), as (steps, features)."""
+    "sequence": its place among the inputs} for an array given in Python), as (steps, features).
+    An array of sequences x steps x features (an .npz's X) is as many inputs, one a sequence."""
     from deepstep.data.sequences import read_numbers
 
+    inputs = [part for item in inputs for part in (item if getattr(item, "ndim", None) == 3 else [item])]
     given: list[tuple[dict[str, Any], np.ndarray]] = []
     for index, item in enumerate(inputs):
         if isinstance(item, str | os.PathLike):
@@ -243,7 +245,8 @@ def sequence_inputs(inputs: Sequence[Any], features: int) -> list[tuple[dict[str
             given.append(({"file": None, "sequence": index}, values[:, None] if values.ndim == 1 else values))
         else:
             raise DeepstepError(
-                "predict takes sequence CSV files, folders of them or arrays (steps x features); "
+                "predict takes sequence CSV files, folders of them or arrays (steps x features, or sequences x "
+                "steps x features); "
                 f"input {index} is {kind_of(item)}"
             )
     for where, s in given:
