@@ -348,6 +348,28 @@ def test_predict_takes_a_folder_of_sequence_csvs_and_leaves_the_labels_file_out(
     assert "inf_1.csv: row 2 holds inf or nan" in capsys.readouterr().err
 
 
+def test_predict_takes_an_npz_of_sequences_cut_to_their_lengths_without_labels(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8, 2)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", X=x, y=np.array(["up", "down"] * 20))
+    train = ["train", "--data", str(tmp_path / "train.npz"), "--hidden", "4", "--epochs", "1", "--quiet"]
+    assert main([*train, "--out", "runs/n"]) == 0
+    padded = np.full((2, 10, 2), np.nan, np.float32)  # longer than training's, NaN past the lengths
+    padded[0, :8], padded[1, :3] = x[0], x[1, :3]
+    np.savez(tmp_path / "new.npz", X=padded, lengths=np.array([8, 3]))
+    capsys.readouterr()
+    assert main(["predict", "runs/n", str(tmp_path / "new.npz"), "--json"]) == 0
+    results = _json(capsys)
+    expected = deepstep.load_run("runs/n").predict([x[0], x[1, :3]])
+    assert [r["sequence"] for r in results] == [0, 1] and all(r["file"] == str(tmp_path / "new.npz") for r in results)
+    assert [r["probabilities"] for r in results] == [e["probabilities"] for e in expected]
+    assert main(["predict", "runs/n", str(tmp_path / "new.npz")]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'new.npz'} sequence 0: {results[0]['label']}  (")
+    np.savez(tmp_path / "wide.npz", X=np.zeros((2, 8, 3), np.float32))
+    assert main(["predict", "runs/n", str(tmp_path / "wide.npz")]) == 2
+    assert "wide.npz: the model takes sequences of 2 columns, got shape (8, 3)" in capsys.readouterr().err
+
+
 def test_the_python_api_predicts_arrays_as_it_predicts_their_csv_files(sequence_folder):
     import torch
 

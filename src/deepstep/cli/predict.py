@@ -18,6 +18,7 @@ examples:
   deepstep predict runs/lstm-airline-passengers             # forecast: the next --horizon steps, CSV + plot
   deepstep predict runs/lstm-IndoorMovement seq_1.csv       # a sequence CSV: rows = time steps
   deepstep predict runs/lstm-IndoorMovement new-moves/      # every ..._<id>.csv in a folder
+  deepstep predict runs/lstm-moves new.npz                  # each sequence of an .npz's X (and lengths)
 
 Grayscale, RGBA and palette images are converted to what the model takes.
 """
@@ -160,12 +161,13 @@ def _sequences(args: argparse.Namespace) -> int:
     from deepstep.tasks.sequence_classification import predict_run
 
     if len(args.inputs) < 2:
-        raise DeepstepError("give the run folder and at least one sequence CSV: `deepstep predict RUN seq.csv`")
+        raise DeepstepError("give the run folder and at least one sequence CSV or .npz: `deepstep predict RUN seq.csv`")
     results = predict_run(args.inputs[0], args.inputs[1:], checkpoint=args.checkpoint)
     if args.json:
         print_json(results)
         return 0
     for r in results:
         probs = ", ".join(f"{c} {p:.1%}" for c, p in r["probabilities"].items())
-        print(f"{r['file']}: {r['label']}  ({probs})")
+        where = f"{r['file']} sequence {r['sequence']}" if "sequence" in r else r["file"]
+        print(f"{where}: {r['label']}  ({probs})")
     return 0

@@ -168,6 +168,17 @@ def load_sequences(spec: str, data_dir: Path, *, group_file: str | None = None) 
 
 
 def _load_npz(path: Path) -> SequenceSet:
+    sequences, y = read_npz(path)
+    raw = [str(v) for v in y.tolist()]
+    classes = _class_names(raw)
+    lookup = {c: i for i, c in enumerate(classes)}
+    labels = np.array([lookup[_class_names([v])[0]] for v in raw], dtype=np.int64)
+    return SequenceSet(path.stem, sequences, labels, classes, [str(i) for i in range(len(y))], None, path.parent)
+
+
+def read_npz(path: Path, labelled: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
+    """The sequences of an .npz, each X[i] cut to lengths[i] (steps x features), and its labels y
+    (`labelled`; else whatever y it holds, or None)."""
     import zipfile
 
     if not zipfile.is_zipfile(path):  # numpy would say it holds pickled data, which it need not
@@ -175,9 +186,11 @@ def _load_npz(path: Path) -> SequenceSet:
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = {name.lower(): name for name in npz.files}  # x as X, Y as y, as np.savez(x=..., y=...) gives
-            if "x" not in names or "y" not in names:
-                raise DeepstepError(f"{path} must hold arrays X (N, T, F) and y (N,); it has {', '.join(npz.files)}")
-            x, y = np.asarray(npz[names["x"]], np.float32), np.asarray(npz[names["y"]])
+            if "x" not in names or ("y" not in names and labelled):
+                wanted = "X (N, T, F) and y (N,)" if labelled else "X (N, T, F)"
+                raise DeepstepError(f"{path} must hold arrays {wanted}; it has {', '.join(npz.files) or 'none'}")
+            x = np.asarray(npz[names["x"]], np.float32)
+            y = np.asarray(npz[names["y"]]) if "y" in names else None
             lengths = np.asarray(npz[names["lengths"]]) if "lengths" in names else None
     except (ValueError, OSError) as err:
         if "Object arrays" in str(err):  # a ragged list of sequences, which only pickle can hold
@@ -188,8 +201,9 @@ def _load_npz(path: Path) -> SequenceSet:
         raise DeepstepError(f"{path} is not a readable .npz: {str(err).splitlines()[0]}") from None
     if x.ndim == 2:
         x = x[:, :, None]
-    if x.ndim != 3 or len(x) != len(y):
-        raise DeepstepError(f"{path}: X must be (N, T, F) with one y per sequence; got X {x.shape}, y {y.shape}")
+    if x.ndim != 3 or (labelled and len(x) != len(y)):
+        got = f"X {x.shape}, y {y.shape}" if labelled else f"X {x.shape}"
+        raise DeepstepError(f"{path}: X must be (N, T, F) with one y per sequence; got {got}")
     steps = x.shape[1]
     lengths = np.full(len(x), steps) if lengths is None else _npz_lengths(path, lengths, len(x), steps)
     unread = ~np.isfinite(x).all(axis=2) & (np.arange(steps) < lengths[:, None])  # padding may hold anything
@@ -199,12 +213,7 @@ def _load_npz(path: Path) -> SequenceSet:
             f"{path}: X holds NaN or inf values (first in sequence {i} at step {t}); fill them"
             + ("" if "lengths" in names else ", or give the lengths of padded sequences as 'lengths'")
         )
-    raw = [str(v) for v in y.tolist()]
-    classes = _class_names(raw)
-    lookup = {c: i for i, c in enumerate(classes)}
-    labels = np.array([lookup[_class_names([v])[0]] for v in raw], dtype=np.int64)
-    sequences = [x[i, :n] for i, n in enumerate(lengths.tolist())]
-    return SequenceSet(path.stem, sequences, labels, classes, [str(i) for i in range(len(x))], None, path.parent)
+    return [x[i, :n] for i, n in enumerate(lengths.tolist())], y
 
 
 def _npz_lengths(path: Path, lengths: np.ndarray, count: int, steps: int) -> np.ndarray:

@@ -233,20 +233,23 @@ def sequence_inputs(inputs: Sequence[Any], features: int) -> list[tuple[dict[str
     """Each sequence to predict with where it came from ({"file": ...}, or {"file": None,
     "sequence": its place among the inputs} for an array given in Python), as (steps, features).
     An array of sequences x steps x features (an .npz's X) is as many inputs, one a sequence."""
-    from deepstep.data.sequences import read_numbers
+    from deepstep.data.sequences import read_npz, read_numbers
 
     inputs = [part for item in inputs for part in (item if getattr(item, "ndim", None) == 3 else [item])]
     given: list[tuple[dict[str, Any], np.ndarray]] = []
     for index, item in enumerate(inputs):
-        if isinstance(item, str | os.PathLike):
+        if isinstance(item, str | os.PathLike) and Path(item).suffix.lower() == ".npz" and Path(item).is_file():
+            sequences, _ = read_npz(Path(item), labelled=False)
+            given += [({"file": str(item), "sequence": i}, s) for i, s in enumerate(sequences)]
+        elif isinstance(item, str | os.PathLike):
             given += [({"file": str(f)}, read_numbers(f)) for f in sequence_files([item])]
         elif hasattr(item, "__array__"):  # a numpy array or a tensor
             values = np.asarray(item, dtype=np.float32)
             given.append(({"file": None, "sequence": index}, values[:, None] if values.ndim == 1 else values))
         else:
             raise DeepstepError(
-                "predict takes sequence CSV files, folders of them or arrays (steps x features, or sequences x "
-                "steps x features); "
+                "predict takes sequence CSV files, folders of them, .npz files or arrays (steps x features, or "
+                "sequences x steps x features); "
                 f"input {index} is {kind_of(item)}"
             )
     for where, s in given:
