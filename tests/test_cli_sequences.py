@@ -393,7 +393,8 @@ def test_the_python_api_predicts_arrays_as_it_predicts_their_csv_files(sequence_
     with pytest.raises(DeepstepError, match=r"^sequence 0: the model takes sequences of 2 columns, got shape"):
         run.predict(values[:, :1])
     with pytest.raises(
-        DeepstepError, match=r"arrays \(steps x features, or sequences x steps x features\); input 1 is None$"
+        DeepstepError,
+        match=r"\.npz files or arrays \(steps x features, or sequences x steps x features\); input 1 is None$",
     ):
         run.predict([csv, None])
 
