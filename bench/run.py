@@ -43,7 +43,7 @@ class Skip(Exception):
 
 def cifar_folder(quick: bool) -> tuple[str, Path]:
     """(--data value, unpacked ImageFolder path): the sample when quick, else all of CIFAR-10."""
-    from deepstep.data.sources import default_data_dir, open_image_source
+    from deepstep.data.sources import data_cache_dir, open_image_source
 
     if quick:
         spec = "cifar10-sample"
@@ -54,7 +54,7 @@ def cifar_folder(quick: bool) -> tuple[str, Path]:
                 "the archive (or use --quick)"
             )
         spec = str(cifar_archive)
-    source = open_image_source(spec, default_data_dir())
+    source = open_image_source(spec, data_cache_dir())
     return spec, source.root
 
 
@@ -106,10 +106,10 @@ def bench_tutorial(quick: bool, seeds: int = 1) -> dict:
 def _decoded(spec: str):
     """The train part of `spec` as deepstep decodes and caches it: (uint8 images, labels, mean, std)."""
     from deepstep.data.images import channel_stats
-    from deepstep.data.sources import default_data_dir, open_image_source
+    from deepstep.data.sources import data_cache_dir, open_image_source
     from deepstep.tasks.image_classification import Preprocessing, load_split
 
-    data_dir = default_data_dir()
+    data_dir = data_cache_dir()
     source = open_image_source(spec, data_dir)
     pixels = load_split(
         source, "train", Preprocessing(3, (32, 32), None, [], []), data_dir, strict=False, log=print, progress=False

@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deepstep.api import list_datasets
-    from deepstep.data.sources import default_data_dir
+    from deepstep.data.sources import data_cache_dir
 
     rows = list_datasets()
     if args.json:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['name']:<{width}}  {r['description']}")
     print(
         f"\nAlso: --data FOLDER (train/<class>/*, test/<class>/*, or <class>/* with a carved test part),"
-        f" or a .tar.gz/.zip of such a folder. Cache: {default_data_dir()} (--data-dir, $DEEPSTEP_DATA)."
+        f" or a .tar.gz/.zip of such a folder. Cache: {data_cache_dir()} (--data-dir, $DEEPSTEP_DATA)."
         "\nSequences: --data FILE.csv --target COL (forecasting), or a folder/.zip of one CSV per sequence"
         " with a labels CSV, or an .npz with X and y (sequence classification)."
     )

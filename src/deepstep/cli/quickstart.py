@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deepstep.config import resolve_config
-    from deepstep.data.sources import default_data_dir, open_image_source
+    from deepstep.data.sources import data_cache_dir, open_image_source
     from deepstep.tasks.image_classification import evaluate_run, predict_run, show_images, train
 
     progress = progress_enabled(args)
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"test accuracy {result['accuracy']:.2%} (chance is 10%), loss {result['loss']:.4f}")
 
     print("\n== 3/4 predict one test image")
-    test_files = open_image_source("cifar10-sample", default_data_dir()).splits["test"].files
+    test_files = open_image_source("cifar10-sample", data_cache_dir()).splits["test"].files
     image = test_files[len(test_files) // 2]
     prediction = predict_run(run_path, [image], top_k=5, plot=run_path / "prediction.png")[0]
     ranked = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in prediction["top_k"])

@@ -35,9 +35,11 @@ SAMPLE_ARCHIVE = Path(__file__).parent / "samples" / "cifar10-sample.tar.gz"
 TEST_CARVE_SEED = 0  # the carved test part must not depend on the training seed
 
 
-def default_data_dir() -> Path:
-    """--data-dir, else $DEEPSTEP_DATA, else ~/.cache/deepstep."""
-    return Path(os.environ.get("DEEPSTEP_DATA") or Path.home() / ".cache" / "deepstep")
+def data_cache_dir(*given: str | os.PathLike | None) -> Path:
+    """Where downloads, unpacked archives and decoded caches go: the first of `given` that is set
+    (a command's --data-dir, then the run's), else $DEEPSTEP_DATA, else ~/.cache/deepstep."""
+    chosen = next((g for g in given if g), None) or os.environ.get("DEEPSTEP_DATA")
+    return Path(chosen or Path.home() / ".cache" / "deepstep")
 
 
 @dataclass
@@ -123,7 +125,7 @@ def check_image_spec(spec: str) -> None:
 
 def open_image_source(spec: str, data_dir: Path | None = None, test_split: float = 0.2) -> ImageSource:
     """A built-in dataset name, an image folder, or a .tar.gz/.zip archive of one."""
-    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    data_dir = data_cache_dir(data_dir)
     if spec in DATASETS:
         return DATASETS.get(spec).open(data_dir, test_split)
     check_image_spec(spec)

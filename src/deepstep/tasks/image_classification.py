@@ -25,7 +25,7 @@ from torch import nn
 from deepstep.config import PRECISIONS, TrainConfig, parse_image_size, preset_source
 from deepstep.data.folders import find_images
 from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize
-from deepstep.data.sources import ImageSource, ImageSplit, check_image_spec, default_data_dir, open_image_source
+from deepstep.data.sources import ImageSource, ImageSplit, check_image_spec, data_cache_dir, open_image_source
 from deepstep.data.splits import stratified_split
 from deepstep.data.streaming import FileBatches, eval_transform, sample_images, sample_stats, train_transform
 from deepstep.engine import distributed
@@ -402,8 +402,7 @@ def carve_validation(part: Part, fraction: float, seed: int) -> tuple[Part, Part
 
 def open_training_source(config: TrainConfig) -> ImageSource:
     """The data's files and classes (an archive unpacked, a test part carved), nothing decoded yet."""
-    data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
-    source = open_image_source(config.data, data_dir, config.test_split)
+    source = open_image_source(config.data, data_cache_dir(config.data_dir), config.test_split)
     if len(source.classes) < 2:
         raise DeepstepError(
             f"{config.data} has one class ({source.classes[0]}): a classifier needs at least two, one folder each"
@@ -415,7 +414,7 @@ def prepare_training_data(
     config: TrainConfig, source: ImageSource, channels: int, size: tuple[int, int], log: Log, progress: bool
 ) -> TrainingData:
     """The train and validation parts as the model will see them, and the normalisation."""
-    data_dir = Path(config.data_dir) if config.data_dir else default_data_dir()
+    data_dir = data_cache_dir(config.data_dir)
     if config.workers > available_cores():
         log(f"note: --workers {config.workers} on {available_cores()} cores: the workers take turns on them")
     in_memory = holds_in_memory(config.in_memory, len(source.splits["train"]), channels, size)
@@ -920,7 +919,7 @@ def _ready_for_inference(
 
 def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data_dir, log, progress) -> Part:
     """The test part, or the validation part rebuilt exactly as training carved it."""
-    data_dir = Path(data_dir or config.data_dir or default_data_dir())
+    data_dir = data_cache_dir(data_dir, config.data_dir)
     source = open_image_source(config.data, data_dir, config.test_split)
     if source.fingerprint != info["data"]["fingerprint"]:
         where = f"; its test part: {source.test_origin}" if split == "test" else ""  # a carved part is a fifth
@@ -1271,7 +1270,7 @@ def show_images(
     """A labelled grid of `n` images drawn at random (seeded) from a split."""
     if n < 1:
         raise DeepstepError(f"--n must be at least 1, got {n}")
-    source = open_image_source(data, Path(data_dir) if data_dir else default_data_dir(), test_split)
+    source = open_image_source(data, data_cache_dir(data_dir), test_split)
     if split not in source.splits:
         raise DeepstepError(f"{source.name} has no {split!r} split; it has {', '.join(source.splits)}")
     part = source.splits[split]

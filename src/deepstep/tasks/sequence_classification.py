@@ -19,7 +19,7 @@ from torch import nn
 from deepstep.config import TrainConfig
 from deepstep.data.batches import TensorBatches
 from deepstep.data.sequences import SequenceSet, load_sequences, pad, split_sequences
-from deepstep.data.sources import default_data_dir
+from deepstep.data.sources import data_cache_dir
 from deepstep.engine import distributed
 from deepstep.engine.fit import Monitor
 from deepstep.engine.loop import evaluate
@@ -90,9 +90,7 @@ def _batches(sequences: list[np.ndarray], labels: np.ndarray, batch_size: int, t
 
 
 def prepare(config: TrainConfig, data_dir: str | None = None):
-    data = load_sequences(
-        config.data, Path(data_dir or config.data_dir or default_data_dir()), group_file=config.group_file
-    )
+    data = load_sequences(config.data, data_cache_dir(data_dir, config.data_dir), group_file=config.group_file)
     splits = split_sequences(
         data, test_size=config.test_size, val_size=config.val_size, seed=config.seed, test_groups=config.test_groups
     )
@@ -297,7 +295,7 @@ def show_sequences(
 
     if n < 1:
         raise DeepstepError(f"--n must be at least 1, got {n}")
-    sequences = load_sequences(data, Path(data_dir) if data_dir else default_data_dir())
+    sequences = load_sequences(data, data_cache_dir(data_dir))
     rng = np.random.default_rng(seed)
     by_class = [rng.permutation(np.flatnonzero(sequences.labels == c)) for c in range(len(sequences.classes))]
     turns = itertools.chain.from_iterable(itertools.zip_longest(*by_class))  # the classes take turns
