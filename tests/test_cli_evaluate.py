@@ -244,6 +244,43 @@ def test_data_with_some_of_the_run_s_classes_is_scored_by_class_name_and_other_c
     )
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_split_all_scores_every_image_of_other_data_and_not_the_run_s_own(
+    trained_run, image_folder, tmp_path, capsys, in_memory
+):
+    import shutil
+
+    if not in_memory:
+        info = json.loads((trained_run / "run.json").read_text())
+        info["data"]["in_memory"] = False
+        (trained_run / "run.json").write_text(json.dumps(info))
+    new = tmp_path / "new"  # no test/, and one image of a class: too few to carve a test part from
+    for cls in CLASSES[1:]:
+        shutil.copytree(image_folder / "test" / cls, new / cls)
+    (new / CLASSES[0]).mkdir()
+    shutil.copy(image_folder / "test" / CLASSES[0] / "000.png", new / CLASSES[0])
+    assert main(["evaluate", str(trained_run), "--split", "all", "--data", str(new), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(trained_run), str(new), "--json"]) == 0
+    predicted = {r["file"]: r["label"] for r in json.loads(capsys.readouterr().out)}
+    right = [label == Path(file).parent.name for file, label in predicted.items()]
+    assert result["images"] == len(predicted) == 13 and result["data"] == str(new)
+    assert result["accuracy"] == pytest.approx(sum(right) / 13)
+    assert json.loads((trained_run / "all.json").read_text())["images"] == 13
+    assert not (trained_run / "evaluations.json").exists()  # not the run's test part: nothing recorded
+    assert main(["evaluate", str(trained_run), "--split", "all"]) == 2
+    assert capsys.readouterr().err == (
+        "deepstep evaluate: error: --split all scores every example of other labelled data: give it with "
+        "--data PATH (all of the run's own data would hold its training part)\n"
+    )
+    copy = shutil.copytree(image_folder, tmp_path / "copy")  # the run's data, moved: its training images
+    assert main(["evaluate", str(trained_run), "--split", "all", "--data", str(copy)]) == 2
+    assert capsys.readouterr().err == (
+        f"deepstep evaluate: error: {copy} is the data this run trained on: --split all would score its "
+        "training part too; use --split test\n"
+    )
+
+
 def test_a_run_trained_on_a_relative_path_is_evaluated_from_another_folder(image_folder, monkeypatch, capsys):
     from conftest import train_lenet
 

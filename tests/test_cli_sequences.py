@@ -370,6 +370,33 @@ def test_predict_takes_an_npz_of_sequences_cut_to_their_lengths_without_labels(t
     assert "wide.npz: the model takes sequences of 2 columns, got shape (8, 3)" in capsys.readouterr().err
 
 
+def test_split_all_scores_every_sequence_of_other_data(tmp_path, seasonal_csv, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8, 2)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", X=x, y=np.array(["up", "down"] * 20))
+    train = ["train", "--data", str(tmp_path / "train.npz"), "--hidden", "4", "--epochs", "1", "--quiet"]
+    assert main([*train, "--out", "runs/n"]) == 0
+    np.savez(tmp_path / "new.npz", X=x[:5] + 1, y=np.array(["up", "down", "up", "up", "up"]))
+    capsys.readouterr()
+    assert main(["evaluate", "runs/n", "--split", "all", "--data", str(tmp_path / "new.npz"), "--json"]) == 0
+    result = _json(capsys)
+    labels = [r["label"] for r in deepstep.load_run("runs/n").predict(x[:5] + 1)]
+    right = sum(a == b for a, b in zip(labels, ["up", "down", "up", "up", "up"], strict=True))
+    assert result["sequences"] == 5 and result["accuracy"] == pytest.approx(right / 5)
+    assert result["data"] == str(tmp_path / "new.npz")
+    assert main(["evaluate", "runs/n", "--split", "all", "--data", str(tmp_path / "train.npz")]) == 2
+    assert "train.npz is the data this run trained on: --split all would score its training part" in (
+        capsys.readouterr().err
+    )
+    forecast = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--epochs", "1", "--hidden", "4"]
+    assert main([*forecast, "--quiet", "--out", "runs/f"]) == 0
+    assert main(["evaluate", "runs/f", "--split", "all", "--data", str(seasonal_csv)]) == 2
+    assert capsys.readouterr().err == (
+        "deepstep evaluate: error: --split 'all': a forecast is measured on 'test' or 'val' "
+        "('all' is for classifiers: a series has one test span)\n"
+    )
+
+
 def test_the_python_api_predicts_arrays_as_it_predicts_their_csv_files(sequence_folder):
     import torch
 

@@ -68,11 +68,13 @@ class Run:
         device: str | None = None,
         verbose: bool = True,
     ) -> dict[str, Any]:
-        """The run's metrics on `split`; the test split once per run. Images: accuracy, loss, per-class
+        """The run's metrics on `split`: "test" (once per run), "val", or, for a classifier, "all" of
+        other labelled data given as `data` (e.g. new photos in class folders). Images: accuracy, loss, per-class
         accuracy, confusion matrix (`tta`: "flip" or "flip-translate" averaging; `precision`: None or
         "32" for fp32, "bf16", "16" or "auto", as training's; `device`: as train's, auto when None).
         Forecasting: MAE, RMSE, MAPE, sMAPE, MASE (`baselines`, `backtest`). Sequences: accuracy,
-        precision, recall, F1, ROC AUC. `data`: where the run's data is now, if it moved since training."""
+        precision, recall, F1, ROC AUC. `data`, for test and val: where the run's data is now, if it moved
+        since training."""
         task = self.task
         _images_only(task, self.path, precision=precision, device=device)
         if task == "forecasting":

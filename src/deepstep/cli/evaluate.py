@@ -21,11 +21,12 @@ EXAMPLES = """\
 examples:
   deepstep evaluate runs/lenet-cifar10-sample            # test part, once per run
   deepstep evaluate runs/lenet-cifar10-sample --split val --json
+  deepstep evaluate runs/lenet-cifar10-sample --split all --data new-photos/   # every image of other data
 
   deepstep evaluate runs/lstm-airline-passengers --baselines --json   # forecasting, beside naive / SARIMA
   deepstep evaluate runs/lstm-airline-passengers --backtest             # a forecast from every test step
 
-Writes RUN/test.json (or val.json) and a plot: the confusion matrix (classification) or the
+Writes RUN/test.json (or val.json, all.json) and a plot: the confusion matrix (classification) or the
 forecasts over the test span (forecasting). Every test evaluation is recorded in
 RUN/evaluations.json; a second one needs --force.
 """
@@ -79,7 +80,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=formatter,
     )
     parser.add_argument("run_dir", metavar="RUN", help="a run folder written by `deepstep train`")
-    parser.add_argument("--split", default="test", choices=("test", "val"), help="default test")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val", "all"),
+        help="default test; all: every example of other labelled data given with --data (classifiers)",
+    )
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="default best (by val accuracy)")
     add_tta_options(parser)
     parser.add_argument("--force", action="store_true", help="evaluate the test part again (recorded)")

@@ -70,6 +70,14 @@ class ImageSplit:
         return str(self.files[i]) if self.files is not None else f"#{i}"
 
 
+def join_splits(parts: list[ImageSplit]) -> ImageSplit:
+    """The images of `parts` as one split, in order (all files, or all pixels in memory)."""
+    labels = np.concatenate([p.labels for p in parts])
+    if all(p.files is not None for p in parts):
+        return ImageSplit(labels=labels, files=[f for p in parts for f in p.files])
+    return ImageSplit(labels=labels, pixels=np.concatenate([p.pixels for p in parts]))
+
+
 @dataclass
 class ImageSource:
     """A dataset: class names, splits and where the test part came from."""
@@ -123,8 +131,12 @@ def check_image_spec(spec: str) -> None:
     )
 
 
-def open_image_source(spec: str, data_dir: Path | None = None, test_split: float = 0.2) -> ImageSource:
-    """A built-in dataset name, an image folder, or a .tar.gz/.zip archive of one."""
+def open_image_source(
+    spec: str, data_dir: Path | None = None, test_split: float = 0.2, *, carve_test: bool = True
+) -> ImageSource:
+    """A built-in dataset name, an image folder, or a .tar.gz/.zip archive of one. A folder without
+    test/ has `test_split` of each class carved as its test part, unless not `carve_test` (every
+    image is then in train, as when a whole folder is scored)."""
     data_dir = data_cache_dir(data_dir)
     if spec in DATASETS:
         return DATASETS.get(spec).open(data_dir, test_split)
@@ -132,11 +144,13 @@ def open_image_source(spec: str, data_dir: Path | None = None, test_split: float
     path = Path(spec).expanduser()
     if is_archive(path):
         folder = unpack_archive(path, data_dir)
-        return _folder_source(folder, archive_stem(path), test_split, data_dir, unpacked=True)
-    return _folder_source(path, path.resolve().name, test_split, data_dir)
+        return _folder_source(folder, archive_stem(path), test_split, data_dir, unpacked=True, carve_test=carve_test)
+    return _folder_source(path, path.resolve().name, test_split, data_dir, carve_test=carve_test)
 
 
-def _folder_source(path: Path, name: str, test_split: float, data_dir: Path, unpacked: bool = False) -> ImageSource:
+def _folder_source(
+    path: Path, name: str, test_split: float, data_dir: Path, unpacked: bool = False, carve_test: bool = True
+) -> ImageSource:
     """`unpacked`: `path` is deepstep's own unpacking of an archive, named by the archive's content hash."""
     layout = scan_image_folder(path)
     splits = {
@@ -145,6 +159,8 @@ def _folder_source(path: Path, name: str, test_split: float, data_dir: Path, unp
     }
     if "test" in splits:
         origin = "the folder's test/"
+    elif not carve_test:
+        origin = "none carved"
     else:
         if test_split <= 0:
             raise DeepstepError(

@@ -251,7 +251,8 @@ def evaluate_run(
     (True: all of them; or their names, e.g. ["naive", "seasonal_naive"])."""
     run = RunDir.open(run_path)
     if split not in ("test", "val"):
-        raise DeepstepError(f"--split {split!r}: evaluate measures 'test' or 'val'")
+        also = " ('all' is for classifiers: a series has one test span)" if split == "all" else ""
+        raise DeepstepError(f"--split {split!r}: a forecast is measured on 'test' or 'val'{also}")
     names = baseline_names(baselines, order, seasonal_order)
     history = test_evaluations(run, split, force, lambda e: f"MAE {e['model']['mae']:.4g}")
     config = run_config(run, data)

@@ -25,7 +25,14 @@ from torch import nn
 from deepstep.config import PRECISIONS, TrainConfig, parse_image_size, preset_source
 from deepstep.data.folders import find_images
 from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize
-from deepstep.data.sources import ImageSource, ImageSplit, check_image_spec, data_cache_dir, open_image_source
+from deepstep.data.sources import (
+    ImageSource,
+    ImageSplit,
+    check_image_spec,
+    data_cache_dir,
+    join_splits,
+    open_image_source,
+)
 from deepstep.data.splits import stratified_split
 from deepstep.data.streaming import FileBatches, eval_transform, sample_images, sample_stats, train_transform
 from deepstep.engine import distributed
@@ -47,6 +54,7 @@ from deepstep.models.shapes import activation_bytes, format_size, multiply_adds
 from deepstep.tasks.metrics import save_confusion
 from deepstep.tasks.runs import (
     build_lookahead,
+    check_split,
     class_numbers,
     find_lr_report,
     finish,
@@ -56,6 +64,7 @@ from deepstep.tasks.runs import (
     optimization,
     record_test_evaluation,
     run_config,
+    same_data_for_all,
     seed_everything,
     start_run,
     test_evaluations,
@@ -832,7 +841,8 @@ def evaluate_run(
     log: Log = print,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Loss, accuracy, per-class accuracy and confusion matrix on `split` (test or val);
+    """Loss, accuracy, per-class accuracy and confusion matrix on `split`: test, val, or "all", every
+    image of other data given as `data` (all its parts; not recorded as a test evaluation);
     with `tta` ("flip" or "flip-translate"), each image's logits are averaged over views of it.
     `data`: where the run's data is now, if it moved since training. `precision`: "32" (fp32,
     also when None), "bf16", "16" or "auto", as training's --precision; the kernels are chosen
@@ -842,10 +852,7 @@ def evaluate_run(
     """
     run = RunDir.open(run_path)
     tta = tta_mode(tta)
-    if split not in ("test", "val"):
-        raise DeepstepError(
-            f"--split {split!r}: evaluate measures 'test' or 'val' (the train part is reported by training)"
-        )
+    check_split(split, data)
     history = test_evaluations(run, split, force, lambda e: f"accuracy {e['accuracy']:.2%}")
     info = run.read_json("run.json")
     config = run_config(run, data)
@@ -861,6 +868,7 @@ def evaluate_run(
     report = _classification_report(kept["output"], kept["target"], trained.classes)
     result = {
         "split": split,
+        **({"data": str(config.data)} if split == "all" else {}),
         "checkpoint": checkpoint,
         "tta": tta,
         "device": {"type": on.type, "precision": chosen.name, "precision_reason": chosen.reason},
@@ -918,10 +926,16 @@ def _ready_for_inference(
 
 
 def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data_dir, log, progress) -> Part:
-    """The test part, or the validation part rebuilt exactly as training carved it."""
+    """The test part, the validation part rebuilt exactly as training carved it, or every image
+    of other data (`split` "all")."""
     data_dir = data_cache_dir(data_dir, config.data_dir)
-    source = open_image_source(config.data, data_dir, config.test_split)
-    if source.fingerprint != info["data"]["fingerprint"]:
+    source = open_image_source(config.data, data_dir, config.test_split, carve_test=split != "all")
+    if split == "all":
+        if source.fingerprint == info["data"]["fingerprint"]:
+            raise DeepstepError(same_data_for_all(config.data))
+        parts = [source.splits[name] for name in ("train", "val", "test") if name in source.splits]
+        source.splits = {"all": join_splits(parts)}
+    elif source.fingerprint != info["data"]["fingerprint"]:
         where = f"; its test part: {source.test_origin}" if split == "test" else ""  # a carved part is a fifth
         log(
             f"warning: the data at {config.data} changed since this run was trained "
@@ -937,7 +951,7 @@ def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data
         split = source.splits[name]
         return dataclasses.replace(split, labels=renumber.numpy()[split.labels])
 
-    if split == "test" or "val" in source.splits:
+    if split in ("test", "all") or "val" in source.splits:
         return part(split)
     _, val, val_info = carve_validation(part("train"), config.val_split, config.seed)
     if val is None:

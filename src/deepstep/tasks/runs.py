@@ -187,6 +187,24 @@ def run_config(run: RunDir, data: str | None = None) -> TrainConfig:
     return config
 
 
+def check_split(split: str, data: str | None) -> None:
+    """evaluate's --split of a classifier: test or val of the run's own data, or all of other data (--data)."""
+    if split not in ("test", "val", "all"):
+        raise DeepstepError(
+            f"--split {split!r}: evaluate measures 'test' or 'val', or 'all' of other data given with --data "
+            "(the train part is reported by training)"
+        )
+    if split == "all" and not data:
+        raise DeepstepError(
+            "--split all scores every example of other labelled data: give it with --data PATH "
+            "(all of the run's own data would hold its training part)"
+        )
+
+
+def same_data_for_all(data: str) -> str:
+    return f"{data} is the data this run trained on: --split all would score its training part too; use --split test"
+
+
 def test_evaluations(run: RunDir, split: str, force: bool, describe: Callable[[dict], str]) -> list[dict[str, Any]]:
     """Every earlier test evaluation; refuses a second one without `force` (the test part is measured once)."""
     history = run.read_json("evaluations.json", [])

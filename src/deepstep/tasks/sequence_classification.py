@@ -30,11 +30,13 @@ from deepstep.tasks.metrics import classification_metrics, save_confusion
 from deepstep.tasks.runs import (
     RECURRENT_MUST_MATCH,
     Job,
+    check_split,
     class_numbers,
     load_model,
     now,
     record_test_evaluation,
     run_config,
+    same_data_for_all,
     sequence_model_args,
     test_evaluations,
     train_run,
@@ -162,18 +164,23 @@ def evaluate_run(
     data: str | None = None,
     log: Log = print,
 ) -> dict[str, Any]:
-    """Accuracy, precision / recall / F1, ROC AUC (two classes) and the confusion matrix;
-    `data`: where the run's data is now, if it moved since training."""
+    """Accuracy, precision / recall / F1, ROC AUC (two classes) and the confusion matrix of
+    `split`: test, val, or "all", every sequence of other data given as `data` (not recorded as a
+    test evaluation); otherwise `data` is where the run's data is now, if it moved since training."""
     run = RunDir.open(run_path)
-    if split not in ("test", "val"):
-        raise DeepstepError(f"--split {split!r}: evaluate measures 'test' or 'val'")
+    check_split(split, data)
     history = test_evaluations(run, split, force, lambda e: f"accuracy {e['accuracy']:.2%}")
     config = run_config(run, data)
     info = run.read_json("run.json")
-    data, splits, _, _ = prepare(config, data_dir)
-    if data.fingerprint != info["data"]["fingerprint"]:
-        log(f"warning: the data at {config.data} changed since this run was trained")
-    part = splits.test if split == "test" else splits.val
+    if split == "all":
+        data = part = load_sequences(config.data, data_cache_dir(data_dir, config.data_dir))
+        if data.fingerprint == info["data"]["fingerprint"]:
+            raise DeepstepError(same_data_for_all(config.data))
+    else:
+        data, splits, _, _ = prepare(config, data_dir)
+        if data.fingerprint != info["data"]["fingerprint"]:
+            log(f"warning: the data at {config.data} changed since this run was trained")
+        part = splits.test if split == "test" else splits.val
     if part is None:
         raise DeepstepError("this run was trained with --val-size 0: it has no validation part to evaluate")
     model, record = load_model(run, checkpoint)
@@ -187,6 +194,7 @@ def evaluate_run(
     report = classification_metrics(kept["output"].numpy(), kept["target"].numpy(), classes)
     result = {
         "split": split,
+        **({"data": str(config.data)} if split == "all" else {}),
         "checkpoint": checkpoint,
         "epoch": record["epoch"],
         "sequences": len(part.labels),
