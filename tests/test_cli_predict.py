@@ -26,6 +26,18 @@ def test_predict_matches_evaluate_on_the_test_images(trained_run, image_folder, 
     assert json.loads(capsys.readouterr().out)["accuracy"] == correct / len(results) and len(results) == 18
 
 
+def test_a_folder_s_images_are_predicted_in_natural_order(trained_run, image_folder, tmp_path, capsys):
+    import shutil
+
+    names = ["frame10.png", "frame2.png", "frame1.png", "b/frame3.png", "a/frame20.png", "a/frame3.png"]
+    for name in names:
+        (tmp_path / "frames" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image_folder / "test" / "square" / "000.png", tmp_path / "frames" / name)
+    assert main(["predict", str(trained_run), str(tmp_path / "frames"), "--json"]) == 0
+    listed = [r["file"].split("frames/")[1] for r in json.loads(capsys.readouterr().out)]
+    assert listed == ["a/frame3.png", "a/frame20.png", "b/frame3.png", "frame1.png", "frame2.png", "frame10.png"]
+
+
 def test_grey_rgba_and_palette_images_are_converted_not_refused(trained_run, tmp_path, capsys):
     rgb = np.zeros((40, 50, 3), dtype=np.uint8)
     rgb[..., 1] = 200

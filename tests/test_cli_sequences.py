@@ -335,7 +335,8 @@ def test_predict_takes_a_folder_of_sequence_csvs_and_leaves_the_labels_file_out(
     capsys.readouterr()
     assert main(["predict", "runs/s", str(sequence_folder / "dataset"), "--json"]) == 0
     files = [Path(r["file"]).name for r in _json(capsys)]
-    assert len(files) == 60 and "targets.csv" not in files and files[0] == "seq_1.csv"
+    assert len(files) == 60 and "targets.csv" not in files
+    assert files[:11] == [f"seq_{i}.csv" for i in range(1, 12)]  # in natural order: seq_2 before seq_10
     assert main(["predict", "runs/s", str(sequence_folder / "groups")]) == 2  # groups.csv is no sequence
     assert "groups holds no sequence CSV files (named ..._<id>.csv)" in capsys.readouterr().err
     (sequence_folder / "header_only.csv").write_text("a,b\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -61,6 +62,16 @@ def find_images(folder: Path, others: list[Path] | None = None) -> list[Path]:
             elif others is not None and not name.startswith("."):
                 others.append(Path(dirpath) / name)
     return found
+
+
+def in_natural_order(paths: list[Path]) -> list[Path]:
+    """`paths` with the numbers in their names compared as numbers (img2.png before img10.png), as
+    file browsers list them: for what people read (predictions), not for training's order."""
+
+    def key(path: Path) -> tuple:
+        return tuple(tuple(int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", p))) for p in path.parts)
+
+    return sorted(paths, key=key)
 
 
 def _left_out_notes(folder: Path, empty: list[str], loose: list[Path], others: list[Path]) -> list[str]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepstep.config import PRECISIONS, TrainConfig, parse_image_size, preset_source
-from deepstep.data.folders import find_images
+from deepstep.data.folders import find_images, in_natural_order
 from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize
 from deepstep.data.sources import (
     ImageSource,
@@ -996,7 +996,8 @@ class ImageFile(NamedTuple):
 
 
 def image_files(inputs: Sequence[Any]) -> list[ImageFile]:
-    """Files as given, the images inside given folders (sorted), and Pillow images as they are."""
+    """Files as given, the images inside given folders (in natural order: 2.png before 10.png), and
+    Pillow images as they are."""
     from PIL import Image
 
     files: list[ImageFile] = []
@@ -1016,7 +1017,7 @@ def image_files(inputs: Sequence[Any]) -> list[ImageFile]:
         except OSError as err:
             raise DeepstepError(f"{path} cannot be read: {err.strerror or err}") from None
         if stat.S_ISDIR(mode):
-            found = find_images(path)
+            found = in_natural_order(find_images(path))
             if not found:
                 raise DeepstepError(f"{path} holds no images to predict")
             files.extend(ImageFile(f, True) for f in found)

@@ -214,14 +214,16 @@ def evaluate_run(
 
 def sequence_files(inputs: Sequence[str | Path]) -> list[Path]:
     """The CSV files given, and the sequence CSVs in the folders given: as in training, those
-    named ..._<id>.csv (so a labels or groups file beside them is left out), sorted."""
+    named ..._<id>.csv (so a labels or groups file beside them is left out), in natural order
+    (seq_2.csv before seq_10.csv)."""
+    from deepstep.data.folders import in_natural_order
     from deepstep.data.sequences import LABEL_FILE, TRAILING_ID
 
     files: list[Path] = []
     for given in map(Path, inputs):
         if given.is_dir():
-            found = sorted(
-                f for f in given.glob("*.csv") if TRAILING_ID.search(f.stem) and not LABEL_FILE.search(f.stem)
+            found = in_natural_order(
+                [f for f in given.glob("*.csv") if TRAILING_ID.search(f.stem) and not LABEL_FILE.search(f.stem)]
             )
             if not found:
                 raise DeepstepError(f"{given} holds no sequence CSV files (named ..._<id>.csv)")
