@@ -208,6 +208,13 @@ def test_a_run_whose_data_moved_says_so_and_is_evaluated_with_data_at_the_new_pl
     assert f"warning: the data at {moved} changed since this run was trained" in capsys.readouterr().out
 
 
+def _stream_from_files(run: Path) -> None:
+    """Make `run` evaluate as a run too big for memory does: its images read from files in batches."""
+    info = json.loads((run / "run.json").read_text())
+    info["data"]["in_memory"] = False
+    (run / "run.json").write_text(json.dumps(info))
+
+
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_data_with_some_of_the_run_s_classes_is_scored_by_class_name_and_other_classes_are_refused(
     trained_run, image_folder, tmp_path, capsys, in_memory
@@ -217,9 +224,7 @@ def test_data_with_some_of_the_run_s_classes_is_scored_by_class_name_and_other_c
     import shutil
 
     if not in_memory:
-        info = json.loads((trained_run / "run.json").read_text())
-        info["data"]["in_memory"] = False
-        (trained_run / "run.json").write_text(json.dumps(info))
+        _stream_from_files(trained_run)
     assert main(["evaluate", str(trained_run), "--json"]) == 0
     whole = json.loads(capsys.readouterr().out)["per_class_accuracy"]
     some = tmp_path / "some"
@@ -251,9 +256,7 @@ def test_split_all_scores_every_image_of_other_data_and_not_the_run_s_own(
     import shutil
 
     if not in_memory:
-        info = json.loads((trained_run / "run.json").read_text())
-        info["data"]["in_memory"] = False
-        (trained_run / "run.json").write_text(json.dumps(info))
+        _stream_from_files(trained_run)
     new = tmp_path / "new"  # no test/, and one image of a class: too few to carve a test part from
     for cls in CLASSES[1:]:
         shutil.copytree(image_folder / "test" / cls, new / cls)
