@@ -73,6 +73,20 @@ def test_an_npz_padded_with_nan_past_its_lengths_is_read_and_a_nan_inside_one_is
         load_sequences(str(tmp_path / "d.npz"), tmp_path)
 
 
+def test_an_npz_s_labels_as_a_column_are_read_and_one_hot_rows_are_refused_with_the_fix(tmp_path):
+    # both were read as the text of each row: classes "[0]" and "[1]", or "[0.0, 1.0, 0.0]"
+    x = np.zeros((4, 5, 2), np.float32)
+    np.savez(tmp_path / "d.npz", X=x, y=np.array([[0], [1], [0], [1]]))
+    assert load_sequences(str(tmp_path / "d.npz"), tmp_path).classes == ["0", "1"]
+    np.savez(tmp_path / "d.npz", X=x, y=np.eye(3)[[0, 1, 2, 1]])
+    with pytest.raises(
+        DeepstepError,
+        match=r"d.npz: y must hold one label per sequence, shape \(N,\); it has shape \(4, 3\); "
+        r"these are one-hot rows: save y.argmax\(axis=1\) instead$",
+    ):
+        load_sequences(str(tmp_path / "d.npz"), tmp_path)
+
+
 @pytest.mark.parametrize(
     "lengths, message",
     [

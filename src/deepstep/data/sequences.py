@@ -201,6 +201,14 @@ def read_npz(path: Path, labelled: bool = True) -> tuple[list[np.ndarray], np.nd
         raise DeepstepError(f"{path} is not a readable .npz: {str(err).splitlines()[0]}") from None
     if x.ndim == 2:
         x = x[:, :, None]
+    if y is not None and y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # a column of labels
+    if labelled and y.ndim != 1:
+        one_hot = y.ndim == 2 and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()
+        raise DeepstepError(
+            f"{path}: y must hold one label per sequence, shape (N,); it has shape {y.shape}"
+            + ("; these are one-hot rows: save y.argmax(axis=1) instead" if one_hot else "")
+        )
     if x.ndim != 3 or (labelled and len(x) != len(y)):
         got = f"X {x.shape}, y {y.shape}" if labelled else f"X {x.shape}"
         raise DeepstepError(f"{path}: X must be (N, T, F) with one y per sequence; got {got}")
