@@ -205,6 +205,14 @@ def test_an_unknown_target_suggests_the_close_column(tmp_path):
         load_series(str(write_monthly(tmp_path / "s.csv", range(5))), target="Sale")
 
 
+def test_a_folder_given_as_a_series_is_named_as_a_folder_not_as_missing(tmp_path):
+    (tmp_path / "folder").mkdir()  # as `train --data photos/ --task forecasting` gives it
+    with pytest.raises(DeepstepError, match=r"^\S+/folder is a folder, not a CSV file; give a CSV file or a built-in"):
+        load_series(str(tmp_path / "folder"), target=None)
+    with pytest.raises(DeepstepError, match=r"^\S+/missing.csv does not exist; give a CSV file or a built-in"):
+        load_series(str(tmp_path / "missing.csv"), target=None)
+
+
 def test_a_built_in_series_loads_offline():
     series = load_series("nile", target=None)
     assert series.target == "volume" and len(series) == 100 and series.values[0, 0] == 1120

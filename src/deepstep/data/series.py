@@ -119,9 +119,8 @@ def _read_table(spec: str):
         return _statsmodels_frame(spec), spec, None
     path = Path(spec)
     if not path.is_file():
-        raise DeepstepError(
-            f"{spec} does not exist; give a CSV file or a built-in series ({', '.join(BUILTIN_SERIES)})"
-        )
+        what = "is a folder, not a CSV file" if path.is_dir() else "does not exist"
+        raise DeepstepError(f"{spec} {what}; give a CSV file or a built-in series ({', '.join(BUILTIN_SERIES)})")
     sep, decimal, thousands, one_column = csv_dialect(path)
     try:
         path.read_bytes().decode("utf-8")
