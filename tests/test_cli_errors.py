@@ -264,5 +264,5 @@ def test_an_invalid_choice_gets_a_suggestion_in_either_argparse_wording(listed, 
         Parser(prog="deepstep evaluate").error(f"argument --split: invalid choice: 'tset' (choose from {listed})")
     assert capsys.readouterr().err == (
         "deepstep evaluate: error: argument --split: invalid choice: 'tset' (did you mean 'test'?); "
-        "choose from test, val, all; see deepstep evaluate --help\n"
+        "choose from test, val; see deepstep evaluate --help\n"
     )
