@@ -1,6 +1,7 @@
 import io
 import tarfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,26 +124,53 @@ def test_the_shipped_sample_is_a_stratified_cifar10_sample(isolated):
     assert np.bincount(source.splits["test"].labels).tolist() == [100] * 10
 
 
-def test_cifar10_loads_through_torchvision_from_a_cifar_format_folder(isolated, monkeypatch):
-    """The torchvision path, fed a CIFAR-10 python-format folder written here (integrity check patched)."""
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar10_batches(folder: Path) -> None:
+    """A CIFAR-10 python-format folder (pickled batches, as its authors ship it): 20 train, 6 test."""
     import pickle
 
-    import torchvision
-
-    folder = isolated / "cifar10" / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     for name, n in [*[(f"data_batch_{i}", 4) for i in range(1, 6)], ("test_batch", 6)]:
         batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
         (folder / name).write_bytes(pickle.dumps(batch))
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
-    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": CIFAR10_NAMES}))
+
+
+def files_pass_checksums(monkeypatch) -> None:
+    """torchvision checks each batch file's md5: written here, they pass when present."""
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
+
+
+def test_cifar10_loads_through_torchvision_from_a_cifar_format_folder(isolated, monkeypatch):
+    """The torchvision path, fed a CIFAR-10 python-format folder written here (integrity check patched)."""
+    write_cifar10_batches(isolated / "cifar10" / "cifar-10-batches-py")
+    files_pass_checksums(monkeypatch)
     source = open_image_source("cifar10", isolated)
-    assert source.classes == names
+    assert source.classes == CIFAR10_NAMES
     assert len(source.splits["train"]) == 20 and len(source.splits["test"]) == 6
     assert source.splits["train"].pixels.shape == (20, 32, 32, 3)
+
+
+def test_cifar10_s_own_archive_or_folder_given_as_data_is_read_from_there_offline(isolated, tmp_path, monkeypatch):
+    # they were read as image folders: "has class folders but no images in them"
+    write_cifar10_batches(tmp_path / "downloads" / "cifar-10-batches-py")
+    archive = tmp_path / "downloads" / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "downloads" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    files_pass_checksums(monkeypatch)
+    for given in (tmp_path / "downloads" / "cifar-10-batches-py", archive):
+        source = open_image_source(str(given), isolated)
+        assert source.classes == CIFAR10_NAMES and source.name == "cifar10"
+        assert len(source.splits["train"]) == 20 and len(source.splits["test"]) == 6
+    assert not (isolated / "cifar10").exists()  # read where given, not from (or into) the built-in's cache
+    (tmp_path / "downloads" / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DeepstepError, match=r"cifar-10-batches-py cannot be read as cifar10 \(files missing, or not"):
+        open_image_source(str(tmp_path / "downloads" / "cifar-10-batches-py"), isolated)
 
 
 def test_cifar10_offline_names_the_folder_to_fill_and_the_other_ways_in(isolated, monkeypatch):

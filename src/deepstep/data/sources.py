@@ -95,7 +95,7 @@ class ImageSource:
 class BuiltinDataset:
     name: str
     description: str
-    open: Callable[[Path, float], ImageSource]
+    open: Callable[..., ImageSource]  # (data_dir, test_split) -> ImageSource
 
 
 DATASETS: Registry[BuiltinDataset] = Registry("dataset", "deepstep datasets")
@@ -131,6 +131,16 @@ def check_image_spec(spec: str) -> None:
     )
 
 
+# CIFAR as its authors ship it (the pickled batches torchvision reads), given by path to --data:
+# read from there by the built-in dataset's loader, offline, instead of from the cache.
+AUTHORS_FILES = {
+    "cifar-10-python.tar.gz": "cifar10",
+    "cifar-10-batches-py": "cifar10",
+    "cifar-100-python.tar.gz": "cifar100",
+    "cifar-100-python": "cifar100",
+}
+
+
 def open_image_source(
     spec: str, data_dir: Path | None = None, test_split: float = 0.2, *, carve_test: bool = True
 ) -> ImageSource:
@@ -142,6 +152,8 @@ def open_image_source(
         return DATASETS.get(spec).open(data_dir, test_split)
     check_image_spec(spec)
     path = Path(spec).expanduser()
+    if path.name in AUTHORS_FILES:
+        return DATASETS.get(AUTHORS_FILES[path.name]).open(data_dir, test_split, given=path)
     if is_archive(path):
         folder = unpack_archive(path, data_dir)
         return _folder_source(folder, archive_stem(path), test_split, data_dir, unpacked=True, carve_test=carve_test)
@@ -214,21 +226,33 @@ def _cifar10_sample(data_dir: Path, test_split: float) -> ImageSource:
     return _folder_source(folder, "cifar10-sample", test_split, data_dir, unpacked=True)
 
 
-def _torchvision_source(name: str, dataset_class: str, archive_hint: str) -> Callable[[Path, float], ImageSource]:
-    def open_dataset(data_dir: Path, test_split: float) -> ImageSource:
+def _torchvision_source(name: str, dataset_class: str, archive_hint: str) -> Callable[..., ImageSource]:
+    def open_dataset(data_dir: Path, test_split: float, given: Path | None = None) -> ImageSource:
+        """`given`: the dataset's own archive or unpacked folder, given as --data, read from there."""
         import torchvision.datasets
 
         cls = getattr(torchvision.datasets, dataset_class)
         root = data_dir / name
+        if given is not None:  # torchvision reads ROOT/cifar-10-batches-py
+            root = given.parent if given.is_dir() else unpack_archive(given, data_dir)
         parts = {}
         for split, train in (("train", True), ("test", False)):
             try:
                 try:
                     ds = cls(str(root), train=train, download=False)
                 except RuntimeError:  # not there yet: torchvision's own download
+                    if given is not None:
+                        raise
                     ds = cls(str(root), train=train, download=True)
             except Exception as err:  # offline: URLError, socket errors, HTTP errors, bad checksum
                 reason = str(err).splitlines()[0][:120].rstrip(" :") if str(err) else type(err).__name__
+                if given is not None:
+                    if "not found or corrupted" in reason:  # torchvision's words for a missing or altered file
+                        reason = "files missing, or not the ones its authors ship: their checksums differ"
+                    raise DeepstepError(
+                        f"{given} cannot be read as {name} ({reason}): give {archive_hint} as its authors "
+                        "ship it, or the folder it unpacks to"
+                    ) from None
                 raise DeepstepError(
                     f"{name} is not in {root} and could not be downloaded ({reason}): put {archive_hint} "
                     f"in {root}, or use --data with an image folder or a .tar.gz/.zip of one "
