@@ -1,4 +1,5 @@
-"""deepstep evaluate: measure a trained run on its test part (once) or its validation part."""
+"""deepstep evaluate: measure a trained run on its test part (once) or its validation part, or a
+classifier on all of other labelled data."""
 
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--data",
         metavar="PATH",
-        help="where the run's data is now, if it moved since training (its content is checked)",
+        help="where the run's data is now, if it moved since training (its content is checked); "
+        "with --split all, the other data to score",
     )
     parser.add_argument("--data-dir", metavar="DIR", help="data cache, if not the one used in training")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
