@@ -209,7 +209,11 @@ def test_an_input_size_the_model_cannot_take(image_folder):
 
 
 def test_a_model_whose_input_is_not_an_image(image_folder):
-    assert_one_line_error(train("--data", str(image_folder), "--model", "mini-alexnet"), "takes 384x13x13 inputs")
+    assert_one_line_error(
+        train("--data", str(image_folder), "--model", "mini-alexnet"),
+        "takes 384x13x13 inputs",
+        "see its layers with `deepstep summary mini-alexnet`",
+    )
 
 
 def test_a_config_file_with_an_unknown_key(tmp_path):

@@ -204,7 +204,7 @@ def model_input(model_name: str, image_size: str | None) -> tuple[int, tuple[int
     if len(spec.input_size) != 3 or spec.input_size[0] not in (1, 3):
         raise DeepstepError(
             f"{model_name} takes {format_size(spec.input_size)} inputs, not 1- or 3-channel images, so it "
-            f"cannot be trained on an image dataset; see its layers with `deepstep models`"
+            f"cannot be trained on an image dataset; see its layers with `deepstep summary {model_name}`"
         )
     channels = spec.input_size[0]
     size = parse_image_size(image_size) if image_size else (spec.input_size[1], spec.input_size[2])
