@@ -205,7 +205,9 @@ def test_a_run_whose_data_moved_says_so_and_is_evaluated_with_data_at_the_new_pl
     assert out.startswith("val: accuracy") and "changed" not in out  # the same content: the same fingerprint
     (moved / "train" / CLASSES[0] / "000.png").unlink()
     assert main(["evaluate", str(trained_run), "--split", "val", "--data", str(moved)]) == 2  # val part differs
-    assert f"warning: the data at {moved} changed since this run was trained" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"warning: the data at {moved} changed since this run was trained" in captured.out
+    assert captured.err.endswith("evaluate --split test instead, or --split all to score every image of other data\n")
 
 
 def _stream_from_files(run: Path) -> None:

@@ -959,7 +959,7 @@ def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data
     if val_info["index_sha256"] != info["data"]["val"].get("index_sha256"):
         raise DeepstepError(
             "the validation part cannot be rebuilt as it was in training (the data changed); "
-            "evaluate --split test instead"
+            "evaluate --split test instead, or --split all to score every image of other data"
         )
     return val
 
