@@ -187,4 +187,5 @@ def test_cifar10_offline_names_the_folder_to_fill_and_the_other_ways_in(isolated
     message = str(err.value)
     assert f"cifar10 is not in {isolated / 'cifar10'}" in message
     assert "cifar-10-python.tar.gz" in message and "--data" in message and "cifar10-sample" in message
+    assert f"put cifar-10-python.tar.gz in {isolated / 'cifar10'} (or give its path as --data), or" in message
     assert "\n" not in message

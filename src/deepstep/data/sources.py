@@ -235,6 +235,7 @@ def _torchvision_source(name: str, dataset_class: str, archive_hint: str) -> Cal
         root = data_dir / name
         if given is not None:  # torchvision reads ROOT/cifar-10-batches-py
             root = given.parent if given.is_dir() else unpack_archive(given, data_dir)
+        given_instead = " (or give its path as --data)" if archive_hint in AUTHORS_FILES else ""
         parts = {}
         for split, train in (("train", True), ("test", False)):
             try:
@@ -255,7 +256,7 @@ def _torchvision_source(name: str, dataset_class: str, archive_hint: str) -> Cal
                     ) from None
                 raise DeepstepError(
                     f"{name} is not in {root} and could not be downloaded ({reason}): put {archive_hint} "
-                    f"in {root}, or use --data with an image folder or a .tar.gz/.zip of one "
+                    f"in {root}{given_instead}, or use --data with an image folder or a .tar.gz/.zip of one "
                     f"(train/<class>/*.jpg, test/<class>/*.jpg), or --data cifar10-sample offline"
                 ) from None
             pixels = np.asarray(ds.data, dtype=np.uint8)
