@@ -279,13 +279,15 @@ for _name, _cls, _hint, _desc in (
         "cifar10",
         "CIFAR10",
         "cifar-10-python.tar.gz",
-        "CIFAR-10: 50,000 + 10,000 32x32 colour images, 10 classes (torchvision download)",
+        "CIFAR-10: 50,000 + 10,000 32x32 colour images, 10 classes (torchvision download; or its "
+        "cifar-10-python.tar.gz by path)",
     ),
     (
         "cifar100",
         "CIFAR100",
         "cifar-100-python.tar.gz",
-        "CIFAR-100: 50,000 + 10,000 32x32 colour images, 100 classes (torchvision download)",
+        "CIFAR-100: 50,000 + 10,000 32x32 colour images, 100 classes (torchvision download; or its "
+        "cifar-100-python.tar.gz by path)",
     ),
     (
         "mnist",
