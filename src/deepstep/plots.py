@@ -186,7 +186,7 @@ def plot_predictions(items: Sequence[tuple[np.ndarray, str, list[dict[str, Any]]
     axes = fig.subplots(rows, 2, squeeze=False, width_ratios=[1, 1.6])
     for (image, name, top_k), (ax_image, ax_bars) in zip(items, axes, strict=True):
         _show_image(ax_image, image)
-        ax_image.set_title(Path(name).name, fontsize=9)
+        ax_image.set_title("/".join(Path(name).parts[-2:]), fontsize=9)  # dog/0012.jpg: its folder may be its class
         labels = [t["label"] for t in top_k][::-1]
         probs = [t["probability"] for t in top_k][::-1]
         bars = ax_bars.barh(labels, probs, color=["#1f77b4"] * (len(probs) - 1) + ["#d62728"])
