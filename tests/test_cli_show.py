@@ -54,6 +54,10 @@ def test_a_run_folder_given_as_data_is_named_as_one_with_the_data_it_trained_on(
         err = capsys.readouterr().err
         assert err.endswith(f"runs/tiny is a deepstep run folder, not data; it trained on {image_folder}: give that\n")
         assert err.count("\n") == 1
+    assert main(["train", "--data", "runs"]) == 2  # their curves.png would have been images of a class "tiny"
+    assert capsys.readouterr().err.endswith(
+        "runs holds deepstep run folders (tiny), not class folders of images: give the data a run trained on\n"
+    )
 
 
 def test_show_of_a_run_in_python_draws_the_data_it_trained_on(trained_run, image_folder, tmp_path):

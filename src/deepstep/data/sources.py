@@ -118,6 +118,13 @@ def check_image_spec(spec: str) -> None:
             f"{path} is a deepstep run folder, not data"
             + (f"; it trained on {trained_on}: give that" if trained_on else ": give the images themselves")
         )
+    if path.is_dir():
+        runs = sorted(p.name for p in path.iterdir() if RunDir(p).exists())
+        if runs:  # a folder of runs (runs/): its plots would be read as images of a class a run
+            raise DeepstepError(
+                f"{path} holds deepstep run folders ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}), "
+                "not class folders of images: give the data a run trained on"
+            )
     if path.exists():
         return
     if os.sep in spec or "." in spec:
