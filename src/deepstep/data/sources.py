@@ -119,7 +119,10 @@ def check_image_spec(spec: str) -> None:
             + (f"; it trained on {trained_on}: give that" if trained_on else ": give the images themselves")
         )
     if path.is_dir():
-        runs = sorted(p.name for p in path.iterdir() if RunDir(p).exists())
+        try:
+            runs = sorted(p.name for p in path.iterdir() if RunDir(p).exists())
+        except OSError:  # unreadable: the folder scan says so in its own words
+            runs = []
         if runs:  # a folder of runs (runs/): its plots would be read as images of a class a run
             raise DeepstepError(
                 f"{path} holds deepstep run folders ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}), "
