@@ -37,6 +37,12 @@ def kind_of(value: object) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
+def first_few(names: Iterable[object], most: int = 3) -> str:
+    """The first `most` names, comma-separated, then ', ...' when there are more."""
+    names = [str(n) for n in names]
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' (did you mean a or b?)' for the choices closest to `name`, else ''."""
     scored = sorted(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepstep.data.decode import IMAGE_EXTENSIONS
-from deepstep.errors import DeepstepError
+from deepstep.errors import DeepstepError, first_few
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -80,13 +80,12 @@ def _left_out_notes(folder: Path, empty: list[str], loose: list[Path], others: l
     not images by name (`others`)."""
 
     def shown(paths: list[Path]) -> str:
-        return ", ".join(str(p.relative_to(folder)) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+        return first_few(p.relative_to(folder) for p in paths)
 
     notes = []
     if empty:
         notes.append(
-            f"{folder}: left out {len(empty)} folder(s) with no images, so not classes: {', '.join(empty[:5])}"
-            + (", ..." if len(empty) > 5 else "")
+            f"{folder}: left out {len(empty)} folder(s) with no images, so not classes: {first_few(empty, most=5)}"
         )
     if loose:
         notes.append(

@@ -28,7 +28,7 @@ from deepstep.data.folders import (
 )
 from deepstep.data.splits import stratified_split
 from deepstep.engine.run_dir import RunDir
-from deepstep.errors import DeepstepError, did_you_mean
+from deepstep.errors import DeepstepError, did_you_mean, first_few
 from deepstep.registry import Registry
 
 SAMPLE_ARCHIVE = Path(__file__).parent / "samples" / "cifar10-sample.tar.gz"
@@ -112,8 +112,8 @@ def check_image_spec(spec: str) -> None:
     if spec in DATASETS:
         return
     path = Path(spec).expanduser()
-    if RunDir(path).exists():
-        trained_on = RunDir(path).data_given()
+    if (run := RunDir(path)).exists():
+        trained_on = run.data_given()
         raise DeepstepError(
             f"{path} is a deepstep run folder, not data"
             + (f"; it trained on {trained_on}: give that" if trained_on else ": give the images themselves")
@@ -125,7 +125,7 @@ def check_image_spec(spec: str) -> None:
             runs = []
         if runs:  # a folder of runs (runs/): its plots would be read as images of a class a run
             raise DeepstepError(
-                f"{path} holds deepstep run folders ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}), "
+                f"{path} holds deepstep run folders ({first_few(runs)}), "
                 "not class folders of images: give the data a run trained on"
             )
     if path.exists():

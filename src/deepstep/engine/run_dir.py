@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from deepstep.engine.files import read_json, write_json, write_text
-from deepstep.errors import DeepstepError
+from deepstep.errors import DeepstepError, first_few
 
 # The leading columns, in this order, when a run has them; any others follow.
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s", "lr"]
@@ -70,9 +70,8 @@ class RunDir:
         if run.path.is_dir() and not (run.exists() or run.file("config.yaml").is_file()):
             others = sorted(p.name for p in run.path.iterdir() if not p.name.startswith("."))
             if others:  # deepstep writes grid.png, curves.png, ... there: another's files are not its to replace
-                shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
                 raise DeepstepError(
-                    f"--out {run.path} holds other files ({shown}): a run gets a folder of its own; "
+                    f"--out {run.path} holds other files ({first_few(others)}): a run gets a folder of its own; "
                     "choose a new or empty --out"
                 )
         try:
