@@ -324,3 +324,15 @@ def test_a_model_that_cannot_take_the_image_size_is_named_before_any_image_is_de
     assert train_lenet(image_folder, "--image-size", "12", "--in-memory", in_memory, out="runs/l") == 2
     assert "lenet cannot take input 3x12x12: layer " in capsys.readouterr().err  # conv2, or pool on torch 2.5
     assert not Path("runs/l").exists()
+
+
+def test_mnist_format_files_train_and_evaluate_from_the_command_line(tmp_path, isolated):
+    from test_data_sources import write_idx
+
+    write_idx(tmp_path / "digits", per_class=40)
+    assert _train(tmp_path / "digits", "--epochs", "6", "--lr", "0.05") == 0
+    assert main(["evaluate", "runs/t", "--json"]) == 0
+    result = json.loads((Path("runs/t") / "test.json").read_text())
+    assert result["accuracy"] >= 0.9  # a bar per class: learnable, so the pixels and labels line up
+    record = json.loads((Path("runs/t") / "checkpoints" / "best.json").read_text())
+    assert record["classes"] == ["0", "1", "2"] and record["input_size"] == [3, 32, 32]  # lenet takes colour

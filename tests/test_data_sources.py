@@ -189,3 +189,104 @@ def test_cifar10_offline_names_the_folder_to_fill_and_the_other_ways_in(isolated
     assert "cifar-10-python.tar.gz" in message and "--data" in message and "cifar10-sample" in message
     assert f"put cifar-10-python.tar.gz in {isolated / 'cifar10'} (or give its path as --data), or" in message
     assert "\n" not in message
+
+
+def write_idx(folder: Path, per_class: int = 20, test_per_class: int = 5, gz: bool = True, classes: int = 3) -> None:
+    """MNIST-format (IDX) files as MNIST ships them: class k is a bright bar at rows 4 + 7k of a
+    noisy 28x28 grey image, so a small net can learn them."""
+    import gzip
+    import struct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", per_class), ("t10k", test_per_class)):
+        labels = np.repeat(np.arange(classes, dtype=np.uint8), n)
+        rng.shuffle(labels)
+        images = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 4 + 7 * label : 8 + 7 * label, 3:25] = 230
+        for name, payload in (
+            (f"{prefix}-images-idx3-ubyte", struct.pack(">IIII", 2051, len(labels), 28, 28) + images.tobytes()),
+            (f"{prefix}-labels-idx1-ubyte", struct.pack(">II", 2049, len(labels)) + labels.tobytes()),
+        ):
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
+            else:
+                (folder / name).write_bytes(payload)
+
+
+def test_mnist_format_files_given_as_a_folder_are_read_offline_with_classes_by_number(isolated, tmp_path):
+    # the folder of the four .gz files was read as an image folder: "has no class subfolders"
+    write_idx(tmp_path / "digits")
+    source = open_image_source(str(tmp_path / "digits"), isolated)
+    assert source.name == "digits" and source.classes == ["0", "1", "2"]
+    assert source.splits["train"].pixels.shape == (60, 28, 28) and len(source.splits["test"]) == 15
+    assert source.splits["train"].pixels.dtype == np.uint8
+    assert np.bincount(source.splits["test"].labels).tolist() == [5, 5, 5]
+    label = source.splits["train"].labels[0]
+    assert source.splits["train"].pixels[0, 4 + 7 * label : 8 + 7 * label, 3:25].min() == 230
+    again = open_image_source(str(tmp_path / "digits"), isolated)
+    assert again.fingerprint == source.fingerprint
+    (tmp_path / "digits" / "t10k-labels-idx1-ubyte.gz").unlink()  # different content: another fingerprint
+    write_idx(tmp_path / "other", test_per_class=6)
+    (tmp_path / "other" / "t10k-labels-idx1-ubyte.gz").rename(tmp_path / "digits" / "t10k-labels-idx1-ubyte.gz")
+    (tmp_path / "other" / "t10k-images-idx3-ubyte.gz").rename(tmp_path / "digits" / "t10k-images-idx3-ubyte.gz")
+    assert open_image_source(str(tmp_path / "digits"), isolated).fingerprint != source.fingerprint
+
+
+def test_mnist_format_files_unpacked_in_torchvision_s_layout_or_an_archive_are_found(isolated, tmp_path):
+    write_idx(tmp_path / "data" / "FashionMNIST" / "raw", gz=False)
+    fashion = open_image_source(str(tmp_path / "data"), isolated)  # torchvision's root, as its users have it
+    assert fashion.name == "fashion-mnist" and fashion.classes[:2] == ["T-shirt/top", "Trouser"]
+    assert len(fashion.classes) == 10 and len(fashion.splits["train"]) == 60
+    write_idx(tmp_path / "wrapped" / "mnist")
+    archive = tmp_path / "mnist.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "wrapped" / "mnist", arcname="mnist")
+    source = open_image_source(str(archive), isolated)
+    assert source.name == "mnist" and source.classes == ["0", "1", "2"] and len(source.splits["test"]) == 15
+
+
+def test_mnist_s_own_files_are_known_by_their_checksums(isolated, tmp_path, monkeypatch):
+    import hashlib
+
+    import torchvision
+
+    write_idx(tmp_path / "downloads")
+    md5s = [
+        (name, hashlib.md5((tmp_path / "downloads" / name).read_bytes()).hexdigest())
+        for name, _ in torchvision.datasets.MNIST.resources
+    ]
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", md5s)
+    source = open_image_source(str(tmp_path / "downloads"), isolated)
+    assert source.name == "mnist" and source.classes[:2] == ["0 - zero", "1 - one"]
+    # the built-in's identity, so a run on `--data mnist` can be evaluated on these files
+    assert source.fingerprint == hashlib.sha256(b"mnist|60|15").hexdigest()[:16]
+
+
+def test_broken_mnist_format_files_are_named_in_one_line(isolated, tmp_path):
+    import gzip
+
+    folder = tmp_path / "digits"
+    write_idx(folder)
+    (folder / "t10k-labels-idx1-ubyte.gz").rename(tmp_path / "kept.gz")
+    with pytest.raises(DeepstepError, match=r"digits holds MNIST-format files but not t10k-labels-idx1-ubyte \(or"):
+        open_image_source(str(folder), isolated)
+    (tmp_path / "kept.gz").rename(folder / "t10k-labels-idx1-ubyte.gz")
+    images = folder / "train-images-idx3-ubyte.gz"
+    whole = gzip.decompress(images.read_bytes())
+    for payload, message in (
+        (b"not gzip", r"train-images-idx3-ubyte.gz cannot be unpacked \(Not a gzipped file"),
+        (gzip.compress(whole)[:200], r"train-images-idx3-ubyte.gz cannot be unpacked"),
+        (gzip.compress(b"\0\0\0\0" + whole[4:]), r"train-images-idx3-ubyte.gz is not an MNIST-format image file"),
+        (gzip.compress(whole[:5000]), r"train-images-idx3-ubyte.gz is not an MNIST-format image file \(shape"),
+    ):
+        images.write_bytes(payload)
+        with pytest.raises(DeepstepError, match=message) as err:
+            open_image_source(str(folder), isolated)
+        assert "\n" not in str(err.value)
+    images.write_bytes(gzip.compress(whole))
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes((folder / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    with pytest.raises(DeepstepError, match=r"has 15 labels for the 60 images of .*train-images-idx3-ubyte.gz"):
+        open_image_source(str(folder), isolated)
+    assert not [p for p in (isolated / "unpacked").iterdir() if p.name.startswith(".")]  # no staging left

@@ -1,4 +1,5 @@
-"""Where images come from: built-in datasets (torchvision, the shipped sample) and paths.
+"""Where images come from: built-in datasets (torchvision, the shipped sample) and paths (image
+folders, archives, CIFAR and MNIST-format files as their authors ship them).
 
 `open_image_source(spec)` turns what the user typed after `--data` into an `ImageSource`:
 classes plus a train and a test split (and a val split when the folder has `val/`), each a
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +169,11 @@ def open_image_source(
         return DATASETS.get(AUTHORS_FILES[path.name]).open(data_dir, test_split, given=path)
     if is_archive(path):
         folder = unpack_archive(path, data_dir)
+        if idx := find_idx_files(folder):
+            return _idx_source(idx, archive_stem(path), data_dir)
         return _folder_source(folder, archive_stem(path), test_split, data_dir, unpacked=True, carve_test=carve_test)
+    if path.is_dir() and (idx := find_idx_files(path)):
+        return _idx_source(idx, path.resolve().name, data_dir)
     return _folder_source(path, path.resolve().name, test_split, data_dir, carve_test=carve_test)
 
 
@@ -236,6 +243,11 @@ def _cifar10_sample(data_dir: Path, test_split: float) -> ImageSource:
     return _folder_source(folder, "cifar10-sample", test_split, data_dir, unpacked=True)
 
 
+def _builtin_fingerprint(name: str, parts: dict[str, ImageSplit]) -> str:
+    """A built-in dataset is known by its name and sizes: the download is checked against its checksums."""
+    return hashlib.sha256(f"{name}|{len(parts['train'])}|{len(parts['test'])}".encode()).hexdigest()[:16]
+
+
 def _torchvision_source(name: str, dataset_class: str, archive_hint: str) -> Callable[..., ImageSource]:
     def open_dataset(data_dir: Path, test_split: float, given: Path | None = None) -> ImageSource:
         """`given`: the dataset's own archive or unpacked folder, given as --data, read from there."""
@@ -245,7 +257,12 @@ def _torchvision_source(name: str, dataset_class: str, archive_hint: str) -> Cal
         root = data_dir / name
         if given is not None:  # torchvision reads ROOT/cifar-10-batches-py
             root = given.parent if given.is_dir() else unpack_archive(given, data_dir)
-        given_instead = " (or give its path as --data)" if archive_hint in AUTHORS_FILES else ""
+        if archive_hint in AUTHORS_FILES:
+            given_instead = " (or give its path as --data)"
+        elif dataset_class in IDX_DATASETS:
+            given_instead = " (or give the folder that holds them as --data)"
+        else:
+            given_instead = ""
         parts = {}
         for split, train in (("train", True), ("test", False)):
             try:
@@ -272,12 +289,11 @@ def _torchvision_source(name: str, dataset_class: str, archive_hint: str) -> Cal
             pixels = np.asarray(ds.data, dtype=np.uint8)
             parts[split] = ImageSplit(labels=np.asarray(ds.targets, dtype=np.int64), pixels=pixels)
             classes = list(ds.classes)
-        fingerprint = hashlib.sha256(f"{name}|{len(parts['train'])}|{len(parts['test'])}".encode()).hexdigest()[:16]
         return ImageSource(
             name=name,
             classes=classes,
             splits=parts,
-            fingerprint=fingerprint,
+            fingerprint=_builtin_fingerprint(name, parts),
             test_origin=f"the standard {name} test split",
         )
 
@@ -303,13 +319,132 @@ for _name, _cls, _hint, _desc in (
         "mnist",
         "MNIST",
         "the four MNIST .gz files under MNIST/raw/",
-        "MNIST: 60,000 + 10,000 28x28 grey digits (torchvision download)",
+        "MNIST: 60,000 + 10,000 28x28 grey digits (torchvision download; or the folder of its four .gz files by path)",
     ),
     (
         "fashion-mnist",
         "FashionMNIST",
         "the four Fashion-MNIST .gz files under FashionMNIST/raw/",
-        "Fashion-MNIST: 60,000 + 10,000 28x28 grey clothes images (torchvision download)",
+        "Fashion-MNIST: 60,000 + 10,000 28x28 grey clothes images (torchvision download; or the folder of its "
+        "four .gz files by path)",
     ),
 ):
     DATASETS.add(_name, BuiltinDataset(_name, _desc, _torchvision_source(_name, _cls, _hint)))
+
+
+# MNIST-format data (IDX files, as MNIST, Fashion-MNIST and KMNIST ship them, each .gz or unpacked),
+# given by the folder that holds them: read with torchvision's readers, offline.
+IDX_FILES = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+IDX_DATASETS = {"MNIST": "mnist", "FashionMNIST": "fashion-mnist", "KMNIST": "kmnist"}  # torchvision class -> name
+
+
+def find_idx_files(folder: Path, depth: int = 3) -> dict[tuple[str, str], Path] | None:
+    """The four IDX files in `folder`, in torchvision's `raw/` below it, or in its only subfolder (an
+    archive's wrapper, torchvision's root); None when there are none. Some but not all: an error."""
+    try:
+        entries = {p.name: p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))}
+    except OSError:
+        return None  # unreadable: the folder scan says so in its own words
+    found = {key: entries.get(name + ".gz") or entries.get(name) for key, name in IDX_FILES.items()}
+    found = {key: file for key, file in found.items() if file is not None and file.is_file()}
+    if found and len(found) < len(IDX_FILES):
+        missing = [name for key, name in IDX_FILES.items() if key not in found]
+        raise DeepstepError(
+            f"{folder} holds MNIST-format files but not {', '.join(missing)} (or .gz): "
+            "MNIST-format data needs all four, the train and t10k images and labels"
+        )
+    if found:
+        return found
+    subfolders = [p for p in entries.values() if p.is_dir()]
+    if depth > 0 and (len(subfolders) == 1 or "raw" in entries) and len(entries) <= 2:
+        return find_idx_files(entries.get("raw", subfolders[0]), depth - 1)
+    return None
+
+
+def _idx_source(files: dict[tuple[str, str], Path], name: str, data_dir: Path) -> ImageSource:
+    """MNIST-format data as an ImageSource: MNIST, Fashion-MNIST or KMNIST when the .gz files are
+    theirs (by checksum) or lie in torchvision's <Dataset>/raw/, with their class names; otherwise
+    classes named by their label numbers."""
+    import torchvision.datasets
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+    from torchvision.datasets.utils import check_md5
+
+    by_name = {file.name: file for file in files.values()}
+    known = None
+    for cls_name in IDX_DATASETS:
+        cls = getattr(torchvision.datasets, cls_name)
+        if all(gz in by_name and check_md5(by_name[gz], md5) for gz, md5 in cls.resources):
+            known = cls_name
+    folder = next(iter(files.values())).parent
+    if known is None and folder.name == "raw" and folder.parent.name in IDX_DATASETS:
+        known = folder.parent.name
+    hashes = dict(zip(files, content_hashes(folder, list(files.values()), data_dir), strict=True))
+    plain = _unpacked_idx(files, hashes, data_dir)
+    parts = {}
+    for split in ("train", "test"):
+        read = {}
+        for kind, reader in (("images", read_image_file), ("labels", read_label_file)):
+            try:
+                read[kind] = reader(str(plain[split, kind])).numpy()
+            except Exception as err:  # torchvision asserts the header, fails to view a truncated body
+                reason = str(err).splitlines()[0][:120] if str(err) else "its header is not an IDX header"
+                raise DeepstepError(
+                    f"{files[split, kind]} is not an MNIST-format {kind[:-1]} file ({reason}): "
+                    "give the files as MNIST ships them"
+                ) from None
+        if len(read["images"]) != len(read["labels"]):
+            raise DeepstepError(
+                f"{files[split, 'labels']} has {len(read['labels'])} labels for the {len(read['images'])} images of "
+                f"{files[split, 'images']}: give the labels that belong to those images"
+            )
+        parts[split] = ImageSplit(labels=read["labels"].astype(np.int64), pixels=read["images"])
+    if known:
+        name = IDX_DATASETS[known]
+        classes = list(getattr(torchvision.datasets, known).classes)
+        fingerprint = _builtin_fingerprint(name, parts)
+    else:
+        classes = [str(i) for i in range(int(max(p.labels.max(initial=0) for p in parts.values())) + 1)]
+        fingerprint = hashlib.sha256("|".join(hashes.values()).encode()).hexdigest()[:16]
+    if max(p.labels.max(initial=0) for p in parts.values()) >= len(classes):
+        raise DeepstepError(f"{folder}: labels run past {known}'s {len(classes)} classes: these are not its files")
+    return ImageSource(
+        name=name,
+        classes=classes,
+        splits=parts,
+        fingerprint=fingerprint,
+        test_origin="the folder's t10k files",
+        root=folder,
+    )
+
+
+def _unpacked_idx(
+    files: dict[tuple[str, str], Path], hashes: dict[tuple[str, str], str], data_dir: Path
+) -> dict[tuple[str, str], Path]:
+    """The IDX files unpacked: a .gz one once into `data_dir/unpacked/`, reused while its content
+    (`hashes`) is unchanged."""
+    from torchvision.datasets.utils import extract_archive
+
+    plain = {}
+    for key, file in files.items():
+        if file.suffix != ".gz":
+            plain[key] = file
+            continue
+        target = data_dir / "unpacked" / f"{file.stem}-{hashes[key][:16]}"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=target.parent))
+            try:
+                try:
+                    unpacked = Path(extract_archive(file, staging))
+                except (OSError, EOFError) as err:  # not gzip, or cut short
+                    raise DeepstepError(f"{file} cannot be unpacked ({err}): give the file as MNIST ships it") from None
+                unpacked.rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        plain[key] = target
+    return plain
