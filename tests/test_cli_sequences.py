@@ -477,3 +477,20 @@ def test_evaluating_sequences_of_classes_the_run_does_not_know_is_refused(sequen
         f"deepstep evaluate: error: {other} has classes this run was not trained on: down; the run knows -1, 1: "
         "give --data the data it was trained on\n"
     )
+
+
+def test_clip_grad_reaches_the_training_steps_and_is_recorded(seasonal_csv):
+    sgd = ["--optimizer", "sgd", "--lr", "0.1", "--momentum", "0", "--epochs", "3"]
+    assert _forecast(seasonal_csv, *sgd, "--clip-grad", "1e-9", out="runs/clipped") == 0
+    assert _forecast(seasonal_csv, *sgd, out="runs/free") == 0
+
+    def losses(run):
+        with open(Path(run, "metrics.csv")) as f:
+            return [float(row["train_loss"]) for row in csv.DictReader(f)]
+
+    clipped, free = losses("runs/clipped"), losses("runs/free")
+    assert clipped[0] == pytest.approx(free[0], rel=0.2)  # the same start
+    assert clipped[2] == pytest.approx(clipped[0], rel=1e-5)  # steps of at most 1e-10: the loss stands still
+    assert free[2] < 0.98 * free[0]  # while the same steps unclipped learn
+    config = Path("runs/clipped/config.yaml").read_text()
+    assert "clip-grad: 1.0e-09" in config

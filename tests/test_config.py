@@ -65,6 +65,7 @@ def test_a_section_in_a_config_file_is_named_as_one(tmp_path):
         ({"lr": float("inf")}, "--lr must be a finite number, got inf"),
         ({"test_size": float("nan")}, "--test-size must be a finite number, got nan"),
         ({"mean": [0.5, float("nan"), 0.5], "std": [1.0]}, "--mean must be finite numbers, got nan"),
+        ({"clip_grad": float("inf")}, "--clip-grad must be a finite number, got inf"),
     ],
 )
 def test_nan_and_inf_are_refused_in_every_number(values, message):
@@ -171,3 +172,8 @@ def test_a_mean_without_a_std_is_refused_before_any_image_is_decoded():
     with pytest.raises(DeepstepError, match="give both --mean and --std, or neither"):
         TrainConfig(mean=[0.5]).validate()
     TrainConfig(mean=[0.5], std=[0.25]).validate()
+
+
+def test_a_negative_gradient_clip_is_refused_by_name():
+    with pytest.raises(DeepstepError, match=r"--clip-grad must be a gradient norm >= 0 \(0: no clipping\), got -1.0"):
+        TrainConfig(clip_grad=-1.0).validate()

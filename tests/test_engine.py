@@ -62,6 +62,27 @@ def test_micro_batches_train_as_the_whole_batch_does(micro_batch):
     assert not torch.allclose(whole[0].weight, nn.Linear(4, 16).weight)  # it trained
 
 
+@pytest.mark.parametrize("scaled", [False, True])  # True: fp16's grad scaler, whose gradients are 1024x
+def test_clip_grad_bounds_a_step_to_the_norm_given(scaled):
+    # one SGD step at lr 1 without momentum moves the weights by the clipped gradient itself
+    def moved(clip_grad):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = build_optimizer("sgd", model, lr=1.0, momentum=0.0, nesterov=False, weight_decay=0.0)
+        sched = build_schedule("none", opt, total_steps=1, warmup_steps=0)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if scaled else FP32.grad_scaler()
+        train_one_epoch(model, step, _problem()[:1], opt, sched, FP32, scaler, clip_grad=clip_grad)
+        return torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
+
+    whole = moved(0.0)
+    assert whole.norm().item() > 0.1
+    clipped = moved(0.01)
+    assert clipped.norm().item() == pytest.approx(0.01, rel=1e-3)
+    assert torch.allclose(clipped / clipped.norm(), whole / whole.norm(), atol=1e-5)  # the same direction
+    assert torch.equal(moved(10.0), whole)  # a norm above the gradient's changes nothing
+
+
 def test_micro_batches_normalise_each_part_by_its_own_statistics():
     # Batch norm is the one difference: with parts, each is normalised alone (as ghost batch norm).
     def running_mean(micro_batch):

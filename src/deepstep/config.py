@@ -75,6 +75,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    clip_grad: float = 0.0  # the gradients' global norm is clipped to this before each step; 0: off
     schedule: str = "none"
     warmup: float = 0.0
     lr_start_factor: float = 0.0
@@ -137,6 +138,8 @@ class TrainConfig:
                 raise DeepstepError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.weight_decay < 0:
             raise DeepstepError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.clip_grad < 0:
+            raise DeepstepError(f"--clip-grad must be a gradient norm >= 0 (0: no clipping), got {self.clip_grad}")
         for name in ("lr_start_factor", "lr_end_factor"):
             if not 0 <= getattr(self, name) <= 1:
                 raise DeepstepError(f"--{flag(name)} is a fraction of --lr in [0, 1], got {getattr(self, name)}")

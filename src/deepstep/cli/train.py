@@ -257,6 +257,15 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         "weight-decay",
         {"type": float, "metavar": "WD", "help": "L2 penalty on weights, not on biases or norms (default 0)"},
     ),
+    (
+        "clip-grad",
+        {
+            "type": float,
+            "metavar": "NORM",
+            "help": "clip the gradients' global L2 norm to NORM before each step (default 0: off); "
+            "recurrent nets' guard against exploding gradients, e.g. 1",
+        },
+    ),
     ("schedule", {"choices": SCHEDULES, "help": "learning-rate schedule, stepped every batch (default none)"}),
     (
         "warmup",

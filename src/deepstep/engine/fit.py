@@ -15,7 +15,16 @@ from torch import nn
 
 from deepstep.engine.checkpoint import load_state, load_weights, save_checkpoint
 from deepstep.engine.distributed import SINGLE, Ranks
-from deepstep.engine.loop import Meter, Progress, Step, batch_size_of, evaluate, forward_backward, train_one_epoch
+from deepstep.engine.loop import (
+    Meter,
+    Progress,
+    Step,
+    batch_size_of,
+    evaluate,
+    forward_backward,
+    optimizer_step,
+    train_one_epoch,
+)
 from deepstep.engine.optim import Lookahead
 from deepstep.engine.precision import Precision
 from deepstep.engine.run_dir import RunDir
@@ -45,6 +54,8 @@ class Training:
     micro_batch: int = 0
     # --lookahead: the slow weights that training returns to (saved with `last`).
     lookahead: Lookahead | None = None
+    # --clip-grad: the gradients' global norm is clipped to this before each step (0: not clipped).
+    clip_grad: float = 0.0
 
     def __post_init__(self) -> None:
         self.scaler = self.precision.grad_scaler()
@@ -242,6 +253,7 @@ def fit(
                 micro_batch=training.micro_batch,
                 on_checkpoint=checkpoint,
                 lookahead=training.lookahead,
+                clip_grad=training.clip_grad,
             )
         except NonFiniteLoss as err:  # the loop does not know the epoch; a failed save passes through as it is
             advice = "lower --lr" if training.precision.name == "32" else "lower --lr or use --precision 32"
@@ -354,8 +366,7 @@ def find_lr(
         forward_backward(
             model, training.train_step, batch, training.micro_batch, training.precision, training.scaler, meter
         )
-        training.scaler.step(optimizer)
-        training.scaler.update()
+        optimizer_step(model, optimizer, training.scaler, training.clip_grad)
         bar.step(meter)
         loss = meter.means()["loss"]
         if not math.isfinite(loss):

@@ -114,6 +114,7 @@ def train_one_epoch(
     on_checkpoint: Callable[[int, Meter], None] | None = None,
     lookahead: Lookahead | None = None,
     micro_batch: int = 0,
+    clip_grad: float = 0.0,
 ) -> tuple[dict[str, float], int]:
     """Forward, loss, backward and optimizer step over every batch; returns the epoch's means
     and the number of examples seen (by all ranks together).
@@ -121,7 +122,8 @@ def train_one_epoch(
     A resumed epoch passes the `meter` it had and `start_step`: the batches before it are drawn,
     so the order and augmentation replay exactly, but not trained on again. Every
     `checkpoint_every` steps, once the loss is known to be finite, `on_checkpoint(steps_done, meter)`.
-    With `micro_batch`, each batch goes forward and backward that many examples at a time."""
+    With `micro_batch`, each batch goes forward and backward that many examples at a time; with
+    `clip_grad`, the gradients' global norm is clipped to it before each step."""
     model.train()
     meter = meter or Meter()
     for i, batch in enumerate(batches):
@@ -129,8 +131,7 @@ def train_one_epoch(
             continue
         optimizer.zero_grad(set_to_none=True)
         forward_backward(model, step, batch, micro_batch, precision, scaler, meter)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(model, optimizer, scaler, clip_grad)
         scheduler.step()
         if lookahead is not None:
             lookahead.after_step(scheduler.last_epoch)  # the schedule counts the run's steps
@@ -172,6 +173,20 @@ def forward_backward(
             loss = result["loss"] if len(parts) == 1 else result["loss"] * (batch_size_of(part) / n)
             scaler.scale(loss).backward()
         meter.update(result, batch_size_of(part))
+
+
+def optimizer_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, clip_grad: float = 0.0
+) -> None:
+    """The optimizer's step on the gradients of the batch, their global L2 norm first clipped to
+    `clip_grad` when it is set (the guard of recurrent nets against exploding gradients: Keras's
+    clipnorm, Lightning's gradient_clip_val). With fp16's grad scaler the gradients are unscaled
+    first, so that the clip sees their true size; a step with inf or NaN gradients is still skipped."""
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def _check_finite(loss_sum: float, where: str) -> None:

@@ -713,6 +713,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         ranks=ranks,
         checkpoint_every=config.checkpoint_every,
         micro_batch=config.micro_batch,
+        clip_grad=config.clip_grad,
         lookahead=build_lookahead(config, model, len(train_batches)),
     )
     meta = {

@@ -459,6 +459,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         ranks=ranks,
         checkpoint_every=config.checkpoint_every,
         micro_batch=config.micro_batch,
+        clip_grad=config.clip_grad,
         lookahead=build_lookahead(config, model, len(job.train_batches)),
     )
     meta = {
