@@ -336,3 +336,15 @@ def test_mnist_format_files_train_and_evaluate_from_the_command_line(tmp_path, i
     assert result["accuracy"] >= 0.9  # a bar per class: learnable, so the pixels and labels line up
     record = json.loads((Path("runs/t") / "checkpoints" / "best.json").read_text())
     assert record["classes"] == ["0", "1", "2"] and record["input_size"] == [3, 32, 32]  # lenet takes colour
+
+
+def test_the_plateau_schedule_needs_a_validation_part_and_says_when_it_lowers_the_rate(image_folder, capsys):
+    assert _train(image_folder, "--schedule", "plateau", "--val-split", "0", out="runs/p") == 2
+    assert capsys.readouterr().err.strip() == (
+        "deepstep train: error: --schedule plateau lowers the rate when validation stops improving, and this "
+        "run has no validation part: give it one (--val-split or --val-size above 0) or choose another --schedule"
+    )
+    assert not Path("runs/p").exists()
+    plateau = ["--schedule", "plateau", "--plateau-patience", "1", "--plateau-factor", "0.5", "--lr", "0.05"]
+    assert _train(image_folder, *plateau, "--epochs", "3", out="runs/p") == 0
+    assert "lr x0.5: val_acc has not improved for 1 epoch (now 0.025)" in capsys.readouterr().out

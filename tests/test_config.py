@@ -177,3 +177,20 @@ def test_a_mean_without_a_std_is_refused_before_any_image_is_decoded():
 def test_a_negative_gradient_clip_is_refused_by_name():
     with pytest.raises(DeepstepError, match=r"--clip-grad must be a gradient norm >= 0 \(0: no clipping\), got -1.0"):
         TrainConfig(clip_grad=-1.0).validate()
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"plateau_patience": 2}, r"--plateau-patience sets how --schedule plateau lowers the rate: add --schedule"),
+        ({"plateau_factor": 0.5, "schedule": "cosine"}, r"--plateau-factor sets how --schedule plateau lowers"),
+        (
+            {"plateau_factor": 1.0, "schedule": "plateau"},
+            r"--plateau-factor multiplies the rate: it must be in \(0, 1\)",
+        ),
+        ({"plateau_patience": 0, "schedule": "plateau"}, r"--plateau-patience must be a number of epochs >= 1, got 0"),
+    ],
+)
+def test_plateau_options_are_checked_and_refused_without_the_plateau_schedule(values, message):
+    with pytest.raises(DeepstepError, match=message):
+        TrainConfig(**values).validate()

@@ -659,3 +659,31 @@ def test_the_lr_range_test_suggests_nothing_when_the_fall_is_within_the_noise_be
     assert finding.suggestion is None and finding.fall < LR_FIND_MIN_SIGNAL * finding.noise
     assert finding.withheld == "noise"
     assert finding.noise == pytest.approx(levels[:6].std().item() / 5**0.5, rel=1e-5)
+
+
+def test_the_plateau_schedule_lowers_the_rate_after_patience_stalled_epochs_and_keeps_the_warm_up():
+    from deepstep.engine.optim import Plateau
+
+    model = nn.Linear(2, 2)
+    opt = build_optimizer("sgd", model, lr=1.0, momentum=0.0, nesterov=False, weight_decay=0.0)
+    plateau = Plateau(factor=0.5, patience=2)
+    sched = build_schedule("plateau", opt, total_steps=100, warmup_steps=4, plateau=plateau)
+
+    def rate():
+        return opt.param_groups[0]["lr"]
+
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert rate() == 1.0  # the warm-up done: 0, 0.25, 0.5, 0.75, then the full rate
+    assert [plateau.after_epoch(improved, opt) for improved in (True, False, True, False)] == [False] * 4
+    assert rate() == 1.0  # an improvement resets the count: never 2 stalled epochs in a row
+    assert plateau.after_epoch(False, opt) is True and rate() == 0.5  # lowered at once, not a step later
+    opt.step()
+    sched.step()
+    assert rate() == 0.5  # and the schedule keeps it
+    assert plateau.after_epoch(False, opt) is False  # the count starts again after lowering
+    assert plateau.after_epoch(False, opt) is True and rate() == 0.25
+    again = Plateau(factor=0.5, patience=2)
+    again.load_state_dict(plateau.state_dict())
+    assert again.scale == 0.25 and again.stale == 0

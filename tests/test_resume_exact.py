@@ -1,6 +1,7 @@
 """Exact resume: a run stopped inside an epoch and resumed ends with the very same weights and
 metrics as one that never stopped (fp32, CPU)."""
 
+import csv
 import json
 import os
 import random
@@ -199,3 +200,17 @@ def test_a_resumed_optimizer_keeps_its_state_in_the_layout_of_its_parameters():
     kept = optimizer.state[conv.weight]["momentum_buffer"]
     assert kept.stride() == conv.weight.stride() != momentum.stride() and torch.equal(kept, momentum)
     assert torch.equal(optimizer.state[conv.bias]["momentum_buffer"], torch.ones(8))
+
+
+def test_a_plateau_schedule_resumes_at_its_lowered_rate(image_folder):
+    # the lowered scale lives outside the optimizer's state: `last` must hold it, or the resumed
+    # epochs would go back to the full rate
+    args = ["train", "--data", str(image_folder), "--batch-size", "8", "--lr", "0.05", "--precision", "32"]
+    args += ["--schedule", "plateau", "--plateau-patience", "1", "--plateau-factor", "0.5", "--quiet"]
+    assert main([*args, "--epochs", "6", "--out", "runs/whole"]) == 0
+    assert main([*args, "--epochs", "3", "--out", "runs/stopped"]) == 0
+    assert main(["train", "--out", "runs/stopped", "--resume", "--epochs", "6", "--quiet"]) == 0
+    _assert_same_run("runs/whole", "runs/stopped")
+    with open("runs/whole/metrics.csv") as f:
+        rates = [float(row["lr"]) for row in csv.DictReader(f)]
+    assert rates[0] == 0.05 and rates[3] < 0.05  # lowered by epoch 3, so the resumed run had to know it

@@ -19,7 +19,7 @@ from typing import Any
 from deepstep.errors import DeepstepError, did_you_mean
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
-SCHEDULES = ("none", "step", "cosine", "onecycle", "linear")
+SCHEDULES = ("none", "step", "cosine", "onecycle", "linear", "plateau")
 PRECISIONS = ("auto", "32", "bf16", "16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 IN_MEMORY = ("auto", "yes", "no")
@@ -78,6 +78,8 @@ class TrainConfig:
     clip_grad: float = 0.0  # the gradients' global norm is clipped to this before each step; 0: off
     schedule: str = "none"
     warmup: float = 0.0
+    plateau_factor: float | None = None  # --schedule plateau: x this when validation stalls (default 0.1)
+    plateau_patience: int | None = None  # --schedule plateau: after this many epochs without improving (default 3)
     lr_start_factor: float = 0.0
     lr_end_factor: float = 0.0
     norm_lr_scale: float = 1.0
@@ -152,6 +154,15 @@ class TrainConfig:
                 f"--lr-end-factor sets where --schedule cosine, onecycle or linear ends; "
                 f"--schedule {self.schedule} has no end"
             )
+        if (self.plateau_factor is not None or self.plateau_patience is not None) and self.schedule != "plateau":
+            given = "--plateau-factor" if self.plateau_factor is not None else "--plateau-patience"
+            raise DeepstepError(f"{given} sets how --schedule plateau lowers the rate: add --schedule plateau")
+        if self.plateau_factor is not None and not 0 < self.plateau_factor < 1:
+            raise DeepstepError(
+                f"--plateau-factor multiplies the rate: it must be in (0, 1), got {self.plateau_factor}"
+            )
+        if self.plateau_patience is not None and self.plateau_patience < 1:
+            raise DeepstepError(f"--plateau-patience must be a number of epochs >= 1, got {self.plateau_patience}")
         if not self.muon_lr > 0:
             raise DeepstepError(f"--muon-lr must be positive, got {self.muon_lr}")
         if not self.norm_lr_scale > 0:

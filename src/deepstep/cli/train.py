@@ -266,7 +266,26 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
             "recurrent nets' guard against exploding gradients, e.g. 1",
         },
     ),
-    ("schedule", {"choices": SCHEDULES, "help": "learning-rate schedule, stepped every batch (default none)"}),
+    (
+        "schedule",
+        {
+            "choices": SCHEDULES,
+            "help": "learning-rate schedule, stepped every batch (default none); plateau: lowered when "
+            "validation stops improving",
+        },
+    ),
+    (
+        "plateau-factor",
+        {"type": float, "metavar": "F", "help": "--schedule plateau: multiply the rate by F (default 0.1)"},
+    ),
+    (
+        "plateau-patience",
+        {
+            "type": _int,
+            "metavar": "N",
+            "help": "--schedule plateau: after N epochs in a row without a better val metric (default 3)",
+        },
+    ),
     (
         "warmup",
         {

@@ -25,7 +25,7 @@ from deepstep.engine.loop import (
     optimizer_step,
     train_one_epoch,
 )
-from deepstep.engine.optim import Lookahead
+from deepstep.engine.optim import Lookahead, Plateau
 from deepstep.engine.precision import Precision
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError, NonFiniteLoss
@@ -56,6 +56,8 @@ class Training:
     lookahead: Lookahead | None = None
     # --clip-grad: the gradients' global norm is clipped to this before each step (0: not clipped).
     clip_grad: float = 0.0
+    # --schedule plateau: lowers the rate when validation stops improving (saved with `last`).
+    plateau: Plateau | None = None
 
     def __post_init__(self) -> None:
         self.scaler = self.precision.grad_scaler()
@@ -169,6 +171,8 @@ def resume(training: Training, run: RunDir) -> FitState:
     restore_rng(state["rng"], training.train_batches)
     if training.lookahead is not None and state.get("lookahead"):
         training.lookahead.load_state_dict(state["lookahead"])
+    if training.plateau is not None and state.get("plateau"):
+        training.plateau.load_state_dict(state["plateau"])
     return FitState(**state["fit"])
 
 
@@ -286,10 +290,21 @@ def fit(
             state.stale_epochs += 1
         if value is None:
             state.best_epoch = epoch
+        lowered = (
+            training.plateau is not None
+            and value is not None
+            and training.plateau.after_epoch(improved, training.optimizer)
+        )
 
         if main:
             _save(training, state, run, meta, row, improved)
         log(_format_row(row, epochs, unit) + ("  *" if improved and value is not None else ""))
+        if lowered:
+            stalled = training.plateau.patience
+            log(
+                f"lr x{training.plateau.factor:g}: {monitor.name} has not improved for {stalled} "
+                f"epoch{'s' if stalled > 1 else ''} (now {training.optimizer.param_groups[0]['lr']:.3g})"
+            )
         if patience and value is not None and state.stale_epochs >= patience:
             log(
                 f"early stop: {monitor.name} has not improved for {patience} epochs (best {state.best:.4f} at epoch {state.best_epoch})"
@@ -459,5 +474,6 @@ def _save_last(training: Training, state: FitState, run: RunDir, checkpoint_meta
             "rng": rng,
             "fit": state.to_dict(),
             "lookahead": training.lookahead.state_dict() if training.lookahead else None,
+            "plateau": training.plateau.state_dict() if training.plateau else None,
         },
     )

@@ -237,12 +237,22 @@ def build_schedule(
     start_factor: float = 0.0,
     end_factor: float = 0.0,
     steps_per_epoch: int = 0,
+    plateau: Plateau | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step schedule: the factor on the base learning rate after each optimizer step. The
     warm-up starts at `start_factor`; cosine and one-cycle end at `end_factor`. A group with a
     "stop_epoch" (`parameter_groups`' hints) instead falls linearly from its rate at the first step
-    to 0 at the end of that epoch, as airbench94's whitening bias does, and stays there."""
-    factor = SCHEDULES[name]
+    to 0 at the end of that epoch, as airbench94's whitening bias does, and stays there.
+    "plateau": the rate (after any warm-up) times `plateau`'s scale, which the epochs lower."""
+    if name == "plateau":
+        if plateau is None:
+            raise ValueError("the plateau schedule needs its Plateau")
+        scale = plateau  # read at every step: lowered between epochs
+
+        def factor(step: int, total: int, warmup: int, start: float, end: float) -> float:
+            return _constant(step, total, warmup, start, end) * scale.scale
+    else:
+        factor = SCHEDULES[name]
 
     def group_factor(group: dict) -> Callable[[int], float]:
         if "stop_epoch" not in group:
@@ -253,6 +263,36 @@ def build_schedule(
         return lambda step: max(0.0, 1 - step / stop) if stop else 0.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [group_factor(g) for g in optimizer.param_groups])
+
+
+class Plateau:
+    """`--schedule plateau`, as Keras's ReduceLROnPlateau: the learning rate times `factor` each
+    time the validation metric has gone `patience` epochs in a row without improving (the
+    metric and "improving" are the ones that pick the best checkpoint). Kept as a scale that the
+    per-step schedule multiplies in, so a warm-up still runs under it, and saved with `last`, so
+    that --resume goes on at the lowered rate."""
+
+    def __init__(self, factor: float = 0.1, patience: int = 3):
+        self.factor, self.patience = factor, patience
+        self.scale, self.stale = 1.0, 0
+
+    def after_epoch(self, improved: bool, optimizer: torch.optim.Optimizer) -> bool:
+        """After an epoch's validation; True when it lowered the rate, from the next step on."""
+        self.stale = 0 if improved else self.stale + 1
+        if self.stale < self.patience:
+            return False
+        self.scale *= self.factor
+        self.stale = 0
+        for group in optimizer.param_groups:
+            if "stop_epoch" not in group:  # the schedule sets those itself
+                group["lr"] *= self.factor
+        return True
+
+    def state_dict(self) -> dict[str, float]:
+        return {"scale": self.scale, "stale": self.stale}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.scale, self.stale = float(state["scale"]), int(state["stale"])
 
 
 class Lookahead:

@@ -54,6 +54,7 @@ from deepstep.models.shapes import activation_bytes, format_size, multiply_adds
 from deepstep.tasks.metrics import save_confusion
 from deepstep.tasks.runs import (
     build_lookahead,
+    build_plateau,
     check_split,
     class_numbers,
     find_lr_report,
@@ -661,6 +662,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     window_epochs = progressive_epochs(config, model_args, channels, size, data, log)
     if config.compile:
         distributed.check_compiler(device)
+    plateau = build_plateau(config, data.val is not None)
     run, changes = (None, []) if config.find_lr else start_run(config, data.source.name, RESUME_MUST_MATCH, ranks, log)
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
@@ -699,7 +701,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     if ranks.active:  # each rank trains and validates on its slice of every global batch
         train_batches = distributed.RankSlices(train_batches, ranks)
         val_batches = val_batches and distributed.RankSlices(val_batches, ranks)
-    optimizer, scheduler = optimization(config, model, len(train_batches), scaled=backbone)
+    optimizer, scheduler = optimization(config, model, len(train_batches), scaled=backbone, plateau=plateau)
     training = Training(
         model,
         classification_step(config.label_smoothing),
@@ -715,6 +717,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         micro_batch=config.micro_batch,
         clip_grad=config.clip_grad,
         lookahead=build_lookahead(config, model, len(train_batches)),
+        plateau=plateau,
     )
     meta = {
         "task": TASK,

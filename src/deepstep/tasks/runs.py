@@ -19,6 +19,7 @@ from torch import nn
 from deepstep.config import PATH_OPTIONS, TrainConfig, absolute_path, flag, preset_source
 from deepstep.engine.fit import FitState, Monitor, Training, unrepeatable_note
 from deepstep.engine.loop import Step
+from deepstep.engine.optim import Plateau
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
 
@@ -355,10 +356,15 @@ def sequence_model_args(config: TrainConfig, outputs: int, features: int) -> dic
 
 
 def optimization(
-    config: TrainConfig, model: nn.Module, steps_per_epoch: int, scaled: Sequence[nn.Parameter] = ()
+    config: TrainConfig,
+    model: nn.Module,
+    steps_per_epoch: int,
+    scaled: Sequence[nn.Parameter] = (),
+    plateau: Plateau | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The optimizer and the per-step learning-rate schedule the config asks for; `scaled`
-    parameters (a pretrained backbone) learn at --backbone-lr-scale x --lr."""
+    parameters (a pretrained backbone) learn at --backbone-lr-scale x --lr; `plateau`: the
+    --schedule plateau's scale (build_plateau)."""
     from deepstep.engine.optim import build_optimizer, build_schedule
 
     optimizer = build_optimizer(
@@ -383,8 +389,23 @@ def optimization(
         start_factor=config.lr_start_factor,
         end_factor=config.lr_end_factor,
         steps_per_epoch=steps_per_epoch,
+        plateau=plateau,
     )
     return optimizer, schedule
+
+
+def build_plateau(config: TrainConfig, has_validation: bool) -> Plateau | None:
+    """The Plateau of --schedule plateau, or None; refused (before a run folder exists) when there
+    is no validation part for it to watch."""
+    if config.schedule != "plateau":
+        return None
+    if not has_validation:
+        raise DeepstepError(
+            "--schedule plateau lowers the rate when validation stops improving, and this run has no "
+            "validation part: give it one (--val-split or --val-size above 0) or choose another --schedule"
+        )
+    given = {"factor": config.plateau_factor, "patience": config.plateau_patience}
+    return Plateau(**{key: value for key, value in given.items() if value is not None})
 
 
 def build_lookahead(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
@@ -437,6 +458,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     check_optimizer(config.optimizer, net, config.model)
     if config.compile:
         distributed.check_compiler(device)
+    plateau = build_plateau(config, job.val_batches is not None)
     run, changes = (None, []) if config.find_lr else start_run(config, job.source_name, must_match, ranks, log)
     model = distributed.wrap(net, ranks, device, compile=config.compile)
     for batches in (job.train_batches, job.val_batches):
@@ -446,7 +468,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         distributed.RankSlices(b, ranks) if b is not None and ranks.active else b
         for b in (job.train_batches, job.val_batches)
     )
-    optimizer, scheduler = optimization(config, model, len(job.train_batches))
+    optimizer, scheduler = optimization(config, model, len(job.train_batches), plateau=plateau)
     training = Training(
         model,
         job.train_step,
@@ -461,6 +483,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         micro_batch=config.micro_batch,
         clip_grad=config.clip_grad,
         lookahead=build_lookahead(config, model, len(job.train_batches)),
+        plateau=plateau,
     )
     meta = {
         "task": job.task,
