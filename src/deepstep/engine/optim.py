@@ -247,10 +247,9 @@ def build_schedule(
     if name == "plateau":
         if plateau is None:
             raise ValueError("the plateau schedule needs its Plateau")
-        scale = plateau  # read at every step: lowered between epochs
 
         def factor(step: int, total: int, warmup: int, start: float, end: float) -> float:
-            return _constant(step, total, warmup, start, end) * scale.scale
+            return _constant(step, total, warmup, start, end) * plateau.scale  # lowered between epochs
     else:
         factor = SCHEDULES[name]
 
