@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,33 @@ def test_a_run_trained_on_a_relative_path_is_evaluated_from_another_folder(image
     assert json.loads(capsys.readouterr().out)["split"] == "val"
     config = (image_folder.parent / "runs" / "rel" / "config.yaml").read_text()
     assert f"data: {image_folder}\n" in config
+
+
+def test_the_image_report_gives_precision_recall_and_f1_that_accuracy_alone_hides():
+    from deepstep.tasks.image_classification import _classification_report
+
+    # a model that calls everything "a": 4 of 6 right, yet useless on b and c; d has no images
+    labels = torch.tensor([0, 0, 0, 0, 1, 2])
+    logits = torch.tensor([[3.0, 0.0, 0.0, 0.0]]).repeat(6, 1)
+    report = _classification_report(logits, labels, ["a", "b", "c", "d"])
+    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert report["per_class"]["a"] == {"precision": pytest.approx(4 / 6), "recall": 1.0, "f1": 0.8, "support": 4}
+    assert report["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert report["per_class_accuracy"] == {"a": 1.0, "b": 0.0, "c": 0.0, "d": None}
+    assert report["macro_f1"] == pytest.approx(0.2)  # (0.8 + 0 + 0 + 0) / 4
+    two = _classification_report(
+        torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 2.0]]), torch.tensor([1, 0, 0]), ["x", "y"]
+    )
+    assert two["positive_class"] == "y" and two["roc_auc"] == 0.5 and two["f1"] == pytest.approx(2 / 3)
+
+
+def test_evaluate_prints_each_class_s_accuracy_precision_f1_and_count(trained_run, capsys):
+    assert main(["evaluate", str(trained_run), "--split", "val"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.match(r"val: accuracy \d+\.\d\d%  macro F1 \d\.\d{3}  loss \d", lines[0])
+    assert lines[1].split() == ["class", "accuracy", "(recall)", "precision", "F1", "images"]
+    for line, name in zip(lines[2:5], ("circle", "square", "stripes"), strict=True):
+        assert re.fullmatch(rf"  {name} +\d+\.\d\d%  +\d\.\d{{3}}  \d\.\d{{3}}  +\d+", line)
+    result = json.loads(Path(trained_run, "val.json").read_text())
+    shown = [int(line.split()[-1]) for line in lines[2:5]]
+    assert shown == [result["per_class"][c]["support"] for c in ("circle", "square", "stripes")]

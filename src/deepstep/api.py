@@ -69,8 +69,8 @@ class Run:
         verbose: bool = True,
     ) -> dict[str, Any]:
         """The run's metrics on `split`: "test" (once per run), "val", or, for a classifier, "all" of
-        other labelled data given as `data` (e.g. new photos in class folders). Images: accuracy, loss, per-class
-        accuracy, confusion matrix (`tta`: "flip" or "flip-translate" averaging; `precision`: None or
+        other labelled data given as `data` (e.g. new photos in class folders). Images: accuracy, loss, each
+        class's accuracy, precision, recall and F1, macro F1 (ROC AUC for two classes), confusion matrix (`tta`: "flip" or "flip-translate" averaging; `precision`: None or
         "32" for fp32, "bf16", "16" or "auto", as training's; `device`: as train's, auto when None).
         Forecasting: MAE, RMSE, MAPE, sMAPE, MASE (`baselines`, `backtest`). Sequences: accuracy,
         precision, recall, F1, ROC AUC. `data`, for test and val: where the run's data is now, if it moved

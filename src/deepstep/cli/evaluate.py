@@ -141,13 +141,35 @@ def run(args: argparse.Namespace) -> int:
         print_json(result)
         return 0
     print(
-        f"{args.split}: accuracy {result['accuracy']:.2%}  loss {result['loss']:.4f}  ({result['images']} images, {result['checkpoint']} checkpoint, epoch {result['epoch']}, precision {result['device']['precision']})"
+        f"{args.split}: accuracy {result['accuracy']:.2%}  {_f1_summary(result)}  loss {result['loss']:.4f}  "
+        f"({result['images']} images, {result['checkpoint']} checkpoint, epoch {result['epoch']}, "
+        f"precision {result['device']['precision']})"
     )
-    width = max(len(c) for c in result["classes"])
-    for name, acc in result["per_class_accuracy"].items():
-        print(f"  {name:<{width}}  {acc:.2%}" if acc is not None else f"  {name:<{width}}  (no images)")
+    _print_per_class(result["per_class"], "images")
     print(f"written: {result['files']['json']}, {result['files']['confusion_png']}, {result['files']['confusion_csv']}")
     return 0
+
+
+def _f1_summary(result: dict) -> str:
+    """'macro F1 0.873', or for two classes the positive class's F1 and the ROC AUC."""
+    if "positive_class" in result:
+        auc = f"  ROC AUC {result['roc_auc']:.3f}" if result.get("roc_auc") is not None else ""
+        return f"F1 {result['f1']:.3f} ({result['positive_class']} as positive){auc}"
+    return f"macro F1 {result['macro_f1']:.3f}"
+
+
+def _print_per_class(per_class: dict[str, dict], unit: str) -> None:
+    """Each class's accuracy (its recall: the share of its examples called it), precision (the
+    share of the examples called it that are it), F1 and number of examples."""
+    width = max(len("class"), *(len(c) for c in per_class))
+    print(f"  {'class':<{width}}  accuracy (recall)  precision     F1  {unit}")
+    for name, s in per_class.items():
+        if not s["support"]:
+            print(f"  {name:<{width}}  (no {unit})")
+            continue
+        print(
+            f"  {name:<{width}}  {s['recall']:>17.2%}  {s['precision']:>9.3f}  {s['f1']:.3f}  {s['support']:>{len(unit)}}"
+        )
 
 
 def _run_forecast(args: argparse.Namespace) -> int:
@@ -225,5 +247,6 @@ def _run_sequences(args: argparse.Namespace) -> int:
         f"{args.split}: accuracy {result['accuracy']:.2%}  precision {result['precision']:.3f}  recall {result['recall']:.3f}  "
         f"F1 {result['f1']:.3f}{auc}  loss {result['loss']:.4f}  ({result['sequences']} sequences)"
     )
+    _print_per_class(result["per_class"], "sequences")
     print(f"written: {result['files']['json']}, {result['files']['confusion_png']}, {result['files']['confusion_csv']}")
     return 0

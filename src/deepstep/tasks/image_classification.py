@@ -51,7 +51,7 @@ from deepstep.hardware import available_cores
 from deepstep.models import check_input, create_model, file_record, get_model_spec
 from deepstep.models.registry import in_user_code
 from deepstep.models.shapes import activation_bytes, format_size, multiply_adds
-from deepstep.tasks.metrics import save_confusion
+from deepstep.tasks.metrics import classification_metrics, save_confusion
 from deepstep.tasks.runs import (
     build_lookahead,
     build_plateau,
@@ -969,19 +969,13 @@ def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data
 
 
 def _classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
-    preds = logits.argmax(dim=1)
-    n = len(classes)
-    matrix = torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
-    per_class_total = matrix.sum(dim=1)
-    per_class = {
-        c: (float(matrix[i, i] / per_class_total[i]) if per_class_total[i] else None) for i, c in enumerate(classes)
+    """classification_metrics' report (precision, recall and F1 per class and their macro means; ROC
+    AUC for two classes), with each class's accuracy (its recall; None for a class without images)."""
+    report = classification_metrics(torch.softmax(logits.float(), dim=1).numpy(), labels.numpy(), classes)
+    report["per_class_accuracy"] = {
+        c: (scores["recall"] if scores["support"] else None) for c, scores in report["per_class"].items()
     }
-    return {
-        "accuracy": float((preds == labels).float().mean()),
-        "per_class_accuracy": per_class,
-        "classes": list(classes),
-        "confusion_matrix": matrix.tolist(),
-    }
+    return report
 
 
 # ---- predict -----------------------------------------------------------------------------------
