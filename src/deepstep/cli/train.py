@@ -262,8 +262,8 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {
             "type": float,
             "metavar": "NORM",
-            "help": "clip the gradients' global L2 norm to NORM before each step (default 0: off); "
-            "recurrent nets' guard against exploding gradients, e.g. 1",
+            "help": "clip the gradients' global L2 norm to NORM before each step, the guard of recurrent "
+            "nets against exploding gradients (default 0: off; 1 is a common choice)",
         },
     ),
     (
