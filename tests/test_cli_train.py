@@ -348,3 +348,23 @@ def test_the_plateau_schedule_needs_a_validation_part_and_says_when_it_lowers_th
     plateau = ["--schedule", "plateau", "--plateau-patience", "1", "--plateau-factor", "0.5", "--lr", "0.05"]
     assert _train(image_folder, *plateau, "--epochs", "3", out="runs/p") == 0
     assert "lr x0.5: val_acc has not improved for 1 epoch (now 0.025)" in capsys.readouterr().out
+
+
+def test_class_weights_balanced_are_logged_recorded_and_refused_where_there_are_no_classes(tmp_path, capsys):
+    import numpy as np
+
+    from conftest import write_images
+
+    rng = np.random.default_rng(0)
+    write_images(tmp_path / "uneven", 20, rng, classes=("circle",))
+    write_images(tmp_path / "uneven", 5, rng, classes=("square", "stripes"))
+    assert _train(tmp_path / "uneven", "--epochs", "1", "--class-weights", "balanced", out="runs/w") == 0
+    # 14 / 3 / 3 train images once the test and validation parts are carved: 20 / (3 x count)
+    assert "class weights (balanced, by the train part's counts): circle 0.476, square 2.22, stripes 2.22" in (
+        capsys.readouterr().out
+    )
+    assert yaml.safe_load(Path("runs/w/config.yaml").read_text())["class-weights"] == "balanced"
+    series = tmp_path / "s.csv"
+    series.write_text("t,y\n" + "".join(f"{i},{i % 7}\n" for i in range(60)))
+    assert main(["train", "--data", str(series), "--target", "y", "--class-weights", "balanced"]) == 2
+    assert "--class-weights does not apply to forecasting; leave it out" in capsys.readouterr().err

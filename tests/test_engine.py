@@ -687,3 +687,61 @@ def test_the_plateau_schedule_lowers_the_rate_after_patience_stalled_epochs_and_
     again = Plateau(factor=0.5, patience=2)
     again.load_state_dict(plateau.state_dict())
     assert again.scale == 0.25 and again.stale == 0
+
+
+def test_balanced_class_weights_are_n_over_k_counts_and_weigh_each_example_s_loss():
+    from deepstep.config import TrainConfig
+    from deepstep.tasks.runs import class_weights, weighted_mean
+
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 3])  # class 2 has no train example
+    weights = class_weights(TrainConfig(class_weights="balanced"), labels, ["a", "b", "c", "d"])
+    assert weights.tolist() == pytest.approx([9 / (3 * 6), 9 / (3 * 2), 0.0, 9 / (3 * 1)])
+    assert float(weights[torch.from_numpy(labels)].mean()) == pytest.approx(1.0)  # 1 on average over the examples
+    assert class_weights(TrainConfig(), labels, ["a", "b", "c", "d"]) is None
+    losses, targets = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0, 1, 3])
+    assert float(weighted_mean(losses, targets, weights)) == pytest.approx((0.5 * 1 + 1.5 * 2 + 3 * 4) / 3)
+
+
+def test_balanced_class_weights_make_a_rare_class_predicted_and_micro_batches_still_add_up():
+    from deepstep.config import TrainConfig
+    from deepstep.tasks.image_classification import classification_step
+    from deepstep.tasks.runs import class_weights
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.cat([torch.zeros(180, dtype=torch.long), torch.ones(20, dtype=torch.long)])
+    x = torch.randn(200, 1, generator=g) + y.unsqueeze(1).float()  # overlapping: 1 standard deviation apart
+    batches = [(x[i : i + 50], y[i : i + 50]) for i in range(0, 200, 50)]
+    weights = class_weights(TrainConfig(class_weights="balanced"), y.numpy(), ["common", "rare"])
+
+    def fit(weights, micro_batch=0):
+        torch.manual_seed(0)
+        model = nn.Linear(1, 2)
+        opt = build_optimizer("sgd", model, lr=0.5, momentum=0.9, nesterov=False, weight_decay=0.0)
+        sched = build_schedule("none", opt, total_steps=400, warmup_steps=0)
+        for _ in range(100):
+            train_one_epoch(model, classification_step(weights=weights), batches, opt, sched, FP32,
+                            FP32.grad_scaler(), micro_batch=micro_batch)  # fmt: skip
+        return model
+
+    plain, weighted = fit(None), fit(weights)
+    with torch.no_grad():
+        called_rare = [int((m(x).argmax(1) == 1).sum()) for m in (plain, weighted)]
+    assert called_rare[0] < 10 and called_rare[1] > 30  # unweighted, the rare class is hardly ever called
+    parts = fit(weights, micro_batch=20)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(weighted.parameters(), parts.parameters(), strict=True))
+
+
+def test_a_sequence_classifier_s_loss_weighs_each_sequence_by_its_class():
+    from deepstep.tasks.sequence_classification import sequence_step
+
+    class Fixed(nn.Module):  # one logit per sequence, as two-class models give
+        def forward(self, x, lengths):
+            return torch.tensor([[0.0], [2.0], [-1.0]])
+
+    batch = (torch.zeros(3, 4, 1), torch.tensor([4, 4, 4]), torch.tensor([0, 1, 1]))
+    each = F.binary_cross_entropy_with_logits(
+        torch.tensor([0.0, 2.0, -1.0]), torch.tensor([0.0, 1.0, 1.0]), reduction="none"
+    )
+    assert float(sequence_step(Fixed(), batch)["loss"]) == pytest.approx(float(each.mean()))
+    weighted = sequence_step(Fixed(), batch, weights=torch.tensor([3.0, 0.5]))["loss"]
+    assert float(weighted) == pytest.approx(float((each * torch.tensor([3.0, 0.5, 0.5])).mean()))

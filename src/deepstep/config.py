@@ -25,6 +25,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 IN_MEMORY = ("auto", "yes", "no")
 TASKS = ("auto", "image-classification", "forecasting", "sequence-classification")
 FILLS = ("none", "interpolate", "ffill", "drop")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass
@@ -86,6 +87,7 @@ class TrainConfig:
     muon_lr: float = 0.24
     muon_momentum: float = 0.6
     label_smoothing: float = 0.0
+    class_weights: str = "none"  # balanced: each class's loss weighted by N / (classes x its count)
     lookahead: bool = False
     augment: bool = False
     crop_padding: int | None = None
@@ -125,6 +127,7 @@ class TrainConfig:
             ("in_memory", IN_MEMORY),
             ("task", TASKS),
             ("fill", FILLS),
+            ("class_weights", CLASS_WEIGHTS),
         ):
             value = getattr(self, name)
             if value not in choices:

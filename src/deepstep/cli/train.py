@@ -6,7 +6,18 @@ import argparse
 from typing import Any
 
 from deepstep.cli.common import formatter, key_value, progress_enabled
-from deepstep.config import DEVICES, FILLS, IN_MEMORY, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, TASKS, TrainConfig
+from deepstep.config import (
+    CLASS_WEIGHTS,
+    DEVICES,
+    FILLS,
+    IN_MEMORY,
+    OPTIMIZERS,
+    PRECISIONS,
+    RECIPES,
+    SCHEDULES,
+    TASKS,
+    TrainConfig,
+)
 
 EXAMPLES = """\
 examples:
@@ -328,6 +339,14 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {"type": float, "metavar": "M", "help": "--optimizer muon: the filters' Nesterov momentum (default 0.6)"},
     ),
     ("label-smoothing", {"type": float, "metavar": "F", "help": "cross-entropy label smoothing (default 0)"}),
+    (
+        "class-weights",
+        {
+            "choices": CLASS_WEIGHTS,
+            "help": "balanced: weight each class's training loss by N / (classes x its count in the train part), "
+            "for classes of unequal size, as Keras's class_weight (default none)",
+        },
+    ),
     (
         "lookahead",
         {

@@ -41,6 +41,7 @@ TASK_OPTIONS: dict[str, tuple[str, ...]] = {
         ("test_size", "val_size", "hidden", "layers", "dropout", "bidirectional"), (FORECASTING, SEQUENCES)
     ),
     **dict.fromkeys(("group_file", "test_groups"), (SEQUENCES,)),
+    "class_weights": (IMAGES, SEQUENCES),
 }  # fmt: skip
 _INSTEAD = {"val_split": "val_size", "test_split": "test_size", "val_size": "val_split", "test_size": "test_split"}
 

@@ -57,6 +57,8 @@ from deepstep.tasks.runs import (
     build_plateau,
     check_split,
     class_numbers,
+    class_weights,
+    describe_class_weights,
     find_lr_report,
     finish,
     load_model,
@@ -69,6 +71,7 @@ from deepstep.tasks.runs import (
     seed_everything,
     start_run,
     test_evaluations,
+    weighted_mean,
     write_record,
 )
 
@@ -107,13 +110,18 @@ RESUME_MUST_MATCH = (
 )
 
 
-def classification_step(label_smoothing: float = 0.0) -> Step:
-    """Cross-entropy on logits; also reports the batch accuracy."""
+def classification_step(label_smoothing: float = 0.0, weights: torch.Tensor | None = None) -> Step:
+    """Cross-entropy on logits (each example's weighted by its class's `weights`, if given); also
+    reports the batch accuracy."""
 
     def step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch
         logits = model(x)  # (B, classes)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        if weights is None:
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        else:
+            losses = F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="none")
+            loss = weighted_mean(losses, y, weights)
         acc = (logits.argmax(dim=1) == y).float().mean()
         return {"loss": loss, "output": logits, "acc": acc, "target": y}
 
@@ -663,6 +671,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     if config.compile:
         distributed.check_compiler(device)
     plateau = build_plateau(config, data.val is not None)
+    weights = class_weights(config, _labels(data.train), data.source.classes)
     run, changes = (None, []) if config.find_lr else start_run(config, data.source.name, RESUME_MUST_MATCH, ranks, log)
 
     seed_everything(config.seed)  # the same initial weights whatever the data loading drew
@@ -704,7 +713,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     optimizer, scheduler = optimization(config, model, len(train_batches), scaled=backbone, plateau=plateau)
     training = Training(
         model,
-        classification_step(config.label_smoothing),
+        classification_step(config.label_smoothing, weights),
         classification_step(),
         train_batches,
         val_batches,
@@ -727,13 +736,13 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     }
     setup = Setup(device, threads, precision, kernels, cost.parameters)
     if config.find_lr:
-        _log_start(log, config.model, data, setup, None)
+        _log_start(log, config.model, data, setup, None, weights)
         return find_lr_report(config, training, data.source.name, log, progress)
 
     state = resume(training, run) if config.resume else None
 
     def describe() -> dict[str, Any]:
-        _log_start(log, config.model, data, setup, run)
+        _log_start(log, config.model, data, setup, run, weights)
         if initialised:
             log(initialised)
         return {
@@ -784,7 +793,9 @@ def _choose_kernels(model: nn.Module, precision: Precision, batch_size: int, dev
     return {"kernels": kernels, "channels_last": choice.channels_last}
 
 
-def _log_start(log: Log, model_name: str, data: TrainingData, setup: Setup, run: RunDir | None) -> None:
+def _log_start(
+    log: Log, model_name: str, data: TrainingData, setup: Setup, run: RunDir | None, weights: torch.Tensor | None
+) -> None:
     r, prep = data.report, data.prep
     log(
         f"data: {r['name']}: {r['train']['count']} train / {r['val']['count']} val ({r['val']['origin']}) / "
@@ -797,6 +808,8 @@ def _log_start(log: Log, model_name: str, data: TrainingData, setup: Setup, run:
     log(f"pre-processing: {prep.describe()}")
     norm = r["normalization"]
     log(f"normalisation: mean {norm['mean']} std {norm['std']} ({norm['origin']})")
+    if weights is not None:
+        log(describe_class_weights(weights, data.source.classes))
     log(
         f"device: {setup.device.type}"
         + (f", {setup.threads} threads" if setup.threads else "")

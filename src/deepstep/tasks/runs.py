@@ -342,6 +342,36 @@ def class_numbers(data: str, data_classes: Sequence[str], run_classes: Sequence[
     return np.array([list(run_classes).index(c) for c in data_classes], dtype=np.int64)
 
 
+def class_weights(config: TrainConfig, labels: np.ndarray, classes: Sequence[str]) -> torch.Tensor | None:
+    """--class-weights balanced: each class's loss weighted by N / (K x its count in the train part)
+    (N examples, K classes present), as sklearn's compute_class_weight("balanced") and Keras's
+    class_weight: each class then weighs as much in the training loss as if all were the same size,
+    and the weights average 1 over the examples. None for --class-weights none."""
+    if config.class_weights == "none":
+        return None
+    counts = np.bincount(labels, minlength=len(classes))
+    weights = np.where(counts > 0, len(labels) / ((counts > 0).sum() * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def describe_class_weights(weights: torch.Tensor, classes: Sequence[str]) -> str:
+    """The training log's line for --class-weights balanced: each class's weight (past 10 classes,
+    the lowest and the highest)."""
+    shown = [f"{c} {w:.3g}" for c, w in zip(classes, weights.tolist(), strict=True)]
+    if len(classes) > 10:
+        low, high = int(weights.argmin()), int(weights.argmax())
+        shown = [f"from {weights[low]:.3g} ({classes[low]}) to {weights[high]:.3g} ({classes[high]})"]
+    return f"class weights (balanced, by the train part's counts): {', '.join(shown)}"
+
+
+def weighted_mean(losses: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of each example's loss times its class's weight (Keras's sample weights: divided by
+    the number of examples, not by the weights' sum, so that parts of a batch add up to it)."""
+    if weights is None:
+        return losses.mean()
+    return (losses * weights.to(losses.device)[targets]).mean()
+
+
 def sequence_model_args(config: TrainConfig, outputs: int, features: int) -> dict[str, Any]:
     """A sequence model's arguments: its outputs and input features, the recurrent flags the model
     takes (a model of the user's may take none), then --model-arg."""

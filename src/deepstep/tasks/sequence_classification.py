@@ -5,6 +5,7 @@ classes, a softmax over the classes otherwise.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import Callable, Sequence
@@ -32,6 +33,8 @@ from deepstep.tasks.runs import (
     Job,
     check_split,
     class_numbers,
+    class_weights,
+    describe_class_weights,
     load_model,
     now,
     record_test_evaluation,
@@ -40,6 +43,7 @@ from deepstep.tasks.runs import (
     sequence_model_args,
     test_evaluations,
     train_run,
+    weighted_mean,
 )
 
 TASK = "sequence-classification"
@@ -62,16 +66,20 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=1)
 
 
-def sequence_step(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-    """Binary cross-entropy on one logit for two classes, cross-entropy otherwise; and accuracy."""
+def sequence_step(
+    model: nn.Module, batch: tuple[torch.Tensor, ...], weights: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Binary cross-entropy on one logit for two classes, cross-entropy otherwise (each example's
+    weighted by its class's `weights`, if given); and accuracy."""
     x, lengths, y = batch  # (B, T, F), (B,), (B,)
     logits = model(x[:, : int(lengths.max())], lengths)  # (B, 1) or (B, C)
     if logits.shape[1] == 1:
-        loss = F.binary_cross_entropy_with_logits(logits[:, 0], y.float())
+        losses = F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), reduction="none")
         pred = (logits[:, 0] > 0).long()
     else:
-        loss = F.cross_entropy(logits, y)
+        losses = F.cross_entropy(logits, y, reduction="none")
         pred = logits.argmax(dim=1)
+    loss = weighted_mean(losses, y, weights)
     return {"loss": loss, "acc": (pred == y).float().mean(), "output": probabilities(logits), "target": y}
 
 
@@ -115,6 +123,9 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         f"{r['test']['count']} test ({r['test']['origin']}; not used in training)"
     )
     binary = len(data.classes) == 2
+    weights = class_weights(config, splits.train.labels, data.classes)
+    if weights is not None:
+        log(describe_class_weights(weights, data.classes))
     model_args = sequence_model_args(config, 1 if binary else len(data.classes), data.features)
     val = splits.val
     job = Job(
@@ -131,7 +142,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         val_batches=None
         if val is None
         else _batches(standardise(val, mean, std), val.labels, config.batch_size, False, 0),
-        train_step=sequence_step,
+        train_step=functools.partial(sequence_step, weights=weights),
         eval_step=sequence_step,
         monitor=Monitor("val_acc", higher_is_better=True),
         meta={
