@@ -368,3 +368,17 @@ def test_class_weights_balanced_are_logged_recorded_and_refused_where_there_are_
     series.write_text("t,y\n" + "".join(f"{i},{i % 7}\n" for i in range(60)))
     assert main(["train", "--data", str(series), "--target", "y", "--class-weights", "balanced"]) == 2
     assert "--class-weights does not apply to forecasting; leave it out" in capsys.readouterr().err
+
+
+def test_with_ema_the_average_is_what_is_validated_saved_and_evaluated(image_folder, capsys):
+    assert _train(image_folder, "--epochs", "3", "--ema", "0.9", "--lr", "0.05", out="runs/ema") == 0
+    with open("runs/ema/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    best = max(rows, key=lambda r: (float(r["val_acc"]), -int(r["epoch"])))
+    capsys.readouterr()
+    assert main(["evaluate", "runs/ema", "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(float(best["val_acc"]), abs=1e-6)
+    record = json.loads(Path("runs/ema/checkpoints/last.json").read_text())
+    assert record["state"]["dict"][-1][0] == "ema"  # the trained weights ride in the state
+    assert main(["train", "--out", "runs/ema", "--resume", "--epochs", "4", "--ema", "0", "--quiet"]) == 2
+    assert "runs/ema was trained with --ema: resume it with the same --ema" in capsys.readouterr().err

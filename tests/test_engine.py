@@ -745,3 +745,29 @@ def test_a_sequence_classifier_s_loss_weighs_each_sequence_by_its_class():
     assert float(sequence_step(Fixed(), batch)["loss"]) == pytest.approx(float(each.mean()))
     weighted = sequence_step(Fixed(), batch, weights=torch.tensor([3.0, 0.5]))["loss"]
     assert float(weighted) == pytest.approx(float((each * torch.tensor([3.0, 0.5, 0.5])).mean()))
+
+
+def test_the_weight_average_warms_up_then_moves_by_one_minus_decay_and_copies_counts():
+    from deepstep.engine.optim import WeightAverage
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        model[0].weight.fill_(0.0)
+    ema = WeightAverage(model, decay=0.99)
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    model[1].num_batches_tracked.fill_(7)
+    ema.update(model)  # warming up: d = min(0.99, 1 / 10)
+    assert torch.allclose(ema.module[0].weight, torch.full((2, 2), 0.9))
+    assert int(ema.module[1].num_batches_tracked) == 7  # counts are copied, not averaged
+    for _ in range(1000):
+        ema.update(model)
+    assert torch.allclose(ema.module[0].weight, torch.ones(2, 2), atol=1e-4)
+    ema.updates = 10_000  # long past the warm-up: d = 0.99
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+    before = ema.module[0].weight.clone()
+    ema.update(model)
+    assert torch.allclose(ema.module[0].weight, before + 0.01 * (2.0 - before))
+    assert model[0].weight.requires_grad and float(model[0].weight[0, 0]) == 2.0  # the model is untouched

@@ -89,6 +89,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: str = "none"  # balanced: each class's loss weighted by N / (classes x its count)
     lookahead: bool = False
+    ema: float = 0.0  # decay of the weights' moving average that is validated and saved; 0: off
     augment: bool = False
     crop_padding: int | None = None
     alternate_flip: bool = False
@@ -143,6 +144,8 @@ class TrainConfig:
                 raise DeepstepError(f"--{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.weight_decay < 0:
             raise DeepstepError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.ema < 1:
+            raise DeepstepError(f"--ema is a decay per step in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
         if self.clip_grad < 0:
             raise DeepstepError(f"--clip-grad must be a gradient norm >= 0 (0: no clipping), got {self.clip_grad}")
         for name in ("lr_start_factor", "lr_end_factor"):

@@ -356,6 +356,15 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "ema",
+        {
+            "type": float,
+            "metavar": "DECAY",
+            "help": "validate, save and predict with a moving average of the weights, DECAY x average + "
+            "(1 - DECAY) x weights after each step (default 0: off; e.g. 0.999, an average over about 1,000 steps)",
+        },
+    ),
+    (
         "augment",
         {
             "action": argparse.BooleanOptionalAction,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepstep.engine.checkpoint import load_state, load_weights, save_checkpoint
+from deepstep.engine.checkpoint import load_state, load_weights, save_checkpoint, unwrap
 from deepstep.engine.distributed import SINGLE, Ranks
 from deepstep.engine.loop import (
     Meter,
@@ -25,7 +25,7 @@ from deepstep.engine.loop import (
     optimizer_step,
     train_one_epoch,
 )
-from deepstep.engine.optim import Lookahead, Plateau
+from deepstep.engine.optim import Lookahead, Plateau, WeightAverage
 from deepstep.engine.precision import Precision
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError, NonFiniteLoss
@@ -58,6 +58,13 @@ class Training:
     clip_grad: float = 0.0
     # --schedule plateau: lowers the rate when validation stops improving (saved with `last`).
     plateau: Plateau | None = None
+    # --ema: the averaged weights that validation and the checkpoints use (the trained ones go in `last`'s state).
+    ema: WeightAverage | None = None
+
+    @property
+    def kept_model(self) -> nn.Module:
+        """The model that is validated and saved: the weight average under --ema."""
+        return self.ema.module if self.ema is not None else self.model
 
     def __post_init__(self) -> None:
         self.scaler = self.precision.grad_scaler()
@@ -154,8 +161,15 @@ def _laid_out_as_parameters(optimizer: torch.optim.Optimizer) -> None:
 
 def resume(training: Training, run: RunDir) -> FitState:
     """Load the last checkpoint's weights and training state; return where to continue."""
-    load_weights(run.checkpoints, "last", training.model)
+    load_weights(run.checkpoints, "last", training.kept_model)
     state = load_state(run.checkpoints, "last")
+    if training.ema is not None:
+        if not state.get("ema"):
+            raise DeepstepError(f"{run.path} was trained without --ema: resume it without, or start a new run")
+        unwrap(training.model).load_state_dict(state["ema"]["trained"])
+        training.ema.load_state_dict(state["ema"])
+    elif state.get("ema"):
+        raise DeepstepError(f"{run.path} was trained with --ema: resume it with the same --ema")
     saved, built = len(state["optimizer"]["param_groups"]), len(training.optimizer.param_groups)
     if saved != built:  # torch would raise a ValueError with a traceback
         raise DeepstepError(
@@ -258,6 +272,7 @@ def fit(
                 on_checkpoint=checkpoint,
                 lookahead=training.lookahead,
                 clip_grad=training.clip_grad,
+                ema=training.ema,
             )
         except NonFiniteLoss as err:  # the loop does not know the epoch; a failed save passes through as it is
             advice = "lower --lr" if training.precision.name == "32" else "lower --lr or use --precision 32"
@@ -272,7 +287,7 @@ def fit(
         if training.val_batches is not None:
             val_start = time.perf_counter()
             val_means, _ = evaluate(
-                model, training.eval_step, training.val_batches, training.precision, ranks=training.ranks
+                training.kept_model, training.eval_step, training.val_batches, training.precision, ranks=training.ranks
             )
             row.update({f"val_{k}": v for k, v in val_means.items()})
             row["val_seconds"] = time.perf_counter() - val_start
@@ -450,7 +465,7 @@ def _save(
     """metrics.csv, the `last` checkpoint with everything needed to resume, and `best` if it improved."""
     checkpoint_meta = {**meta, "epoch": state.epoch, "metrics": row}
     if improved:
-        save_checkpoint(run.checkpoints, "best", f"e{state.epoch:04d}", training.model, checkpoint_meta)
+        save_checkpoint(run.checkpoints, "best", f"e{state.epoch:04d}", training.kept_model, checkpoint_meta)
     _save_last(training, state, run, checkpoint_meta)
     run.write_metrics(state.history)
 
@@ -465,7 +480,7 @@ def _save_last(training: Training, state: FitState, run: RunDir, checkpoint_meta
         run.checkpoints,
         "last",
         f"e{state.epoch:04d}s{state.step:06d}",
-        training.model,
+        training.kept_model,
         checkpoint_meta,
         state={
             "optimizer": training.optimizer.state_dict(),
@@ -475,5 +490,8 @@ def _save_last(training: Training, state: FitState, run: RunDir, checkpoint_meta
             "fit": state.to_dict(),
             "lookahead": training.lookahead.state_dict() if training.lookahead else None,
             "plateau": training.plateau.state_dict() if training.plateau else None,
+            "ema": {**training.ema.state_dict(), "trained": unwrap(training.model).state_dict()}
+            if training.ema
+            else None,
         },
     )

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from deepstep.engine.distributed import SINGLE, Ranks, reduce_sums
-from deepstep.engine.optim import Lookahead
+from deepstep.engine.optim import Lookahead, WeightAverage
 from deepstep.engine.precision import Precision
 from deepstep.errors import NonFiniteLoss
 
@@ -115,6 +115,7 @@ def train_one_epoch(
     lookahead: Lookahead | None = None,
     micro_batch: int = 0,
     clip_grad: float = 0.0,
+    ema: WeightAverage | None = None,
 ) -> tuple[dict[str, float], int]:
     """Forward, loss, backward and optimizer step over every batch; returns the epoch's means
     and the number of examples seen (by all ranks together).
@@ -123,7 +124,7 @@ def train_one_epoch(
     so the order and augmentation replay exactly, but not trained on again. Every
     `checkpoint_every` steps, once the loss is known to be finite, `on_checkpoint(steps_done, meter)`.
     With `micro_batch`, each batch goes forward and backward that many examples at a time; with
-    `clip_grad`, the gradients' global norm is clipped to it before each step."""
+    `clip_grad`, the gradients' global norm is clipped to it before each step; `ema`, updated after it."""
     model.train()
     meter = meter or Meter()
     for i, batch in enumerate(batches):
@@ -135,6 +136,8 @@ def train_one_epoch(
         scheduler.step()
         if lookahead is not None:
             lookahead.after_step(scheduler.last_epoch)  # the schedule counts the run's steps
+        if ema is not None:
+            ema.update(model)
         if progress is not None:
             progress.step(meter)
         done = i + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 
@@ -343,3 +344,39 @@ class Lookahead:
     def load_state_dict(self, state: dict[str, list[torch.Tensor] | None]) -> None:
         device = next(iter(self._state())).device
         self.slow = None if state["slow"] is None else [t.to(device) for t in state["slow"]]
+
+
+class WeightAverage:
+    """--ema DECAY: an exponential moving average of the weights and batch-norm statistics, the copy
+    that validation, the checkpoints, evaluate, predict and export use (timm's ModelEma, Keras's
+    use_ema). After each optimizer step, average = d x average + (1 - d) x weights, with
+    d = min(DECAY, (1 + n) / (10 + n)) after n updates, as timm warms it up, so that the first steps
+    do not hold the average near the random initial weights. Kept here rather than in
+    torch.optim.swa_utils.AveragedModel, whose update reads its step count from the device (a sync
+    every step on a GPU)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        from deepstep.engine.checkpoint import unwrap
+
+        self.decay = decay
+        self.module = copy.deepcopy(unwrap(model)).requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        from deepstep.engine.checkpoint import unwrap
+
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        now = unwrap(model).state_dict()
+        for name, average in self.module.state_dict().items():
+            if average.is_floating_point():
+                average.lerp_(now[name], 1 - d)
+            else:  # batch norm's count of batches
+                average.copy_(now[name])
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.updates = int(state["updates"])

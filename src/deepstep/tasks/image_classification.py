@@ -53,6 +53,7 @@ from deepstep.models.registry import in_user_code
 from deepstep.models.shapes import activation_bytes, format_size, multiply_adds
 from deepstep.tasks.metrics import classification_metrics, save_confusion
 from deepstep.tasks.runs import (
+    build_ema,
     build_lookahead,
     build_plateau,
     check_split,
@@ -727,6 +728,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         clip_grad=config.clip_grad,
         lookahead=build_lookahead(config, model, len(train_batches)),
         plateau=plateau,
+        ema=build_ema(config, model),
     )
     meta = {
         "task": TASK,

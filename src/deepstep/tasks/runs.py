@@ -19,7 +19,7 @@ from torch import nn
 from deepstep.config import PATH_OPTIONS, TrainConfig, absolute_path, flag, preset_source
 from deepstep.engine.fit import FitState, Monitor, Training, unrepeatable_note
 from deepstep.engine.loop import Step
-from deepstep.engine.optim import Plateau
+from deepstep.engine.optim import Plateau, WeightAverage
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
 
@@ -438,6 +438,11 @@ def build_plateau(config: TrainConfig, has_validation: bool) -> Plateau | None:
     return Plateau(**{key: value for key, value in given.items() if value is not None})
 
 
+def build_ema(config: TrainConfig, model: nn.Module) -> WeightAverage | None:
+    """The weight average of --ema, started from the model as it is now, or None."""
+    return WeightAverage(model, config.ema) if config.ema else None
+
+
 def build_lookahead(config: TrainConfig, model: nn.Module, steps_per_epoch: int):
     """The Lookahead of --lookahead over the run's steps, or None."""
     from deepstep.engine.optim import Lookahead
@@ -514,6 +519,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
         clip_grad=config.clip_grad,
         lookahead=build_lookahead(config, model, len(job.train_batches)),
         plateau=plateau,
+        ema=build_ema(config, model),
     )
     meta = {
         "task": job.task,
