@@ -714,7 +714,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     optimizer, scheduler = optimization(config, model, len(train_batches), scaled=backbone, plateau=plateau)
     training = Training(
         model,
-        classification_step(config.label_smoothing, weights),
+        classification_step(config.label_smoothing, None if weights is None else weights.to(device)),
         classification_step(),
         train_batches,
         val_batches,
