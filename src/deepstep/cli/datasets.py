@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['name']:<{width}}  {r['description']}")
     print(
         f"\nAlso: --data FOLDER (train/<class>/*, test/<class>/*, or <class>/* with a carved test part),"
-        f" or a .tar.gz/.zip of such a folder. Cache: {data_cache_dir()} (--data-dir, $DEEPSTEP_DATA)."
+        f" or a .tar.gz/.zip of such a folder, or a folder of MNIST-format files (train-images-idx3-ubyte.gz"
+        f" and the other three). Cache: {data_cache_dir()} (--data-dir, $DEEPSTEP_DATA)."
         "\nSequences: --data FILE.csv --target COL (forecasting), or a folder/.zip of one CSV per sequence"
         " with a labels CSV, or an .npz with X and y (sequence classification)."
     )
