@@ -328,3 +328,18 @@ def test_evaluate_prints_each_class_s_accuracy_precision_f1_and_count(trained_ru
     result = json.loads(Path(trained_run, "val.json").read_text())
     shown = [int(line.split()[-1]) for line in lines[2:5]]
     assert shown == [result["per_class"][c]["support"] for c in ("circle", "square", "stripes")]
+
+
+def test_a_two_class_run_reports_the_positive_class_s_f1_and_the_roc_auc(tmp_path, capsys):
+    import numpy as np
+
+    from conftest import train_lenet, write_images
+
+    write_images(tmp_path / "pets", 15, np.random.default_rng(0), classes=("cat", "dog"))
+    assert train_lenet(tmp_path / "pets", "--epochs", "2", out="runs/pets") == 0
+    capsys.readouterr()
+    assert main(["evaluate", "runs/pets"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    result = json.loads(Path("runs/pets/test.json").read_text())
+    assert result["positive_class"] == "dog" and 0 <= result["roc_auc"] <= 1
+    assert f"F1 {result['f1']:.3f} (dog as positive)  ROC AUC {result['roc_auc']:.3f}  loss" in first
