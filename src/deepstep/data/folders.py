@@ -10,6 +10,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,15 +258,19 @@ def unpack_archive(archive: Path, cache_dir: Path, name: str | None = None) -> P
         raise DeepstepError(f"{archive} does not exist")
     digest = content_hashes(archive, [archive], cache_dir)[0]
     target = cache_dir / "unpacked" / f"{name or archive_stem(archive)}-{digest[:16]}"
+    unpack = _unzip if archive.name.lower().endswith(".zip") else _untar
+    return unpacked_once(target, lambda staging: unpack(archive, staging))
+
+
+def unpacked_once(target: Path, unpack: Callable[[Path], None]) -> Path:
+    """The folder `target`, made once: `unpack(staging)` fills a staging folder beside it, which is
+    then renamed into place; an existing `target` is reused as it is."""
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=target.parent))
     try:
-        if archive.name.lower().endswith(".zip"):
-            _unzip(archive, staging)
-        else:
-            _untar(archive, staging)
+        unpack(staging)
         try:
             staging.rename(target)  # atomic: a concurrent unpacker either wins or finds it done
         except OSError:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from deepstep.data.folders import (
     relative_names,
     scan_image_folder,
     unpack_archive,
+    unpacked_once,
 )
 from deepstep.data.splits import stratified_split
 from deepstep.engine.run_dir import RunDir
@@ -380,6 +379,7 @@ def _idx_source(files: dict[tuple[str, str], Path], name: str, data_dir: Path) -
         cls = getattr(torchvision.datasets, cls_name)
         if all(gz in by_name and check_md5(by_name[gz], md5) for gz, md5 in cls.resources):
             known = cls_name
+            break
     folder = next(iter(files.values())).parent
     if known is None and folder.name == "raw" and folder.parent.name in IDX_DATASETS:
         known = folder.parent.name
@@ -403,15 +403,16 @@ def _idx_source(files: dict[tuple[str, str], Path], name: str, data_dir: Path) -
                 f"{files[split, 'images']}: give the labels that belong to those images"
             )
         parts[split] = ImageSplit(labels=read["labels"].astype(np.int64), pixels=read["images"])
+    top = int(max(p.labels.max(initial=0) for p in parts.values()))
     if known:
         name = IDX_DATASETS[known]
         classes = list(getattr(torchvision.datasets, known).classes)
         fingerprint = _builtin_fingerprint(name, parts)
+        if top >= len(classes):
+            raise DeepstepError(f"{folder}: labels run past {known}'s {len(classes)} classes: these are not its files")
     else:
-        classes = [str(i) for i in range(int(max(p.labels.max(initial=0) for p in parts.values())) + 1)]
+        classes = [str(i) for i in range(top + 1)]
         fingerprint = hashlib.sha256("|".join(hashes.values()).encode()).hexdigest()[:16]
-    if max(p.labels.max(initial=0) for p in parts.values()) >= len(classes):
-        raise DeepstepError(f"{folder}: labels run past {known}'s {len(classes)} classes: these are not its files")
     return ImageSource(
         name=name,
         classes=classes,
@@ -425,9 +426,15 @@ def _idx_source(files: dict[tuple[str, str], Path], name: str, data_dir: Path) -
 def _unpacked_idx(
     files: dict[tuple[str, str], Path], hashes: dict[tuple[str, str], str], data_dir: Path
 ) -> dict[tuple[str, str], Path]:
-    """The IDX files unpacked: a .gz one once into `data_dir/unpacked/`, reused while its content
-    (`hashes`) is unchanged."""
+    """The IDX files unpacked: a .gz one once into a folder of `data_dir/unpacked/`, reused while
+    its content (`hashes`) is unchanged."""
     from torchvision.datasets.utils import extract_archive
+
+    def gunzip(file: Path, staging: Path) -> None:
+        try:
+            extract_archive(file, staging)
+        except (OSError, EOFError) as err:  # not gzip, or cut short
+            raise DeepstepError(f"{file} cannot be unpacked ({err}): give the file as MNIST ships it") from None
 
     plain = {}
     for key, file in files.items():
@@ -435,16 +442,5 @@ def _unpacked_idx(
             plain[key] = file
             continue
         target = data_dir / "unpacked" / f"{file.stem}-{hashes[key][:16]}"
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=target.parent))
-            try:
-                try:
-                    unpacked = Path(extract_archive(file, staging))
-                except (OSError, EOFError) as err:  # not gzip, or cut short
-                    raise DeepstepError(f"{file} cannot be unpacked ({err}): give the file as MNIST ships it") from None
-                unpacked.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        plain[key] = target
+        plain[key] = unpacked_once(target, lambda staging, file=file: gunzip(file, staging)) / file.stem
     return plain
