@@ -494,3 +494,23 @@ def test_clip_grad_reaches_the_training_steps_and_is_recorded(seasonal_csv):
     assert free[2] < 0.98 * free[0]  # while the same steps unclipped learn
     config = Path("runs/clipped/config.yaml").read_text()
     assert "clip-grad: 1.0e-09" in config
+
+
+def test_class_weights_reach_a_sequence_classifier_s_training_loss(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "uneven.npz", X=rng.normal(size=(60, 8, 2)), y=np.repeat([0, 1], [48, 12]))
+    train = ["train", "--data", str(tmp_path / "uneven.npz"), "--hidden", "4", "--epochs", "1", "--quiet"]
+    assert main([*train, "--out", "runs/plain"]) == 0
+    assert main([*train, "--class-weights", "balanced", "--out", "runs/weighted"]) == 0
+    import re
+
+    shown = re.search(
+        r"class weights \(balanced, by the train part's counts\): 0 ([\d.]+), 1 ([\d.]+)", capsys.readouterr().out
+    )
+    assert 3 < float(shown[2]) / float(shown[1]) < 5  # about 4 of class 0 to each of class 1 in the train part
+
+    def first_loss(run):
+        with open(Path(run, "metrics.csv")) as f:
+            return float(next(csv.DictReader(f))["train_loss"])
+
+    assert first_loss("runs/weighted") != pytest.approx(first_loss("runs/plain"), rel=1e-3)

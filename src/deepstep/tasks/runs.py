@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -466,6 +467,8 @@ class Job:
     meta: dict[str, Any]  # goes into every checkpoint: what rebuilds the model and its inputs
     data_report: dict[str, Any]
     unit: str
+    # --class-weights: given to train_step as `weights=`, on the training device (None: not weighted).
+    class_weights: torch.Tensor | None = None
 
 
 def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log, progress: bool) -> Path:
@@ -500,6 +503,9 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     for batches in (job.train_batches, job.val_batches):
         if batches is not None:
             batches.tensors = [t.to(device) for t in batches.tensors]
+    train_step = job.train_step
+    if job.class_weights is not None:  # moved once, with the batches, not at every step
+        train_step = functools.partial(train_step, weights=job.class_weights.to(device))
     train_batches, val_batches = (
         distributed.RankSlices(b, ranks) if b is not None and ranks.active else b
         for b in (job.train_batches, job.val_batches)
@@ -507,7 +513,7 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     optimizer, scheduler = optimization(config, model, len(job.train_batches), plateau=plateau)
     training = Training(
         model,
-        job.train_step,
+        train_step,
         job.eval_step,
         train_batches,
         val_batches,

@@ -82,19 +82,6 @@ def sequence_step(
     return {"loss": loss, "acc": (pred == y).float().mean(), "output": probabilities(logits), "target": y}
 
 
-def _weighted_step(weights: torch.Tensor) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], dict[str, torch.Tensor]]:
-    """sequence_step with --class-weights, the weights moved to the batches' device once."""
-    on_device: dict[torch.device, torch.Tensor] = {}
-
-    def step(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        device = batch[0].device
-        if device not in on_device:
-            on_device[device] = weights.to(device)
-        return sequence_step(model, batch, on_device[device])
-
-    return step
-
-
 def standardise(data: SequenceSet, mean: np.ndarray, std: np.ndarray) -> list[np.ndarray]:
     return [((s - mean) / std).astype(np.float32) for s in data.sequences]
 
@@ -154,7 +141,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         val_batches=None
         if val is None
         else _batches(standardise(val, mean, std), val.labels, config.batch_size, False, 0),
-        train_step=sequence_step if weights is None else _weighted_step(weights),
+        train_step=sequence_step,
         eval_step=sequence_step,
         monitor=Monitor("val_acc", higher_is_better=True),
         meta={
@@ -173,6 +160,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
             "normalization": {"mean": mean.tolist(), "std": std.tolist(), "origin": "every step of the train part"},
         },
         unit="sequences",
+        class_weights=weights,
     )
     return train_run(config, job, RESUME_MUST_MATCH, log, progress)
 
