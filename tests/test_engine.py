@@ -758,16 +758,16 @@ def test_the_weight_average_warms_up_then_moves_by_one_minus_decay_and_copies_co
     with torch.no_grad():
         model[0].weight.fill_(1.0)
     model[1].num_batches_tracked.fill_(7)
-    ema.update(model)  # warming up: d = min(0.99, 1 / 10)
+    ema.update()  # warming up: d = min(0.99, 1 / 10)
     assert torch.allclose(ema.module[0].weight, torch.full((2, 2), 0.9))
     assert int(ema.module[1].num_batches_tracked) == 7  # counts are copied, not averaged
     for _ in range(1000):
-        ema.update(model)
+        ema.update()
     assert torch.allclose(ema.module[0].weight, torch.ones(2, 2), atol=1e-4)
     ema.updates = 10_000  # long past the warm-up: d = 0.99
     with torch.no_grad():
         model[0].weight.fill_(2.0)
     before = ema.module[0].weight.clone()
-    ema.update(model)
+    ema.update()
     assert torch.allclose(ema.module[0].weight, before + 0.01 * (2.0 - before))
     assert model[0].weight.requires_grad and float(model[0].weight[0, 0]) == 2.0  # the model is untouched

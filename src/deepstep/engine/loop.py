@@ -137,7 +137,7 @@ def train_one_epoch(
         if lookahead is not None:
             lookahead.after_step(scheduler.last_epoch)  # the schedule counts the run's steps
         if ema is not None:
-            ema.update(model)
+            ema.update()
         if progress is not None:
             progress.step(meter)
         done = i + 1

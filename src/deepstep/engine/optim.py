@@ -361,18 +361,19 @@ class WeightAverage:
         self.decay = decay
         self.module = copy.deepcopy(unwrap(model)).requires_grad_(False)
         self.updates = 0
+        # (average, weights) pairs of the two state dicts' tensors, which share the modules' storage
+        trained = unwrap(model).state_dict()
+        self._pairs = [(average, trained[name]) for name, average in self.module.state_dict().items()]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        from deepstep.engine.checkpoint import unwrap
-
+    def update(self) -> None:
+        """After an optimizer step of the model it was made from."""
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        now = unwrap(model).state_dict()
-        for name, average in self.module.state_dict().items():
+        for average, now in self._pairs:
             if average.is_floating_point():
-                average.lerp_(now[name], 1 - d)
+                average.lerp_(now, 1 - d)
             else:  # batch norm's count of batches
-                average.copy_(now[name])
+                average.copy_(now)
         self.updates += 1
 
     def state_dict(self) -> dict[str, int]:
