@@ -1,9 +1,11 @@
 """Mini-batches of tensors held in memory (windows, padded sequences): batched by indexing,
-shuffled by a generator of their own whose state is saved for an exact resume."""
+shuffled by a generator of their own whose state is saved for an exact resume. And the base of
+the wrappers that change batches on their way to training (mixing, ranks' slices)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -45,3 +47,27 @@ class TensorBatches:
             else:
                 index = order[start : start + self.batch_size]
                 yield tuple(t[index] for t in self.tensors)
+
+
+class BatchesWrapper:
+    """Batches made from other batches, one for one: the same length, and the wrapped batches'
+    other attributes read and set through it (state_dict, set_epoch, channels_last, ...), so the
+    training loop treats the wrapper as the batches themselves. Subclasses name their own
+    attributes in `OWN` and define __iter__."""
+
+    OWN: tuple[str, ...] = ()
+
+    def __init__(self, batches: Any):
+        object.__setattr__(self, "batches", batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getattr__(self, name: str) -> Any:  # only called for what the wrapper itself lacks
+        return getattr(self.batches, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.batches, name, value)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from deepstep.data.batches import BatchesWrapper
 from deepstep.errors import DeepstepError, PeerStopped
 
 
@@ -171,7 +172,7 @@ def reduce_sums(sums: dict[str, torch.Tensor], count: int, ranks: Ranks) -> tupl
     return {k: packed[i] for i, k in enumerate(keys)}, int(packed[-1].item())
 
 
-class RankSlices:
+class RankSlices(BatchesWrapper):
     """Each global batch of `batches` cut into `world` slices; this rank iterates its own slice.
 
     Built on batches of the global size, so every rank draws the same order (and augmentation)
@@ -179,21 +180,11 @@ class RankSlices:
     last batch would be empty gets one example of it, so that every rank takes every step.
     """
 
+    OWN = ("ranks",)
+
     def __init__(self, batches: Any, ranks: Ranks):
-        self.batches = batches
+        super().__init__(batches)
         self.ranks = ranks
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getattr__(self, name: str) -> Any:  # state_dict, channels_last, tensors, ... of the batches
-        return getattr(self.batches, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("batches", "ranks"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.batches, name, value)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         r, w = self.ranks.rank, self.ranks.world
