@@ -370,6 +370,29 @@ def test_class_weights_balanced_are_logged_recorded_and_refused_where_there_are_
     assert "--class-weights does not apply to forecasting; leave it out" in capsys.readouterr().err
 
 
+def test_mixup_and_cutmix_are_logged_recorded_kept_on_resume_and_refused_for_series(image_folder, tmp_path, capsys):
+    assert _train(image_folder, "--epochs", "1", "--mixup", "0.4", "--cutmix", "1", out="runs/mix") == 0
+    assert (
+        "mixing: each training batch's images and labels mixed by mixup (share ~ Beta(0.4, 0.4)) or cutmix "
+        "(share ~ Beta(1, 1)), at even odds for each batch; validation sees plain images"
+    ) in capsys.readouterr().out
+    config = yaml.safe_load(Path("runs/mix/config.yaml").read_text())
+    assert (config["mixup"], config["cutmix"]) == (0.4, 1.0)
+    assert main(["train", "--out", "runs/mix", "--resume", "--epochs", "2", "--mixup", "0", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "deepstep train: error: cannot resume runs/mix with a different mixup (mixup: 0.4 -> 0.0); start a new run instead"
+    )
+    assert main(["train", "--data", str(image_folder), "--cutmix", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "deepstep train: error: --cutmix must be >= 0: the alpha of the Beta(alpha, alpha) that draws each "
+        "batch's mixing share (0: off; e.g. 0.2 or 1), got -1.0"
+    )
+    series = tmp_path / "s.csv"
+    series.write_text("t,y\n" + "".join(f"{i},{i % 7}\n" for i in range(60)))
+    assert main(["train", "--data", str(series), "--target", "y", "--mixup", "0.2"]) == 2
+    assert "--mixup does not apply to forecasting; leave it out" in capsys.readouterr().err
+
+
 def test_with_ema_the_average_is_what_is_validated_saved_and_evaluated(image_folder, capsys):
     assert _train(image_folder, "--epochs", "3", "--ema", "0.9", "--lr", "0.05", out="runs/ema") == 0
     with open("runs/ema/metrics.csv") as f:

@@ -1,4 +1,5 @@
 import os
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -10,7 +11,15 @@ from conftest import write_turned_photo
 from deepstep.data import folders as folders_module
 from deepstep.data import images as images_module
 from deepstep.data.decode import read_image
-from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize, random_crop_flip
+from deepstep.data.images import (
+    ImageBatches,
+    MixedBatches,
+    Pixels,
+    channel_stats,
+    load_pixels,
+    normalize,
+    random_crop_flip,
+)
 from deepstep.data.sources import open_image_source
 from deepstep.errors import DeepstepError
 
@@ -318,3 +327,55 @@ def test_progressive_crop_trains_the_first_epochs_on_windows_of_whole_images():
             assert len(found) == 1  # one place for the whole batch
             places.update(found)
     assert len(places) > 1  # drawn at random, batch by batch
+
+
+def _batch(n=6, classes=6):
+    x = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    return x, torch.arange(n) % classes
+
+
+def test_mixup_blends_each_image_with_the_mirrored_one_and_its_labels_by_the_same_share():
+    x, y = _batch()
+    mixed = MixedBatches([(x, y)], 6, mixup=0.4)
+    for xm, ym in mixed:
+        lam = float(ym[0, 0])  # image 0 (label 0) mixed with image 5 (label 5)
+        assert 0 < lam < 1 and ym[0, 5] == pytest.approx(1 - lam)
+        assert torch.allclose(ym.sum(1), torch.ones(6))
+        assert torch.allclose(xm, lam * x + (1 - lam) * x.flip(0), atol=1e-6)
+        assert torch.equal(ym.argmax(1), torch.where(torch.tensor(lam >= 0.5), y, y.flip(0)))
+
+
+def test_cutmix_pastes_one_box_of_the_mirrored_image_and_labels_by_the_area_it_leaves():
+    x, y = _batch(8, classes=8)
+    original = x.clone()
+    mixed = MixedBatches([(x, y)] * 20, 8, cutmix=1.0, seed=1)
+    boxes = set()
+    for xm, ym in mixed:
+        pasted = xm != x  # continuous random pixels: a pasted one differs from the image's own
+        assert torch.equal(pasted, pasted[:1].expand_as(pasted))  # the same box in every image and channel
+        mask = pasted[0, 0]
+        rows, cols = mask.any(1).nonzero().squeeze(1), mask.any(0).nonzero().squeeze(1)
+        if len(rows):  # a rectangle: every pixel between its first and last rows and columns
+            assert mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()
+            assert torch.equal(xm[:, :, mask], x.flip(0)[:, :, mask])
+        boxes.add(int(mask.sum()))
+        assert torch.allclose(ym[:, y].diagonal(), torch.full((8,), 1 - float(mask.sum()) / 64))
+    assert torch.equal(x, original)  # the batch given was not written into
+    assert len(boxes) > 5  # the box's size is drawn each batch
+
+
+def test_mixup_and_cutmix_together_take_turns_and_resume_where_they_stopped():
+    x, y = _batch()
+
+    def kinds(mixed, count):
+        return ["cut" if ((xm == x) | (xm == x.flip(0))).all() else "blend" for xm, _ in islice(mixed, count)]
+
+    both = MixedBatches([(x, y)] * 40, 6, mixup=0.2, cutmix=1.0, seed=3)
+    seen = kinds(both, 40)
+    assert 10 < seen.count("cut") < 30
+    first = MixedBatches([(x, y)] * 40, 6, mixup=0.2, cutmix=1.0, seed=3)
+    kinds(first, 15)
+    state = first.state_dict()
+    again = MixedBatches([(x, y)] * 40, 6, mixup=0.2, cutmix=1.0, seed=99)
+    again.load_state_dict(state)
+    assert kinds(again, 25) == seen[15:]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -50,10 +51,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(image_folder
             assert abs(float(a[column]) - float(b[column])) < 1e-4, column
 
 
-def test_two_processes_with_micro_batches_match_one_process_with_whole_batches(image_folder, tmp_path):
+@pytest.mark.parametrize("mixing", [[], ["--mixup", "0.4", "--cutmix", "1"]])
+def test_two_processes_with_micro_batches_match_one_process_with_whole_batches(image_folder, tmp_path, mixing):
     # Each rank's slice of 8 goes forward and backward in two parts of 4; DDP averages once.
+    # Mixed images: the global batch of 16 is mixed (image i with image 15 - i) before it is cut.
     common = ["train", "--data", str(image_folder), "--model", "lenet", "--epochs", "1", "--val-split", "0.2"]
-    common += ["--precision", "32", "--device", "cpu", "--lr", "0.05", "--quiet"]
+    common += ["--precision", "32", "--device", "cpu", "--lr", "0.05", "--quiet", *mixing]
     assert main([*common, "--batch-size", "16", "--out", "runs/one"]) == 0
     done = _torchrun([*common, "--batch-size", "8", "--micro-batch", "4", "--out", "runs/two"], tmp_path)
     assert done.returncode == 0, done.stderr[-8000:]

@@ -700,6 +700,20 @@ def test_balanced_class_weights_are_n_over_k_counts_and_weigh_each_example_s_los
     assert class_weights(TrainConfig(), labels, ["a", "b", "c", "d"]) is None
     losses, targets = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0, 1, 3])
     assert float(weighted_mean(losses, targets, weights)) == pytest.approx((0.5 * 1 + 1.5 * 2 + 3 * 4) / 3)
+    shares = torch.tensor([[0.75, 0.25, 0, 0], [0, 1.0, 0, 0], [0.5, 0, 0, 0.5]])  # mixed images' labels
+    expected = ((0.75 * 0.5 + 0.25 * 1.5) * 1 + 1.5 * 2 + (0.5 * 0.5 + 0.5 * 3) * 4) / 3
+    assert float(weighted_mean(losses, shares, weights)) == pytest.approx(expected)
+
+
+def test_the_classification_loss_of_mixed_labels_is_the_cross_entropy_with_their_shares():
+    from deepstep.tasks.image_classification import classification_step
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
+    shares = torch.tensor([[0.3, 0.7, 0.0], [0.0, 0.6, 0.4]])
+    result = classification_step(label_smoothing=0.1)(lambda x: x, (logits, shares))
+    smoothed = shares * 0.9 + 0.1 / 3
+    assert float(result["loss"]) == pytest.approx(float(-(smoothed * logits.log_softmax(1)).sum(1).mean()))
+    assert result["target"].tolist() == [1, 1] and float(result["acc"]) == 0.5  # the larger share is the label
 
 
 def test_balanced_class_weights_make_a_rare_class_predicted_and_micro_batches_still_add_up():

@@ -60,6 +60,7 @@ def _stop_after_checkpoint(monkeypatch, nth: int) -> None:
         ("32", ["--alternate-flip"]),
         ("32", ["--lookahead"]),
         ("32", ["--ema", "0.9"]),
+        ("32", ["--mixup", "0.4", "--cutmix", "1"]),
         ("32", ["--optimizer", "muon"]),
         ("32", ["--model", "airbench", "--model-arg", "width=4", "--model-arg", "whiten_bias=norm"]),
     ],
@@ -69,6 +70,7 @@ def test_an_image_run_stopped_mid_epoch_resumes_to_identical_weights(image_folde
     # The alternating flip mirrors by the epoch's number: the resumed epoch 2 must know it is the second.
     # Lookahead's slow copy exists from step 10 of 21 on, before the stop at step 11: it must be saved.
     # --ema saves the average as the weights and the trained weights in the state: both must come back.
+    # Mixing draws from a generator of its own, saved beside the batches' one.
     # Muon keeps a momentum buffer per filter bank, in its own optimizer class.
     # airbench's whitening bias (whiten_bias=norm) has a schedule of its own, falling to 0 by epoch 3.
     args = ["train", "--data", str(image_folder), "--epochs", "3", "--batch-size", "8", "--augment", *extra]

@@ -93,6 +93,8 @@ class TrainConfig:
     augment: bool = False
     crop_padding: int | None = None
     alternate_flip: bool = False
+    mixup: float = 0.0  # Beta(a, a) of mixup's share, for images; 0: off
+    cutmix: float = 0.0  # Beta(a, a) of cutmix's share, for images; 0: off
     progressive_crop: int | None = None
     progressive_until: float = 0.4
     precision: str = "auto"
@@ -146,6 +148,12 @@ class TrainConfig:
             raise DeepstepError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.ema < 1:
             raise DeepstepError(f"--ema is a decay per step in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise DeepstepError(
+                    f"--{name} must be >= 0: the alpha of the Beta(alpha, alpha) that draws each batch's "
+                    f"mixing share (0: off; e.g. 0.2 or 1), got {getattr(self, name)}"
+                )
         if self.clip_grad < 0:
             raise DeepstepError(f"--clip-grad must be a gradient norm >= 0 (0: no clipping), got {self.clip_grad}")
         for name in ("lr_start_factor", "lr_end_factor"):

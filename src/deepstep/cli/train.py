@@ -389,6 +389,25 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "mixup",
+        {
+            "type": float,
+            "metavar": "ALPHA",
+            "help": "blend each training image with another of its batch, and their labels alike, by a share drawn "
+            "from Beta(ALPHA, ALPHA) each batch (mixup; default 0: off; e.g. 0.2, or 0.8 as timm)",
+        },
+    ),
+    (
+        "cutmix",
+        {
+            "type": float,
+            "metavar": "ALPHA",
+            "help": "paste a box of another image of its batch into each training image, the labels mixed by the "
+            "box's area, drawn from Beta(ALPHA, ALPHA) each batch (CutMix; default 0: off; e.g. 1); with --mixup, "
+            "either one each batch",
+        },
+    ),
+    (
         "progressive-crop",
         {
             "type": _int,

@@ -13,11 +13,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deepstep.data.batches import BatchesWrapper
 from deepstep.data.decode import decode_files, prepare_image
 from deepstep.data.sources import ImageSplit
 from deepstep.errors import DeepstepError
@@ -222,6 +224,69 @@ def random_crop_flip(
     flipped = flips.nonzero().squeeze(1)
     out[flipped] = out[flipped].flip(3)  # only half the batch is copied, not all of it twice
     return out
+
+
+MIX_SEED = 0x6D6978  # added to --seed for the mixing's generator, so its draws are not the order's
+
+
+class MixedBatches(BatchesWrapper):
+    """Mixup (Zhang et al., 2018) and CutMix (Yun et al., 2019) on whole batches, as timm's Mixup
+    in its batch mode: each image of a batch is mixed with the image at the mirrored place (the
+    batch is already in shuffled order), by a share `lam` drawn once a batch from Beta(alpha,
+    alpha), and its label becomes the same mixture of the two one-hot labels, (B, classes) float.
+    Mixup blends the whole images, lam x this + (1 - lam) x the other; CutMix pastes a box of the
+    other image over about (1 - lam) of the area, and lam becomes the share the box left, once
+    the box is clipped to the image. With both, each batch is one or the other at even odds.
+
+    It mixes the global batch before micro-batches or ranks' slices are cut from it, so they stay
+    parts of one mixed batch; its draws come from a generator of its own, saved for resume."""
+
+    OWN = ("classes", "mixup", "cutmix", "generator")
+
+    def __init__(self, batches: Any, classes: int, *, mixup: float = 0.0, cutmix: float = 0.0, seed: int = 0):
+        super().__init__(batches)
+        self.classes, self.mixup, self.cutmix = classes, mixup, cutmix
+        self.generator = torch.Generator().manual_seed(seed + MIX_SEED)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        inner = self.batches.state_dict() if hasattr(self.batches, "state_dict") else {}
+        return {**inner, "mix_generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        self.generator.set_state(state.pop("mix_generator"))
+        if hasattr(self.batches, "load_state_dict"):
+            self.batches.load_state_dict(state)
+
+    def _draw(self, high: int) -> int:
+        return int(torch.randint(0, high, (1,), generator=self.generator))
+
+    def _share(self, alpha: float) -> float:
+        """lam ~ Beta(alpha, alpha), reproducibly: torch has no seeded Beta, numpy's is seeded here."""
+        return float(np.random.default_rng(self._draw(2**62)).beta(alpha, alpha))
+
+    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch (B, C, H, W), labels (B,) -> the mixed batch and its (B, classes) labels."""
+        cut = self.cutmix > 0 and (self.mixup == 0 or self._draw(2) == 1)
+        lam = self._share(self.cutmix if cut else self.mixup)
+        if cut:
+            height, width = x.shape[2:]
+            side = (1 - lam) ** 0.5  # the box's sides are this share of the image's
+            cy, cx = self._draw(height), self._draw(width)
+            half_h, half_w = int(height * side) // 2, int(width * side) // 2
+            top, bottom = max(cy - half_h, 0), min(cy + half_h, height)
+            left, right = max(cx - half_w, 0), min(cx + half_w, width)
+            x = x.clone()  # the batch's own images are left as they were
+            x[:, :, top:bottom, left:right] = x[:, :, top:bottom, left:right].flip(0)
+            lam = 1 - (bottom - top) * (right - left) / (height * width)
+        else:
+            x = torch.lerp(x.flip(0), x, lam)  # lam x + (1 - lam) x mirrored
+        one_hot = F.one_hot(y, self.classes).to(x.dtype if x.is_floating_point() else torch.float32)
+        return x, torch.lerp(one_hot.flip(0), one_hot, lam)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.batches:
+            yield self.mix(x, y)
 
 
 class ImageBatches:

@@ -24,7 +24,7 @@ from torch import nn
 
 from deepstep.config import PRECISIONS, TrainConfig, parse_image_size, preset_source
 from deepstep.data.folders import find_images, in_natural_order
-from deepstep.data.images import ImageBatches, Pixels, channel_stats, load_pixels, normalize
+from deepstep.data.images import ImageBatches, MixedBatches, Pixels, channel_stats, load_pixels, normalize
 from deepstep.data.sources import (
     ImageSource,
     ImageSplit,
@@ -104,6 +104,8 @@ RESUME_MUST_MATCH = (
     "augment",
     "crop_padding",
     "alternate_flip",
+    "mixup",
+    "cutmix",
     "progressive_crop",
     "progressive_until",
     "resize",
@@ -113,7 +115,8 @@ RESUME_MUST_MATCH = (
 
 def classification_step(label_smoothing: float = 0.0, weights: torch.Tensor | None = None) -> Step:
     """Cross-entropy on logits (each example's weighted by its class's `weights`, if given); also
-    reports the batch accuracy."""
+    reports the batch accuracy. The labels are class indices (B,), or class shares (B, classes)
+    for mixed images (--mixup, --cutmix), whose accuracy counts the larger share as the label."""
 
     def step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch
@@ -123,8 +126,9 @@ def classification_step(label_smoothing: float = 0.0, weights: torch.Tensor | No
         else:
             losses = F.cross_entropy(logits, y, label_smoothing=label_smoothing, reduction="none")
             loss = weighted_mean(losses, y, weights)
-        acc = (logits.argmax(dim=1) == y).float().mean()
-        return {"loss": loss, "output": logits, "acc": acc, "target": y}
+        label = y if y.ndim == 1 else y.argmax(dim=1)
+        acc = (logits.argmax(dim=1) == label).float().mean()
+        return {"loss": loss, "output": logits, "acc": acc, "target": label}
 
     return step
 
@@ -708,6 +712,10 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     for batches in (train_batches, val_batches):
         if batches is not None:
             batches.channels_last = kernels["channels_last"]
+    if config.mixup or config.cutmix:  # the global batch is mixed, before it is cut into ranks' slices
+        train_batches = MixedBatches(
+            train_batches, len(data.source.classes), mixup=config.mixup, cutmix=config.cutmix, seed=config.seed
+        )
     if ranks.active:  # each rank trains and validates on its slice of every global batch
         train_batches = distributed.RankSlices(train_batches, ranks)
         val_batches = val_batches and distributed.RankSlices(val_batches, ranks)
@@ -745,6 +753,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
 
     def describe() -> dict[str, Any]:
         _log_start(log, config.model, data, setup, run, weights)
+        if mixing := describe_mixing(config.mixup, config.cutmix):
+            log(mixing)
         if initialised:
             log(initialised)
         return {
@@ -780,6 +790,19 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         finish(run, info, state, monitor, log)
     distributed.shutdown(ranks)
     return run.path
+
+
+def describe_mixing(mixup: float, cutmix: float) -> str | None:
+    """A line for the log on how training batches are mixed, or None when they are not."""
+    ways = [
+        f"{name} (share ~ Beta({alpha:g}, {alpha:g}))"
+        for name, alpha in (("mixup", mixup), ("cutmix", cutmix))
+        if alpha
+    ]
+    if not ways:
+        return None
+    either = " or ".join(ways) + (", at even odds for each batch" if len(ways) == 2 else "")
+    return f"mixing: each training batch's images and labels mixed by {either}; validation sees plain images"
 
 
 def _choose_kernels(model: nn.Module, precision: Precision, batch_size: int, device: torch.device) -> dict[str, Any]:

@@ -367,11 +367,13 @@ def describe_class_weights(weights: torch.Tensor, classes: Sequence[str]) -> str
 
 def weighted_mean(losses: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """The mean of each example's loss times its class's weight (Keras's sample weights: divided by
-    the number of examples, not by the weights' sum, so that parts of a batch add up to it). The
-    weights are on the losses' device: the caller moves them there once, not every step."""
+    the number of examples, not by the weights' sum, so that parts of a batch add up to it); a
+    mixed example's (targets (B, classes) of class shares) weighs its classes' weights by their
+    shares. The weights are on the losses' device: the caller moves them there once, not every step."""
     if weights is None:
         return losses.mean()
-    return (losses * weights[targets]).mean()
+    per_example = weights[targets] if targets.ndim == 1 else targets @ weights
+    return (losses * per_example).mean()
 
 
 def sequence_model_args(config: TrainConfig, outputs: int, features: int) -> dict[str, Any]:
