@@ -30,6 +30,7 @@ def test_a_run_folder_holds_config_metrics_curves_and_both_checkpoints(image_fol
     assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s"} <= set(rows[0])
     assert all(float(r["seconds"]) > 0 and float(r["images_per_s"]) > 0 for r in rows)
     assert (run / "curves.png").stat().st_size > 10_000
+    assert not (run / "train-batch.png").exists()  # no augmentation: nothing to look at but the data
     record = json.loads((run / "checkpoints" / "best.json").read_text())
     assert record["model"] == {"name": "lenet", "args": {"num_classes": 3}}
     assert record["classes"] == ["circle", "square", "stripes"] and record["input_size"] == [3, 32, 32]
@@ -378,6 +379,7 @@ def test_mixup_and_cutmix_are_logged_recorded_kept_on_resume_and_refused_for_ser
     ) in capsys.readouterr().out
     config = yaml.safe_load(Path("runs/mix/config.yaml").read_text())
     assert (config["mixup"], config["cutmix"]) == (0.4, 1.0)
+    assert Path("runs/mix/train-batch.png").stat().st_size > 10_000  # the mixed images, as trained on
     assert main(["train", "--out", "runs/mix", "--resume", "--epochs", "2", "--mixup", "0", "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == (
         "deepstep train: error: cannot resume runs/mix with a different mixup (mixup: 0.4 -> 0.0); start a new run instead"

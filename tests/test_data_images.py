@@ -379,3 +379,24 @@ def test_mixup_and_cutmix_together_take_turns_and_resume_where_they_stopped():
     again = MixedBatches([(x, y)] * 40, 6, mixup=0.2, cutmix=1.0, seed=99)
     again.load_state_dict(state)
     assert kinds(again, 25) == seen[15:]
+
+
+def test_the_first_batch_is_drawn_without_moving_the_batches_on():
+    from deepstep.data.batches import first_batch
+
+    pixels = Pixels(torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8), torch.arange(40) % 4, [])
+    plain = ImageBatches(pixels, batch_size=8, mean=[0.0] * 3, std=[1.0] * 3, shuffle=True, augment=True)
+    mixed = MixedBatches(plain, 4, mixup=0.3, cutmix=1.0)
+    peeked = first_batch(mixed)
+    trained = next(iter(mixed))
+    assert all(torch.equal(a, b) for a, b in zip(peeked, trained, strict=True))
+    assert not torch.equal(next(iter(mixed))[0], trained[0])  # a real draw does move them on
+
+
+def test_a_batch_s_labels_in_words_give_a_mixed_image_s_two_classes_and_shares():
+    from deepstep.tasks.image_classification import batch_labels
+
+    classes = ["cat", "dog", "ship"]
+    assert batch_labels(torch.tensor([2, 0]), classes) == ["ship", "cat"]
+    shares = torch.tensor([[0.0, 0.62, 0.38], [1.0, 0.0, 0.0], [0.999, 0.0, 0.001]])
+    assert batch_labels(shares, classes) == ["dog 62%\nship 38%", "cat", "cat"]

@@ -71,3 +71,13 @@ class BatchesWrapper:
             object.__setattr__(self, name, value)
         else:
             setattr(self.batches, name, value)
+
+
+def first_batch(batches: Any) -> tuple[torch.Tensor, ...]:
+    """The first batch an epoch of `batches` will give, drawn without moving them on: their
+    generator is put back as it was, so training then draws this very batch again."""
+    state = batches.state_dict()
+    try:
+        return next(iter(batches))
+    finally:
+        batches.load_state_dict(state)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepstep.config import PRECISIONS, TrainConfig, parse_image_size, preset_source
+from deepstep.data.batches import first_batch
 from deepstep.data.folders import find_images, in_natural_order
 from deepstep.data.images import ImageBatches, MixedBatches, Pixels, channel_stats, load_pixels, normalize
 from deepstep.data.sources import (
@@ -716,6 +717,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         train_batches = MixedBatches(
             train_batches, len(data.source.classes), mixup=config.mixup, cutmix=config.cutmix, seed=config.seed
         )
+    global_batches = train_batches
     if ranks.active:  # each rank trains and validates on its slice of every global batch
         train_batches = distributed.RankSlices(train_batches, ranks)
         val_batches = val_batches and distributed.RankSlices(val_batches, ranks)
@@ -770,6 +772,10 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
 
     if ranks.main:
         info = write_record(run, config, task=TASK, resumed=state, changes=changes, describe=describe, log=log)
+        shown = isinstance(getattr(global_batches, "batches", global_batches), ImageBatches)  # not streamed
+        if shown and state is None and (config.augment or config.mixup or config.cutmix):
+            out = write_batch_preview(global_batches, data.prep, data.source.classes, run.file("train-batch.png"))
+            log(f"augmented training images: {out}")
 
     monitor = Monitor("val_acc", True)
     state = fit(
@@ -790,6 +796,35 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         finish(run, info, state, monitor, log)
     distributed.shutdown(ranks)
     return run.path
+
+
+PREVIEW_IMAGES = 16
+
+
+def write_batch_preview(
+    batches: ImageBatches | MixedBatches, prep: Preprocessing, classes: Sequence[str], out: Path
+) -> Path:
+    """A picture of the first training images as the model will get them (cropped, flipped,
+    mixed), with their labels, for the run folder."""
+    from deepstep.plots import plot_image_grid
+
+    x, y = first_batch(batches)
+    x, y = x[:PREVIEW_IMAGES].float().cpu(), y[:PREVIEW_IMAGES].cpu()
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (prep.mean, prep.std))
+    pixels = (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+    title = "first training images, as the model gets them"
+    return plot_image_grid(list(pixels), batch_labels(y, classes), out, title=title)
+
+
+def batch_labels(targets: torch.Tensor, classes: Sequence[str]) -> list[str]:
+    """Each example's label in words: its class, or a mixed image's two classes and shares."""
+    if targets.ndim == 1:
+        return [classes[int(t)] for t in targets]
+    labels = []
+    for shares, which in zip(*targets.topk(2, dim=1), strict=True):
+        parts = [f"{classes[int(c)]} {float(v):.0%}" for c, v in zip(which, shares, strict=True) if v >= 0.005]
+        labels.append("\n".join(parts) if len(parts) > 1 else classes[int(which[0])])
+    return labels
 
 
 def describe_mixing(mixup: float, cutmix: float) -> str | None:
