@@ -343,3 +343,41 @@ def test_a_two_class_run_reports_the_positive_class_s_f1_and_the_roc_auc(tmp_pat
     result = json.loads(Path("runs/pets/test.json").read_text())
     assert result["positive_class"] == "dog" and 0 <= result["roc_auc"] <= 1
     assert f"F1 {result['f1']:.3f} (dog as positive)  ROC AUC {result['roc_auc']:.3f}  loss" in first
+
+
+def test_the_most_confident_mistakes_are_the_wrong_answers_with_the_highest_loss():
+    from deepstep.tasks.image_classification import most_confident_mistakes
+
+    logits = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, 4.0], [2.0, 0.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 0, 0, 1, 0])  # images 1, 2 and 3 are wrong; 2 the most surely so
+    mistakes = most_confident_mistakes(logits, labels, ["cat", "dog"], count=2)
+    assert [m["image"] for m in mistakes] == [2, 3]
+    assert mistakes[0]["label"] == "cat" and mistakes[0]["predicted"] == "dog"
+    assert mistakes[0]["probability"] == pytest.approx(float(torch.softmax(logits[2], 0)[1]), abs=1e-6)
+    assert mistakes[0]["probability"] + mistakes[0]["label_probability"] == pytest.approx(1)
+    assert most_confident_mistakes(logits[:1], labels[:1], ["cat", "dog"]) == []
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_evaluate_shows_the_mistakes_it_was_most_sure_of(trained_run, image_folder, tmp_path, capsys, in_memory):
+    import shutil
+
+    if not in_memory:
+        _stream_from_files(trained_run)
+    swapped = tmp_path / "swapped"  # each class's test images filed under the next class: mostly wrong
+    for cls, other in zip(CLASSES, CLASSES[1:] + CLASSES[:1], strict=True):
+        shutil.copytree(image_folder / "test" / cls, swapped / other)
+    assert main(["evaluate", str(trained_run), "--split", "all", "--data", str(swapped), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(trained_run), str(swapped), "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)  # in the order evaluate reads the folder
+    wrong = [p for p in predicted if p["label"] != Path(p["file"]).parent.name]
+    assert 0 < len(result["mistakes"]) == min(16, len(wrong))
+    for m in result["mistakes"]:
+        said = predicted[m["image"]]
+        assert (m["label"], m["predicted"]) == (Path(said["file"]).parent.name, said["label"])
+        assert m["probability"] == pytest.approx(said["top_k"][0]["probability"], abs=1e-4)
+    sureness = [m["label_probability"] for m in result["mistakes"]]
+    assert sureness == sorted(sureness)  # the lowest probability of the label (highest loss) first
+    assert Path(result["files"]["mistakes_png"]) == trained_run / "mistakes_all.png"
+    assert (trained_run / "mistakes_all.png").stat().st_size > 10_000

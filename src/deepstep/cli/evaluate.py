@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         f"precision {result['device']['precision']})"
     )
     _print_per_class(result["per_class"], "images")
-    print(f"written: {result['files']['json']}, {result['files']['confusion_png']}, {result['files']['confusion_csv']}")
+    print(f"written: {', '.join(result['files'].values())}")
     return 0
 
 

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     for label, path in (
         ("training curves", run_path / "curves.png"),
         ("confusion matrix", result["files"]["confusion_png"]),
+        ("surest mistakes", result["files"].get("mistakes_png", "none: every test image right")),
         ("prediction", run_path / "prediction.png"),
         ("image grid", grid),
     ):

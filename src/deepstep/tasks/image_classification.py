@@ -960,6 +960,10 @@ def evaluate_run(
     title += (f" with {tta} TTA" if tta else "") + (f", in {chosen.name}" if chosen.name != "32" else "")
     matrix = np.asarray(result["confusion_matrix"])
     result["files"] = save_confusion(run.path, split, matrix, trained.classes, title)
+    result["mistakes"] = most_confident_mistakes(kept["output"], kept["target"], trained.classes)
+    if result["mistakes"] and not getattr(batches, "skipped", None):  # skipped files would shift the images
+        out = run.path / f"mistakes_{split}.png"
+        result["files"]["mistakes_png"] = str(plot_mistakes(part, result["mistakes"], trained.prep, out, split))
     run.write_json(f"{split}.json", result)
     if split == "test":
         record_test_evaluation(
@@ -968,6 +972,52 @@ def evaluate_run(
             {key: result[key] for key in ("time", "checkpoint", "tta", "device", "epoch", "accuracy", "loss")},
         )
     return result
+
+
+MISTAKES_SHOWN = 16
+
+
+def most_confident_mistakes(
+    logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], count: int = MISTAKES_SHOWN
+) -> list[dict[str, Any]]:
+    """The `count` wrongly classified images with the highest loss, the most wrong first (fastai's
+    top losses, among the mistakes): each one's place in the evaluated part, its label, what the
+    model said, and the probabilities of both."""
+    probs = torch.softmax(logits.float(), dim=1)
+    said = probs.argmax(dim=1)
+    wrong = (said != labels).nonzero().squeeze(1)
+    losses = F.cross_entropy(logits.float()[wrong], labels[wrong], reduction="none")
+    order = wrong[losses.argsort(descending=True, stable=True)][:count].tolist()
+    return [
+        {
+            "image": i,
+            "label": classes[int(labels[i])],
+            "predicted": classes[int(said[i])],
+            "probability": round(float(probs[i, said[i]]), 6),
+            "label_probability": round(float(probs[i, labels[i]]), 6),
+        }
+        for i in order
+    ]
+
+
+def plot_mistakes(part: Part, mistakes: list[dict[str, Any]], prep: Preprocessing, out: Path, split: str) -> Path:
+    """The mistakes' images, at the model's input size, each titled with its label and what the
+    model said with its probability."""
+    from deepstep.data.decode import prepare_image
+    from deepstep.plots import plot_image_grid
+
+    images = []
+    for m in mistakes:
+        i = m["image"]
+        if isinstance(part, Pixels):
+            images.append(part.images[i].numpy())
+        elif part.files is not None:
+            images.append(read_for_model(part.files[i], prep))
+        else:
+            images.append(prepare_image(part.open(i), prep.size, prep.channels, prep.resize))
+    labels = [f"{m['label']}\nsaid {m['predicted']} {m['probability']:.0%}" for m in mistakes]
+    title = f"{split}: the {len(mistakes)} mistakes with the highest loss (label, and what the model said)"
+    return plot_image_grid(images, labels, out, title=title)
 
 
 def inference_precision(
