@@ -316,6 +316,15 @@ def test_the_image_report_gives_precision_recall_and_f1_that_accuracy_alone_hide
         torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 2.0]]), torch.tensor([1, 0, 0]), ["x", "y"]
     )
     assert two["positive_class"] == "y" and two["roc_auc"] == 0.5 and two["f1"] == pytest.approx(2 / 3)
+    assert "top5_accuracy" not in report and "top5_accuracy" not in two  # 5 classes or fewer: always 1
+
+
+def test_with_more_than_five_classes_the_report_gives_the_top_5_accuracy():
+    from deepstep.tasks.image_classification import _classification_report
+
+    logits = torch.arange(7.0).repeat(3, 1)  # every image ranks the classes 6, 5, 4, 3, 2, 1, 0
+    report = _classification_report(logits, torch.tensor([6, 2, 1]), list("abcdefg"))
+    assert report["accuracy"] == pytest.approx(1 / 3) and report["top5_accuracy"] == pytest.approx(2 / 3)
 
 
 def test_evaluate_prints_each_class_s_accuracy_precision_f1_and_count(trained_run, capsys):

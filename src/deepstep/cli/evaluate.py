@@ -155,7 +155,8 @@ def _f1_summary(result: dict) -> str:
     if "positive_class" in result:
         auc = f"  ROC AUC {result['roc_auc']:.3f}" if result.get("roc_auc") is not None else ""
         return f"F1 {result['f1']:.3f} ({result['positive_class']} as positive){auc}"
-    return f"macro F1 {result['macro_f1']:.3f}"
+    top5 = f"  top-5 accuracy {result['top5_accuracy']:.2%}" if "top5_accuracy" in result else ""
+    return f"macro F1 {result['macro_f1']:.3f}{top5}"
 
 
 def _print_per_class(per_class: dict[str, dict], unit: str) -> None:

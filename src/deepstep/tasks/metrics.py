@@ -77,9 +77,13 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+TOP_K = 5  # top-5 accuracy, as timm and Keras's TopKCategoricalAccuracy report it, for more classes than that
+
+
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, per-class precision / recall / F1 (macro averages; for two classes also the second
-    class's, taken as the positive one), ROC AUC for two classes, and the confusion matrix."""
+    class's, taken as the positive one), ROC AUC for two classes, top-5 accuracy for more than 5
+    classes (the label among the 5 most probable), and the confusion matrix."""
     probs, labels = np.asarray(probs), np.asarray(labels)
     n = len(classes)
     preds = probs.argmax(axis=1)
@@ -104,6 +108,9 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Seque
         "classes": list(classes),
         "confusion_matrix": matrix.tolist(),
     }
+    if n > TOP_K and len(labels):
+        top = np.argpartition(-probs, TOP_K - 1, axis=1)[:, :TOP_K]
+        result[f"top{TOP_K}_accuracy"] = float((top == labels[:, None]).any(axis=1).mean())
     if n == 2:
         result.update(
             positive_class=classes[1],
