@@ -441,7 +441,7 @@ def test_muon_for_a_net_without_conv_filters_is_refused_before_a_run_folder_exis
     args = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--epochs", "1", "--hidden", "4"]
     assert main([*args, "--optimizer", "muon", "--out", "runs/m"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "deepstep train: error: --optimizer muon steps conv filters, and lstm has none: use sgd, adam or adamw"
+        "deepstep train: error: --optimizer muon steps conv filters, and lstm has none: use sgd, adam, adamw or rmsprop"
     )
     assert not Path("runs/m").exists()
 

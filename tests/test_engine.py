@@ -344,6 +344,20 @@ def test_weight_decay_skips_biases_and_norm_scales():
     assert [p.shape for p in decayed[0]["params"]] == [torch.Size([3, 3])]
 
 
+def test_rmsprop_is_torch_s_with_the_groups_weight_decay_and_fits_a_line():
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1)
+    opt = build_optimizer("rmsprop", model, lr=0.05, momentum=0.9, nesterov=False, weight_decay=1e-4)
+    assert isinstance(opt, torch.optim.RMSprop) and opt.defaults["momentum"] == 0  # --momentum is SGD's
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 1e-4]  # the bias is not decayed
+    x = torch.linspace(-1, 1, 64).unsqueeze(1)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), 3 * x - 1).backward()
+        opt.step()
+    assert float(model.weight) == pytest.approx(3, abs=0.1) and float(model.bias) == pytest.approx(-1, abs=0.1)
+
+
 def test_nesterov_without_sgd_momentum_is_a_one_line_error():
     with pytest.raises(DeepstepError, match="--nesterov needs --optimizer sgd or muon and a --momentum above 0"):
         build_optimizer("sgd", nn.Linear(2, 2), lr=0.1, momentum=0.0, nesterov=True, weight_decay=0.0)

@@ -18,7 +18,7 @@ from typing import Any
 
 from deepstep.errors import DeepstepError, did_you_mean
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "muon")
 SCHEDULES = ("none", "step", "cosine", "onecycle", "linear", "plateau")
 PRECISIONS = ("auto", "32", "bf16", "16")
 DEVICES = ("auto", "cpu", "cuda", "mps")

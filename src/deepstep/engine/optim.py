@@ -146,6 +146,8 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda groups, lr, momentum, nesterov: torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov),
     "adam": lambda groups, lr, momentum, nesterov: torch.optim.Adam(groups, lr=lr),
     "adamw": lambda groups, lr, momentum, nesterov: torch.optim.AdamW(groups, lr=lr),
+    # PyTorch's defaults (alpha 0.99, no momentum); Keras's RMSprop averages with rho 0.9
+    "rmsprop": lambda groups, lr, momentum, nesterov: torch.optim.RMSprop(groups, lr=lr),
     "muon": lambda groups, lr, momentum, nesterov: Muon(groups, lr=lr, momentum=momentum, nesterov=nesterov),
 }
 
@@ -155,7 +157,7 @@ def check_optimizer(name: str, model: nn.Module, model_name: str | None = None) 
     if name == "muon" and not any(p.ndim == 4 for p in model.parameters()):
         raise DeepstepError(
             f"--optimizer muon steps conv filters, and {model_name or type(model).__name__} has none: "
-            "use sgd, adam or adamw"
+            "use sgd, adam, adamw or rmsprop"
         )
 
 
@@ -173,7 +175,7 @@ def build_optimizer(
     muon_lr: float = 0.24,
     muon_momentum: float = 0.6,
 ) -> torch.optim.Optimizer:
-    """SGD uses momentum/nesterov; Adam and AdamW use their default betas; Muon trains the conv
+    """SGD uses momentum/nesterov; Adam, AdamW and RMSprop use PyTorch's defaults; Muon trains the conv
     filters at `muon_lr` with (Nesterov) `muon_momentum`, and the rest as SGD does."""
     if nesterov and (name not in ("sgd", "muon") or momentum <= 0):
         raise DeepstepError("--nesterov needs --optimizer sgd or muon and a --momentum above 0")
