@@ -395,6 +395,19 @@ def test_mixup_and_cutmix_are_logged_recorded_kept_on_resume_and_refused_for_ser
     assert "--mixup does not apply to forecasting; leave it out" in capsys.readouterr().err
 
 
+def test_cutout_needs_augment_and_a_square_no_larger_than_the_input(image_folder, capsys):
+    assert _train(image_folder, "--epochs", "1", "--cutout", "33", out="runs/big") == 2
+    assert capsys.readouterr().err.strip() == (
+        "deepstep train: error: --cutout 33 is larger than the 32x32 model inputs: at most 32 pixels"
+    )
+    assert _train(image_folder, "--epochs", "1", "--cutout", "8", out="runs/plain") == 0
+    assert "note: --cutout does nothing without --augment" in capsys.readouterr().out
+    assert not Path("runs/plain/train-batch.png").exists()
+    assert _train(image_folder, "--epochs", "1", "--cutout", "8", "--augment", out="runs/cut") == 0
+    assert yaml.safe_load(Path("runs/cut/config.yaml").read_text())["cutout"] == 8
+    assert Path("runs/cut/train-batch.png").exists()
+
+
 def test_with_ema_the_average_is_what_is_validated_saved_and_evaluated(image_folder, capsys):
     assert _train(image_folder, "--epochs", "3", "--ema", "0.9", "--lr", "0.05", out="runs/ema") == 0
     with open("runs/ema/metrics.csv") as f:

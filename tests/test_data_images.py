@@ -400,3 +400,44 @@ def test_a_batch_s_labels_in_words_give_a_mixed_image_s_two_classes_and_shares()
     assert batch_labels(torch.tensor([2, 0]), classes) == ["ship", "cat"]
     shares = torch.tensor([[0.0, 0.62, 0.38], [1.0, 0.0, 0.0], [0.999, 0.0, 0.001]])
     assert batch_labels(shares, classes) == ["dog 62%\nship 38%", "cat", "cat"]
+
+
+def test_cutout_sets_one_square_wholly_inside_each_image_to_the_fill_colour():
+    from deepstep.data.images import cutout
+
+    images = torch.randint(0, 200, (50, 3, 10, 10), dtype=torch.uint8)
+    fill = torch.tensor([250, 251, 252], dtype=torch.uint8)
+    out = cutout(images.clone(), 4, fill, torch.Generator().manual_seed(0))
+    changed = out != images
+    corners = set()
+    for i in range(50):
+        mask = changed[i, 0]
+        rows, cols = mask.any(1).nonzero().squeeze(1), mask.any(0).nonzero().squeeze(1)
+        assert len(rows) == len(cols) == 4 and int(mask.sum()) == 16  # one 4x4 square, not clipped at an edge
+        assert torch.equal(changed[i], mask.expand(3, -1, -1))
+        assert out[i, :, mask].T.tolist() == [[250, 251, 252]] * 16
+        corners.add((int(rows[0]), int(cols[0])))
+    assert {r for r, _ in corners} == set(range(7)) == {c for _, c in corners}  # every place a square fits
+
+
+def test_cutout_in_batches_is_the_mean_colour_so_zero_once_normalised_and_only_with_augment():
+    pixels = Pixels(torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8), torch.zeros(40, dtype=torch.int64), [])
+    kw = {"batch_size": 40, "mean": [0.5, 0.4, 0.3], "std": [0.2] * 3, "cutout": 3}
+    x, _ = next(iter(ImageBatches(pixels, augment=True, crop_padding=0, **kw)))
+    near_zero = (x.abs() < 0.01).all(dim=1)  # the mean colour in uint8 normalises to within 0.5/255/0.2
+    assert (near_zero.sum(dim=(1, 2)) >= 9).all()
+    plain, _ = next(iter(ImageBatches(pixels, augment=False, **kw)))
+    assert torch.equal(plain, normalize(pixels.images, torch.tensor(kw["mean"]), torch.tensor(kw["std"])))
+
+
+def test_streamed_cutout_erases_one_square_of_that_side():
+    from PIL import Image
+
+    from deepstep.data.streaming import train_transform
+
+    transform = train_transform((16, 16), None, [0.5] * 3, [0.25] * 3, augment=True, cutout=5)
+    image = Image.fromarray(np.random.default_rng(0).integers(1, 255, (20, 20, 3), dtype=np.uint8))
+    for _ in range(5):
+        x = transform(image)
+        erased = (x == 0).all(dim=0)
+        assert int(erased.sum()) == 25 and int(erased.any(1).sum()) == 5

@@ -61,6 +61,7 @@ def _stop_after_checkpoint(monkeypatch, nth: int) -> None:
         ("32", ["--lookahead"]),
         ("32", ["--ema", "0.9"]),
         ("32", ["--mixup", "0.4", "--cutmix", "1"]),
+        ("32", ["--cutout", "8"]),
         ("32", ["--optimizer", "muon"]),
         ("32", ["--model", "airbench", "--model-arg", "width=4", "--model-arg", "whiten_bias=norm"]),
     ],

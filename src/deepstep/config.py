@@ -93,6 +93,7 @@ class TrainConfig:
     augment: bool = False
     crop_padding: int | None = None
     alternate_flip: bool = False
+    cutout: int = 0  # --augment: side of the square set to the mean colour in each image; 0: off
     mixup: float = 0.0  # Beta(a, a) of mixup's share, for images; 0: off
     cutmix: float = 0.0  # Beta(a, a) of cutmix's share, for images; 0: off
     progressive_crop: int | None = None
@@ -227,6 +228,8 @@ class TrainConfig:
             )
         if self.crop_padding is not None and self.crop_padding < 0:
             raise DeepstepError(f"--crop-padding must be a number of pixels >= 0, got {self.crop_padding}")
+        if self.cutout < 0:
+            raise DeepstepError(f"--cutout must be a side in pixels >= 0 (0: off), got {self.cutout}")
         if self.progressive_crop is not None and self.progressive_crop < 1:
             raise DeepstepError(f"--progressive-crop must be a side in pixels >= 1, got {self.progressive_crop}")
         if not 0 < self.progressive_until <= 1:

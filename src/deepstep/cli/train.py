@@ -389,6 +389,15 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "cutout",
+        {
+            "type": _int,
+            "metavar": "SIZE",
+            "help": "--augment: set a SIZExSIZE square of each training image, at a random place inside it, to the "
+            "mean colour (Cutout; airbench96 uses 12 at 32x32; default 0: off)",
+        },
+    ),
+    (
         "mixup",
         {
             "type": float,

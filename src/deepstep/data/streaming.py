@@ -34,12 +34,19 @@ def eval_transform(size: tuple[int, int], resize: int | None, mean: list[float],
     )
 
 
-def train_transform(size: tuple[int, int], resize: int | None, mean: list[float], std: list[float], augment: bool):
-    """With augment: a random resized crop and a horizontal flip; else the eval preset."""
+def train_transform(
+    size: tuple[int, int], resize: int | None, mean: list[float], std: list[float], augment: bool, cutout: int = 0
+):
+    """With augment: a random resized crop and a horizontal flip, and with `cutout` a square of that
+    side erased to 0 (the mean colour, once normalised) at a random place inside; else the eval preset."""
     import torchvision.transforms.v2 as T
 
     if not augment:
         return eval_transform(size, resize, mean, std)
+    erase = []
+    if cutout:  # RandomErasing's box of this area and aspect ratio 1 is the cutout x cutout square
+        share = cutout * cutout / (size[0] * size[1])
+        erase = [T.RandomErasing(p=1.0, scale=(share, share), ratio=(1.0, 1.0), value=0)]
     return T.Compose(
         [
             T.PILToTensor(),
@@ -47,6 +54,7 @@ def train_transform(size: tuple[int, int], resize: int | None, mean: list[float]
             T.RandomHorizontalFlip(),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(mean, std),
+            *erase,
         ]
     )
 

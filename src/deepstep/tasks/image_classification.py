@@ -105,6 +105,7 @@ RESUME_MUST_MATCH = (
     "augment",
     "crop_padding",
     "alternate_flip",
+    "cutout",
     "mixup",
     "cutmix",
     "progressive_crop",
@@ -507,6 +508,7 @@ def make_batches(
     augment: bool = False,
     crop_padding: int | None = None,
     alternate_flip: bool = False,
+    cutout: int = 0,
     window: int | None = None,
     window_epochs: int = 0,
     seed: int = 0,
@@ -524,13 +526,14 @@ def make_batches(
             augment=augment and train,
             crop_padding=crop_padding,
             alternate_flip=alternate_flip,
+            cutout=cutout,
             window=window if train else None,
             window_epochs=window_epochs,
             seed=seed,
             device=device,
         )
     transform = (
-        train_transform(prep.size, prep.resize, prep.mean, prep.std, augment)
+        train_transform(prep.size, prep.resize, prep.mean, prep.std, augment, cutout)
         if train
         else eval_transform(prep.size, prep.resize, prep.mean, prep.std)
     )
@@ -643,6 +646,10 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
             f"--crop-padding {config.crop_padding} is too large for {size[0]}x{size[1]} model inputs: "
             f"at most {min(size) - 1} pixels"
         )
+    if config.cutout > min(size):
+        raise DeepstepError(
+            f"--cutout {config.cutout} is larger than the {size[0]}x{size[1]} model inputs: at most {min(size)} pixels"
+        )
     ranks = distributed.from_environment()
     device = distributed.init(ranks, resolve_device(config.device))
     log, progress = distributed.quiet_unless_main(log), progress and ranks.main
@@ -660,13 +667,14 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     data = prepare_training_data(config, source, channels, size, log, progress)
     if ranks.main:
         distributed.barrier(ranks)
-    for flag, given, streamed in (  # --augment's options for images held in memory
+    for flag, given, streamed in (  # --augment's options (the first two for images held in memory)
         ("--crop-padding", config.crop_padding is not None, "get a random resized crop"),
         ("--alternate-flip", config.alternate_flip, "are flipped at random"),
+        ("--cutout", config.cutout > 0, None),
     ):
         if given and not config.augment:
             log(f"note: {flag} does nothing without --augment")
-        elif given and not isinstance(data.train, Pixels):
+        elif given and streamed and not isinstance(data.train, Pixels):
             log(f"note: {flag} is for images held in memory; streamed ones {streamed}")
     batch = min(config.batch_size, len(_labels(data.train)))  # a train part smaller than a batch is one batch
     part = min(batch, config.micro_batch or batch)  # what one forward call takes
@@ -699,6 +707,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         augment=config.augment,
         crop_padding=config.crop_padding,
         alternate_flip=config.alternate_flip,
+        cutout=config.cutout,
         window=config.progressive_crop,
         window_epochs=window_epochs,
         seed=config.seed,
