@@ -294,7 +294,7 @@ class MixedBatches(BatchesWrapper):
             lam = 1 - (bottom - top) * (right - left) / (height * width)
         else:
             x = torch.lerp(x.flip(0), x, lam)  # lam x + (1 - lam) x mirrored
-        one_hot = F.one_hot(y, self.classes).to(x.dtype if x.is_floating_point() else torch.float32)
+        one_hot = F.one_hot(y, self.classes).to(x.dtype)  # x: normalised float batches
         return x, torch.lerp(one_hot.flip(0), one_hot, lam)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
