@@ -27,9 +27,9 @@ examples:
   deepstep evaluate runs/lstm-airline-passengers --baselines --json   # forecasting, beside naive / SARIMA
   deepstep evaluate runs/lstm-airline-passengers --backtest             # a forecast from every test step
 
-Writes RUN/test.json (or val.json, all.json) and a plot: the confusion matrix (classification) or the
-forecasts over the test span (forecasting). Every test evaluation is recorded in
-RUN/evaluations.json; a second one needs --force.
+Writes RUN/test.json (or val.json, all.json) and plots: the confusion matrix (classification) and, for
+images, the 16 mistakes with the highest loss (mistakes_test.png), or the forecasts over the test span
+(forecasting). Every test evaluation is recorded in RUN/evaluations.json; a second one needs --force.
 """
 
 
