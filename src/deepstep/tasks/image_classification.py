@@ -1024,8 +1024,8 @@ def plot_mistakes(part: Part, mistakes: list[dict[str, Any]], prep: Preprocessin
             images.append(read_for_model(part.files[i], prep))
         else:
             images.append(prepare_image(part.open(i), prep.size, prep.channels, prep.resize))
-    labels = [f"{m['label']}\nsaid {m['predicted']} {m['probability']:.0%}" for m in mistakes]
-    title = f"{split}: the {len(mistakes)} mistakes with the highest loss (label, and what the model said)"
+    labels = [f"is {m['label']}\nsaid {m['predicted']} {m['probability']:.0%}" for m in mistakes]
+    title = f"{split}: the {len(mistakes)} mistakes with the highest loss"
     return plot_image_grid(images, labels, out, title=title)
 
 
