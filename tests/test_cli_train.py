@@ -31,6 +31,7 @@ def test_a_run_folder_holds_config_metrics_curves_and_both_checkpoints(image_fol
     assert all(float(r["seconds"]) > 0 and float(r["images_per_s"]) > 0 for r in rows)
     assert (run / "curves.png").stat().st_size > 10_000
     assert not (run / "train-batch.png").exists()  # no augmentation: nothing to look at but the data
+    assert "val_acc5" not in rows[0]  # 3 classes: the top 5 hold every one
     record = json.loads((run / "checkpoints" / "best.json").read_text())
     assert record["model"] == {"name": "lenet", "args": {"num_classes": 3}}
     assert record["classes"] == ["circle", "square", "stripes"] and record["input_size"] == [3, 32, 32]
@@ -393,6 +394,23 @@ def test_mixup_and_cutmix_are_logged_recorded_kept_on_resume_and_refused_for_ser
     series.write_text("t,y\n" + "".join(f"{i},{i % 7}\n" for i in range(60)))
     assert main(["train", "--data", str(series), "--target", "y", "--mixup", "0.2"]) == 2
     assert "--mixup does not apply to forecasting; leave it out" in capsys.readouterr().err
+
+
+def test_with_more_than_five_classes_validation_also_reports_the_top_5_accuracy(tmp_path, capsys):
+    import numpy as np
+
+    from conftest import write_images
+
+    write_images(tmp_path / "six", 10, np.random.default_rng(0), classes=tuple("abcdef"))
+    assert _train(tmp_path / "six", "--epochs", "2", "--val-split", "0.3", out="runs/six") == 0
+    assert re.search(r"epoch 1/2 .* val loss \S+ acc \S+% top-5 \S+%", capsys.readouterr().out)
+    with open("runs/six/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:6] == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc5"]
+    assert all(float(r["val_acc5"]) >= float(r["val_acc"]) for r in rows)
+    best = max(rows, key=lambda r: (float(r["val_acc"]), -int(r["epoch"])))
+    assert main(["evaluate", "runs/six", "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top5_accuracy"] == pytest.approx(float(best["val_acc5"]), abs=1e-6)
 
 
 def test_cutout_needs_augment_and_a_square_no_larger_than_the_input(image_folder, capsys):

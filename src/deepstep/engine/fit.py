@@ -196,6 +196,8 @@ def _format_row(row: dict[str, Any], epochs: int, unit: str) -> str:
         parts[-1] += f" acc {row['train_acc']:.2%}"
     if "val_loss" in row:
         parts.append(f"val loss {row['val_loss']:.4f}" + (f" acc {row['val_acc']:.2%}" if "val_acc" in row else ""))
+        if "val_acc5" in row:
+            parts[-1] += f" top-5 {row['val_acc5']:.2%}"
     parts.append(f"{row['seconds']:.1f} s")
     parts.append(f"{row[f'{unit}_per_s']:.0f} {unit}/s")
     return "  ".join(parts)

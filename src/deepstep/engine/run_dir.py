@@ -22,7 +22,17 @@ from deepstep.engine.files import read_json, write_json, write_text
 from deepstep.errors import DeepstepError, first_few
 
 # The leading columns, in this order, when a run has them; any others follow.
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s", "lr"]
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_acc5",
+    "seconds",
+    "images_per_s",
+    "lr",
+]
 
 
 class RunDir:

@@ -52,7 +52,7 @@ from deepstep.hardware import available_cores
 from deepstep.models import check_input, create_model, file_record, get_model_spec
 from deepstep.models.registry import in_user_code
 from deepstep.models.shapes import activation_bytes, format_size, multiply_adds
-from deepstep.tasks.metrics import classification_metrics, save_confusion
+from deepstep.tasks.metrics import TOP_K, classification_metrics, save_confusion
 from deepstep.tasks.runs import (
     build_ema,
     build_lookahead,
@@ -115,10 +115,11 @@ RESUME_MUST_MATCH = (
 )
 
 
-def classification_step(label_smoothing: float = 0.0, weights: torch.Tensor | None = None) -> Step:
+def classification_step(label_smoothing: float = 0.0, weights: torch.Tensor | None = None, top5: bool = False) -> Step:
     """Cross-entropy on logits (each example's weighted by its class's `weights`, if given); also
-    reports the batch accuracy. The labels are class indices (B,), or class shares (B, classes)
-    for mixed images (--mixup, --cutmix), whose accuracy counts the larger share as the label."""
+    reports the batch accuracy, and with `top5` the share whose label is among the 5 highest
+    logits ("acc5"). The labels are class indices (B,), or class shares (B, classes) for mixed
+    images (--mixup, --cutmix), whose accuracy counts the larger share as the label."""
 
     def step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = batch
@@ -130,7 +131,10 @@ def classification_step(label_smoothing: float = 0.0, weights: torch.Tensor | No
             loss = weighted_mean(losses, y, weights)
         label = y if y.ndim == 1 else y.argmax(dim=1)
         acc = (logits.argmax(dim=1) == label).float().mean()
-        return {"loss": loss, "output": logits, "acc": acc, "target": label}
+        result = {"loss": loss, "output": logits, "acc": acc, "target": label}
+        if top5:
+            result["acc5"] = (logits.topk(TOP_K, dim=1).indices == label.unsqueeze(1)).any(dim=1).float().mean()
+        return result
 
     return step
 
@@ -734,7 +738,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
     training = Training(
         model,
         classification_step(config.label_smoothing, None if weights is None else weights.to(device)),
-        classification_step(),
+        classification_step(top5=len(data.source.classes) > TOP_K),  # validation's top-5 too, as timm's
         train_batches,
         val_batches,
         optimizer,
