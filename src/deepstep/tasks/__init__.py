@@ -30,7 +30,8 @@ TASK_OPTIONS: dict[str, tuple[str, ...]] = {
         (
             "pretrained", "freeze_backbone", "unfreeze_after", "backbone_lr_scale", "image_size", "resize",
             "in_memory", "workers", "val_split", "test_split", "mean", "std", "strict", "label_smoothing",
-            "augment", "crop_padding", "alternate_flip", "cutout", "mixup", "cutmix", "progressive_crop", "progressive_until",
+            "augment", "crop_padding", "alternate_flip", "cutout", "mixup", "cutmix", "progressive_crop",
+            "progressive_until",
         ),
         (IMAGES,),
     ),

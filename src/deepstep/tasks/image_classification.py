@@ -785,8 +785,8 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
 
     if ranks.main:
         info = write_record(run, config, task=TASK, resumed=state, changes=changes, describe=describe, log=log)
-        shown = isinstance(getattr(global_batches, "batches", global_batches), ImageBatches)  # not streamed
-        if shown and state is None and (config.augment or config.mixup or config.cutmix):
+        in_memory = isinstance(data.train, Pixels)  # streamed batches' workers draw on their own
+        if in_memory and state is None and (config.augment or config.mixup or config.cutmix):
             out = write_batch_preview(global_batches, data.prep, data.source.classes, run.file("train-batch.png"))
             log(f"augmented training images: {out}")
 
