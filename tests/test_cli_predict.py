@@ -104,6 +104,50 @@ def test_a_plot_named_without_a_type_is_written_as_png_and_said_to_be(trained_ru
     assert "is a folder: give a picture's file name" in capsys.readouterr().err
 
 
+def test_gradcam_draws_the_first_images_under_their_maps_and_keeps_json_on_stdout(
+    trained_run, image_folder, tmp_path, capsys
+):
+    out = tmp_path / "cam.png"
+    assert main(["predict", str(trained_run), str(image_folder / "test"), "--gradcam", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"grad-cam: {out} (the first 12 of 18 images)"
+    width, height = Image.open(out).size
+    assert width > 800 and 4 * 150 < height < 4 * 200  # 3 pairs a row: 4 rows of 12 images
+    one = str(image_folder / "test" / "circle" / "000.png")
+    assert main(["predict", str(trained_run), one, "--gradcam", str(tmp_path / "one"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["file"] == one  # nothing else on stdout
+    assert (tmp_path / "one.png").is_file()
+
+
+def test_gradcam_takes_a_layer_by_its_name_and_names_the_close_ones_for_a_wrong_one(
+    trained_run, image_folder, tmp_path, capsys, monkeypatch
+):
+    import deepstep.models.gradcam as gradcam
+
+    image = str(image_folder / "test" / "circle" / "000.png")
+    taken = []
+    real = gradcam.grad_cam
+    monkeypatch.setattr(gradcam, "grad_cam", lambda *a: taken.append(real(*a)) or taken[-1])
+    assert main(["predict", str(trained_run), image, "--gradcam", str(tmp_path / "a.png")]) == 0
+    assert (
+        main(["predict", str(trained_run), image, "--gradcam", str(tmp_path / "b.png"), "--gradcam-layer", "conv1"])
+        == 0
+    )
+    assert [(t.layer, t.layer_shape) for t in taken] == [
+        ("pool", (16, 5, 5)),
+        ("conv1", (6, 28, 28)),
+    ]  # pool: its second call
+    capsys.readouterr()
+    assert (
+        main(["predict", str(trained_run), image, "--gradcam", str(tmp_path / "c.png"), "--gradcam-layer", "conv3"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("deepstep predict: error: --gradcam-layer 'conv3': no such layer (did you mean 'conv")
+    assert err.count("\n") == 1 and not (tmp_path / "c.png").exists()
+    assert main(["predict", str(trained_run), image, "--gradcam-layer", "conv1"]) == 2
+    assert "--gradcam-layer goes with --gradcam OUT.png" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", ["--tta", "--tta-translate"])
 def test_predict_with_tta_still_gives_a_distribution(flag, trained_run, image_folder, capsys):
     assert main(["predict", str(trained_run), str(image_folder / "test" / "circle"), flag, "--json"]) == 0

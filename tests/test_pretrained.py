@@ -199,3 +199,28 @@ def test_pretrained_prediction_in_bf16_names_its_precision_and_keeps_the_answer(
         assert lines[0] == "precision bf16 (auto: bf16 autocast, this CPU has AMX/AVX-512-BF16)" and len(lines) == 4
     else:
         assert len(lines) == 3
+
+
+def test_gradcam_of_a_pretrained_model_weighs_its_last_feature_maps_for_the_class_predicted(
+    tmp_path, capsys, monkeypatch
+):
+    import deepstep.models.gradcam as gradcam
+
+    def favour_golden_retriever(state):
+        state["classifier.3.bias"][GOLDEN_RETRIEVER] = 1000.0
+
+    write_pretrained_weights("mobilenet_v3_small", favour_golden_retriever)
+    calls = []
+    real = gradcam.grad_cam
+
+    def grad_cam(model, x, targets, layer):
+        calls.append((targets.tolist(), real(model, x, targets, layer)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(gradcam, "grad_cam", grad_cam)
+    out = tmp_path / "cam.png"
+    photo = str(_photo(tmp_path / "dog.jpg"))
+    assert main(["predict", "--model", "mobilenet_v3_small", "--pretrained", photo, "--gradcam", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"grad-cam: {out}" and out.stat().st_size > 10_000
+    [(targets, found)] = calls
+    assert targets == [GOLDEN_RETRIEVER] and (found.layer, found.layer_shape) == ("features", (576, 7, 7))

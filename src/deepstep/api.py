@@ -123,6 +123,8 @@ class Run:
         precision: str | None = None,
         device: str | None = None,
         strict: bool = False,
+        gradcam: str | Path | None = None,
+        gradcam_layer: str | None = None,
         verbose: bool = True,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """Top-k classes with softmax probabilities for each image file (or folder of images, or
@@ -132,9 +134,20 @@ class Run:
         forecasting run (no inputs), the steps after its data (`data`: where the series is now, if
         it moved since training). Images only: `precision`, as evaluate's; `device`, as train's
         (auto when None); `strict`: an unreadable image in a folder is an error instead of being
-        left out with a warning; `top_k`: how many classes per image (default 5)."""
+        left out with a warning; `top_k`: how many classes per image (default 5); `gradcam`: a
+        picture of the first 12 images under their Grad-CAM maps for the class predicted, taken at
+        `gradcam_layer` (default: the last layer whose output has a height and width)."""
         task = self.task
-        _images_only(task, self.path, top_k=top_k, precision=precision, device=device, strict=strict or None)
+        _images_only(
+            task,
+            self.path,
+            top_k=top_k,
+            precision=precision,
+            device=device,
+            strict=strict or None,
+            gradcam=gradcam,
+            gradcam_layer=gradcam_layer,
+        )
         if task == "forecasting":
             from deepstep.tasks.forecasting import predict_run as forecast
 
@@ -163,6 +176,8 @@ class Run:
             device=device,
             log=_log(verbose),
             strict=strict,
+            gradcam=gradcam,
+            gradcam_layer=gradcam_layer,
         )
 
     def load_model(self, checkpoint: str = "best") -> nn.Module:
@@ -357,11 +372,14 @@ class Pretrained:
         precision: str | None = None,
         device: str | None = None,
         strict: bool = False,
+        gradcam: str | Path | None = None,
+        gradcam_layer: str | None = None,
         verbose: bool = True,
     ) -> list[dict[str, Any]]:
         """Top-k ImageNet label names with softmax probabilities for each image file, folder or
         PIL image (as `Run.predict`'s); `precision`: None or "32" for fp32, "bf16", "16" or
-        "auto", as training's; `device`: as train's (auto when None); `strict`: as `Run.predict`'s."""
+        "auto", as training's; `device`: as train's (auto when None); `strict`, `gradcam`,
+        `gradcam_layer`: as `Run.predict`'s."""
         from deepstep.tasks.image_classification import predict_pretrained
 
         paths = _inputs(images)
@@ -375,6 +393,8 @@ class Pretrained:
             device=device,
             log=_log(verbose),
             strict=strict,
+            gradcam=gradcam,
+            gradcam_layer=gradcam_layer,
         )
 
 

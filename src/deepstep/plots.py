@@ -197,6 +197,30 @@ def plot_predictions(items: Sequence[tuple[np.ndarray, str, list[dict[str, Any]]
     return _save(fig, out)
 
 
+def plot_gradcam(items: Sequence[tuple[np.ndarray, str, dict[str, Any], np.ndarray]], out: Path, layer: str) -> Path:
+    """Each image (uint8) beside itself under its Grad-CAM map (H, W, 0-1) for the class it was
+    given (`{"label", "probability"}`), three pairs a row."""
+    from matplotlib import colormaps
+
+    pairs = min(3, len(items))
+    rows = math.ceil(len(items) / pairs)
+    fig = _figure(2.9 * pairs, 1.75 * rows + 0.5)
+    axes = fig.subplots(rows, 2 * pairs, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    heat = colormaps["jet"]
+    for k, (image, name, top, cam) in enumerate(items):
+        ax_image, ax_cam = axes[k // pairs, 2 * (k % pairs)], axes[k // pairs, 2 * (k % pairs) + 1]
+        for ax in (ax_image, ax_cam):
+            _show_image(ax, image)
+            ax.axis("on")
+        ax_image.set_title("/".join(Path(name).parts[-2:]), fontsize=8)
+        ax_cam.imshow(heat(cam)[..., :3], alpha=0.5, interpolation="bilinear")
+        ax_cam.set_title(f"{top['label']} {top['probability']:.0%}", fontsize=8)
+    fig.suptitle(f"Grad-CAM at {layer}: where the evidence for the predicted class lies (red: most)", fontsize=10)
+    return _save(fig, out)
+
+
 def _grid(n: int, max_cols: int, cell: tuple[float, float], title: str):
     """A figure of about-square rows x cols panels (inches per panel: `cell`), all switched off
     until drawn on; returns (figure, the panels in reading order)."""

@@ -14,6 +14,7 @@ examples:
   deepstep predict runs/lenet-cifar10-sample cat.jpg
   deepstep predict runs/lenet-cifar10-sample photos/ --top-k 3 --json
   deepstep predict runs/lenet-cifar10-sample cat.jpg --plot cat-prediction.png
+  deepstep predict runs/lenet-cifar10-sample cat.jpg --gradcam cat-cam.png    # where it saw the class
   deepstep predict --model vgg16 --pretrained photo.jpg     # ImageNet's 1000 classes
   deepstep predict runs/lstm-airline-passengers             # forecast: the next --horizon steps, CSV + plot
   deepstep predict runs/lstm-IndoorMovement seq_1.csv       # a sequence CSV: rows = time steps
@@ -70,6 +71,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="draw each image (the first 12) beside a bar chart of its top-k probabilities (forecast: the plot)",
     )
     parser.add_argument(
+        "--gradcam",
+        metavar="OUT.png",
+        help="images: draw each image (the first 12) under its Grad-CAM map, where the evidence for its "
+        "predicted class lies",
+    )
+    parser.add_argument(
+        "--gradcam-layer",
+        metavar="NAME",
+        help="--gradcam: the layer whose feature maps it weighs, as `deepstep summary` names it "
+        "(default: the last whose output has a height and width)",
+    )
+    parser.add_argument(
         "--data", metavar="PATH", help="forecasting: where the run's series is now, if it moved since training"
     )
     parser.add_argument(
@@ -88,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         from deepstep.tasks import run_task
 
         task = run_task(args.inputs[0])
-        images_only = ("top_k", "tta", "tta_translate", "precision", "device", "strict")
+        images_only = ("top_k", "tta", "tta_translate", "precision", "device", "strict", "gradcam", "gradcam_layer")
         unused = {
             "image-classification": ("out", "data"),
             "forecasting": images_only,
@@ -99,10 +112,13 @@ def run(args: argparse.Namespace) -> int:
             return _forecast(args)
         if task == "sequence-classification":
             return _sequences(args)
-    if args.plot:  # checked, and named as it will be written, before any image is read
-        from deepstep.plots import picture_path
+    if args.gradcam_layer and not args.gradcam:
+        raise DeepstepError("--gradcam-layer goes with --gradcam OUT.png, the picture it is for")
+    from deepstep.plots import picture_path
 
-        args.plot = str(picture_path(args.plot))
+    # checked, and named as they will be written, before any image is read
+    args.plot = str(picture_path(args.plot)) if args.plot else None
+    args.gradcam = str(picture_path(args.gradcam)) if args.gradcam else None
     options = {
         "top_k": args.top_k,
         "plot": args.plot,
@@ -110,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "device": args.device,
         "strict": args.strict,
+        "gradcam": args.gradcam,
+        "gradcam_layer": args.gradcam_layer,
         "log": _stderr if args.json else print,  # --json keeps stdout for the JSON alone
     }
     if args.pretrained:
@@ -126,11 +144,13 @@ def run(args: argparse.Namespace) -> int:
         for r in results:
             ranked = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top_k"])
             print(f"{r['file']}: {r['label']}  ({ranked})")
-    if args.plot and not args.json:
+    if not args.json:
         from deepstep.tasks.image_classification import PLOT_MAX_IMAGES
 
-        more = len(results) > PLOT_MAX_IMAGES
-        print(f"plot: {args.plot}" + (f" (the first {PLOT_MAX_IMAGES} of {len(results)} images)" if more else ""))
+        more = f" (the first {PLOT_MAX_IMAGES} of {len(results)} images)" if len(results) > PLOT_MAX_IMAGES else ""
+        for what, path in (("plot", args.plot), ("grad-cam", args.gradcam)):
+            if path:
+                print(f"{what}: {path}{more}")
     return 0
 
 

@@ -1274,11 +1274,14 @@ def predict_run(
     device: str | None = None,
     log: Log = print,
     strict: bool = False,
+    gradcam: str | Path | None = None,
+    gradcam_layer: str | None = None,
 ) -> list[dict[str, Any]]:
     """Class and softmax probabilities for each image, with the run's own pre-processing.
     `precision`: as evaluate's (fp32 when None); `device`: as train's (auto when None); `strict`:
     an unreadable image in a folder is an error, not left out with a warning; `top_k`: how many
-    classes per image (default 5)."""
+    classes per image (default 5); `gradcam`: a picture of the first images' Grad-CAM maps, at
+    `gradcam_layer` (default: the last layer whose output has a height and width)."""
     top_k = checked_top_k(top_k)
     run = RunDir.open(run_path)
     on = resolve_device(device or "auto")
@@ -1298,6 +1301,8 @@ def predict_run(
         device=on,
         log=log,
         strict=strict,
+        gradcam=gradcam,
+        gradcam_layer=gradcam_layer,
     )
 
 
@@ -1313,10 +1318,12 @@ def predict_pretrained(
     device: str | None = None,
     log: Log = print,
     strict: bool = False,
+    gradcam: str | Path | None = None,
+    gradcam_layer: str | None = None,
 ) -> list[dict[str, Any]]:
     """ImageNet top-k label names and probabilities from torchvision's pretrained `model_name`,
     with the weights' own pre-processing (resize the short side, center-crop, normalise).
-    `top_k`, `precision`, `device`, `strict`: as `predict_run`'s."""
+    `top_k`, `precision`, `device`, `strict`, `gradcam`, `gradcam_layer`: as `predict_run`'s."""
     from deepstep.models.pretrained import load_pretrained
 
     top_k = checked_top_k(top_k)
@@ -1339,6 +1346,8 @@ def predict_pretrained(
         device=on,
         log=log,
         strict=strict,
+        gradcam=gradcam,
+        gradcam_layer=gradcam_layer,
     )
 
 
@@ -1356,25 +1365,35 @@ def classify_files(
     device: torch.device,
     log: Log,
     strict: bool = False,
+    gradcam: str | Path | None = None,
+    gradcam_layer: str | None = None,
 ) -> list[dict[str, Any]]:
     """Softmax over the model's outputs for each image file (from `image_files`, which checks
     each path once): the top-k classes, best first. An unreadable file found in a folder is left
     out with a warning, unless `strict`. The model runs on `device` with the kernels
     training would choose for `precision`, all batches in one autocast region, so that it casts
     the weights once. The files are decoded in parts of up to `PREDICT_DECODE_BYTES`, so a folder
-    of any size fits in memory."""
+    of any size fits in memory. `gradcam`: a picture of the first images with the Grad-CAM map
+    of their top class (at `gradcam_layer`, by default the last with a height and width)."""
     tta = tta_mode(tta)
     top_k = min(top_k, len(classes))
     model, channels_last = _ready_for_inference(model, precision, batch_size, device, log)
     layout = torch.channels_last if channels_last else torch.contiguous_format
+    plain = model
     model = ViewAveraged(model, tta) if tta else model
+    drawn = plot is not None or gradcam is not None
+    if gradcam is not None:  # a wrong --gradcam-layer is said before any image is read
+        from deepstep.models.gradcam import cam_layer
+
+        cam_layer(plain, torch.zeros(1, prep.channels, *prep.size, device=device), gradcam_layer)
     image_bytes = prep.channels * prep.size[0] * prep.size[1]
     chunk = max(1, PREDICT_DECODE_BYTES // (image_bytes * batch_size)) * batch_size  # files decoded at once
     results, shown = [], []  # shown: (image, its name) for the ones the plot draws
+    predicted: list[int] = []  # the class index each image shown was given
     with torch.inference_mode(), precision.autocast(), ImageReader(prep, strict=strict) as reader:
         for first in range(0, len(files), chunk):
             images, read = reader.read(files[first : first + chunk])
-            if plot is not None and len(shown) < PLOT_MAX_IMAGES:
+            if drawn and len(shown) < PLOT_MAX_IMAGES:
                 more = PLOT_MAX_IMAGES - len(shown)
                 shown.extend(zip(images[:more], [f.name() for f in read[:more]], strict=True))
             for start in range(0, len(images), batch_size):
@@ -1387,6 +1406,8 @@ def classify_files(
                     ranked = [{"label": classes[i], "probability": q} for i, q in zip(idx, p, strict=True)]
                     where = {"file": str(file.path)} if file.path is not None else {"file": None, "image": file.index}
                     results.append({**where, "label": ranked[0]["label"], "top_k": ranked})
+                    if len(predicted) < len(shown):
+                        predicted.append(idx[0])
     if reader.skipped:
         if not results:
             raise DeepstepError(f"none of the {len(files)} image file(s) could be read (first: {reader.skipped[0]})")
@@ -1400,7 +1421,35 @@ def classify_files(
         plot_predictions(
             [(image, name, r["top_k"]) for (image, name), r in zip(shown, results, strict=False)], Path(plot)
         )
+    if gradcam is not None:
+        draw_gradcam(plain, prep, shown, predicted, results, Path(gradcam), gradcam_layer, device, layout)
     return results
+
+
+def draw_gradcam(
+    model: nn.Module,
+    prep: Preprocessing,
+    shown: Sequence[tuple[np.ndarray, str]],
+    predicted: Sequence[int],
+    results: Sequence[dict[str, Any]],
+    out: Path,
+    layer: str | None,
+    device: torch.device,
+    layout: torch.memory_format,
+) -> Path:
+    """The images `shown` (uint8, as the model saw them) beside their Grad-CAM maps for the class
+    each was predicted (without TTA: the maps are of the model as it is), in fp32."""
+    from deepstep.models.gradcam import grad_cam
+    from deepstep.plots import plot_gradcam
+
+    images = np.stack([image for image, _ in shown])
+    x = prep.normalize(torch.from_numpy(images)).to(device).contiguous(memory_format=layout)
+    found = grad_cam(model, x, torch.tensor(predicted), layer)
+    items = [
+        (image, name, r["top_k"][0], heat)
+        for (image, name), r, heat in zip(shown, results, found.maps.numpy(), strict=False)
+    ]
+    return plot_gradcam(items, out, f"{found.layer} ({'x'.join(map(str, found.layer_shape))})")
 
 
 # ---- show --------------------------------------------------------------------------------------
