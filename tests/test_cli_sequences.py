@@ -321,6 +321,10 @@ def test_options_a_task_has_no_use_for_are_refused_not_ignored(seasonal_csv, seq
     assert "--gradcam, --gradcam-layer do not apply to runs/f (forecasting)" in capsys.readouterr().err
     assert main(["predict", "runs/s", seq, "--top-k", "1"]) == 2
     assert "--top-k does not apply to runs/s (sequence-classification)" in capsys.readouterr().err
+    with pytest.raises(
+        DeepstepError, match=r"^feature maps are drawn for image runs; runs/s is sequence-classification"
+    ):
+        deepstep.load_run("runs/s").feature_maps(seq)
     with pytest.raises(DeepstepError, match=r"^device= is for image runs; runs/s is sequence-classification"):
         deepstep.load_run("runs/s").predict(seq, device="cpu")
     with pytest.raises(DeepstepError, match=r"^strict= is for image runs"):

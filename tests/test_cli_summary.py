@@ -128,3 +128,71 @@ def test_model_arguments_change_the_summarised_model(capsys):
     assert main(["summary", "resnet-cifar", "--model-arg", "width=wide"]) == 2
     err = capsys.readouterr().err
     assert "width must be a whole number (default 16), got 'wide'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_feature_maps_are_each_conv_and_pool_call_s_output_kept_before_an_in_place_relu():
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from deepstep.models.shapes import feature_maps
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2), nn.Flatten())
+    image = torch.randn(1, 8, 8)
+    maps = feature_maps(model, image)
+    conv = F.conv2d(image[None], model[0].weight, model[0].bias)[0]  # (2, 6, 6), with negative values
+    assert [(name, tuple(m.shape)) for name, _, m in maps] == [("0", (2, 6, 6)), ("2", (2, 3, 3))]
+    assert conv.min() < 0 and torch.allclose(maps[0][2], conv)
+    assert torch.allclose(maps[1][2], F.max_pool2d(conv.relu(), 2))
+
+
+def test_a_run_s_feature_maps_are_drawn_a_row_a_layer_call_with_its_own_preprocessing(
+    trained_run, image_folder, tmp_path, capsys, monkeypatch
+):
+    import deepstep.plots as plots
+
+    drawn = {}
+    real = plots.plot_feature_maps
+
+    def plot(image, layers, out, title, channels):
+        drawn.update(image=image, layers=[(label, maps.shape) for label, maps in layers], channels=channels)
+        return real(image, layers, out, title, channels)
+
+    monkeypatch.setattr(plots, "plot_feature_maps", plot)
+    image = image_folder / "test" / "circle" / "000.png"
+    assert main(["summary", str(trained_run), "--image", str(image), "--plot", str(tmp_path / "maps")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"feature maps of {image}: {tmp_path / 'maps.png'}"
+    assert drawn["image"].shape == (3, 32, 32) and drawn["channels"] == 8
+    assert drawn["layers"] == [
+        ("conv1\nConv2d\n6x28x28", (6, 28, 28)),
+        ("pool\nMaxPool2d\n6x14x14", (6, 14, 14)),
+        ("conv2\nConv2d\n16x10x10", (16, 10, 10)),
+        ("pool\nMaxPool2d\n16x5x5", (16, 5, 5)),  # the same pool, called again
+    ]
+    assert (tmp_path / "maps.png").stat().st_size > 10_000
+
+
+def test_feature_maps_need_a_run_and_one_image_file(trained_run, image_folder, capsys):
+    image = str(image_folder / "test" / "circle" / "000.png")
+    cases = [
+        (["lenet", "--image", image], "--image draws a trained model's feature maps: give a run folder, not 'lenet'"),
+        ([str(trained_run), "--image", str(image_folder / "test")], "is a folder: give one image file"),
+        ([str(trained_run), "--image", "missing.png"], "missing.png does not exist"),
+        ([str(trained_run), "--plot", "maps.png"], "--plot goes with --image FILE"),
+        ([str(trained_run), "--image", image, "--channels", "0"], "--channels must be at least 1, got 0"),
+        ([str(trained_run), "--image", image, "--input", "3x64x64"], "--image uses the run's own input size"),
+    ]
+    for argv, message in cases:
+        assert main(["summary", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_the_python_api_draws_the_feature_maps_of_a_pil_image(trained_run, image_folder, tmp_path):
+    from PIL import Image
+
+    import deepstep
+
+    with Image.open(image_folder / "test" / "square" / "000.png") as image:
+        out = deepstep.load_run(trained_run).feature_maps(image.convert("RGB"), tmp_path / "maps.png", channels=2)
+    assert out == tmp_path / "maps.png" and out.stat().st_size > 5_000

@@ -190,6 +190,15 @@ class Run:
             raise DeepstepError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
         return load_model(self._dir, checkpoint)[0]
 
+    def feature_maps(
+        self, image: Any, out: str | Path = "feature-maps.png", *, channels: int = 8, checkpoint: str = "best"
+    ) -> Path:
+        """Draw what each convolution and pooling layer of an image run's model makes of one image
+        (a file or PIL image, prepared as predict prepares it): its first `channels` feature maps."""
+        from deepstep.tasks.image_classification import draw_feature_maps
+
+        return draw_feature_maps(self.path, image, out, channels=channels, checkpoint=checkpoint)
+
     def export(
         self, format: str | None = None, out: str | Path | None = None, *, checkpoint: str = "best"
     ) -> dict[str, Any]:

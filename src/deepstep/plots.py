@@ -221,6 +221,31 @@ def plot_gradcam(items: Sequence[tuple[np.ndarray, str, dict[str, Any], np.ndarr
     return _save(fig, out)
 
 
+def plot_feature_maps(
+    image: np.ndarray, layers: Sequence[tuple[str, np.ndarray]], out: Path, title: str, channels: int
+) -> Path:
+    """The image, then a row per layer: its label and the first `channels` maps of its output
+    ((k, h, w) each), each map coloured over its own range (yellow: its highest)."""
+    rows, cols = 1 + len(layers), max(1, channels)
+    fig = _figure(1.0 * cols + 1.2, 1.05 * rows + 0.5)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    _show_image(axes[0, 0], image)
+    axes[0, 0].axis("on")
+    axes[0, 0].set_ylabel(f"input\n{'x'.join(map(str, image.shape))}", rotation=0, ha="right", va="center", fontsize=8)
+    for row, (label, maps) in enumerate(layers, start=1):
+        for col, plane in enumerate(maps[:cols]):
+            ax = axes[row, col]
+            ax.imshow(plane, cmap="viridis", interpolation="nearest")
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, out)
+
+
 def _grid(n: int, max_cols: int, cell: tuple[float, float], title: str):
     """A figure of about-square rows x cols panels (inches per panel: `cell`), all switched off
     until drawn on; returns (figure, the panels in reading order)."""

@@ -17,6 +17,7 @@ examples:
   deepstep summary runs/lenet-cifar10-sample   # a trained run's model and input
   deepstep summary vgg16 --json
   deepstep summary airbench --model-arg width=24       # a model argument, as train takes it
+  deepstep summary runs/lenet-cifar10-sample --image cat.jpg --plot maps.png   # what each layer makes of it
 """
 
 
@@ -43,6 +44,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a model argument, as for train, e.g. width=32 (repeatable)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--image",
+        metavar="FILE",
+        help="a run folder's model: also draw what each convolution and pooling layer makes of this image",
+    )
+    parser.add_argument("--plot", metavar="OUT.png", help="--image: where to draw it (default feature-maps.png)")
+    parser.add_argument(
+        "--channels", type=int, metavar="N", help="--image: how many feature maps of each layer to draw (default 8)"
+    )
     add_model_file(parser, "a model of your own (or a run of one)")
     parser.set_defaults(run=run)
 
@@ -53,7 +63,25 @@ def run(args: argparse.Namespace) -> int:
 
     if args.size and args.input and args.size != args.input:
         raise DeepstepError(f"two input sizes, {args.size} and --input {args.input}: give one")
+    if args.image is None and (args.plot or args.channels is not None):
+        raise DeepstepError(f"{'--plot' if args.plot else '--channels'} goes with --image FILE, the image to draw")
+    if args.image is not None:
+        from pathlib import Path
+
+        from deepstep.plots import picture_path
+
+        if not Path(args.model).is_dir():
+            raise DeepstepError(f"--image draws a trained model's feature maps: give a run folder, not {args.model!r}")
+        if args.input or args.size or args.model_args:
+            raise DeepstepError("--image uses the run's own input size and model: leave out --input and --model-arg")
+        args.plot = picture_path(args.plot or "feature-maps.png")  # checked before the model is loaded
     result = summary(args.model, args.input or args.size, **dict(args.model_args))
+    if args.image is not None:
+        from deepstep.tasks.image_classification import draw_feature_maps
+
+        drawn = draw_feature_maps(
+            args.model, args.image, args.plot, channels=8 if args.channels is None else args.channels
+        )
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -80,4 +108,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"trainable parameters: {result.trainable_parameters:,}")
     print(f"multiply-adds:        {result.mult_adds:,} ({result.mult_adds / 1e6:.2f} M)")
     print(f"activation memory:    {result.activation_bytes / 2**20:.2f} MiB (fp32 layer outputs, one example)")
+    if args.image is not None:
+        print(f"feature maps of {args.image}: {drawn}")
     return 0

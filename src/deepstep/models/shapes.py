@@ -97,6 +97,35 @@ def trace_shapes(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) 
     return done
 
 
+def feature_maps(model: nn.Module, image: torch.Tensor) -> list[tuple[str, nn.Module, torch.Tensor]]:
+    """What each convolution and pooling layer makes of one `image` (C, H, W), normalised as the
+    model takes it: (name, layer, its output (C', H', W')) for each call, in the order of the
+    forward pass (a layer used twice, such as lenet's pool, gives two)."""
+    maps: list[tuple[str, nn.Module, torch.Tensor]] = []
+    kinds = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
+    kinds += (nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
+
+    def keep(name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                # a copy: an in-place ReLU after a conv (VGG's) would change the output kept
+                maps.append((name, module, output[0].detach().to("cpu", torch.float32, copy=True)))
+
+        return hook
+
+    handles = [m.register_forward_hook(keep(name)) for name, m in model.named_modules() if isinstance(m, kinds)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(image.unsqueeze(0))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return maps
+
+
 def _raised_at(err: BaseException) -> str:
     """Where the model's own code raised `err` (or called the torch function that did): the last
     frame of its traceback outside torch."""

@@ -1452,6 +1452,43 @@ def draw_gradcam(
     return plot_gradcam(items, out, f"{found.layer} ({'x'.join(map(str, found.layer_shape))})")
 
 
+def draw_feature_maps(
+    run_path: str | Path, image: Any, out: str | Path, *, channels: int = 8, checkpoint: str = "best"
+) -> Path:
+    """A picture of what each convolution and pooling layer of a trained run's model makes of one
+    image file, prepared as predict prepares it: the first `channels` feature maps of each."""
+    from deepstep.models.shapes import feature_maps
+    from deepstep.plots import picture_path, plot_feature_maps
+
+    if channels < 1:
+        raise DeepstepError(f"--channels must be at least 1, got {channels}")
+    out = picture_path(out)
+    run = RunDir.open(run_path)
+    task = run.read_json("run.json").get("task", "image-classification")
+    if task != "image-classification":
+        raise DeepstepError(f"feature maps are drawn for image runs; {run.path} is {task}")
+    if isinstance(image, str | os.PathLike) and os.path.isdir(image):
+        raise DeepstepError(f"{image} is a folder: give one image file")
+    [file] = image_files([image])  # a missing file or a web address: one line
+    trained = load_trained(run, checkpoint)
+    prep = trained.prep
+    pixels = prepare_given(file, prep) if file.image is not None else read_for_model(file.path, prep)  # (C, H, W)
+    layers = feature_maps(trained.model, prep.normalize(torch.tensor(pixels)[None])[0])
+    layers = [(name, module, maps) for name, module, maps in layers if maps[0].numel() > 1]  # 1x1: one number, no map
+    if not layers:
+        raise DeepstepError(f"{run.path}'s model has no convolution or pooling layer to show the feature maps of")
+    rows = [
+        (f"{name}\n{type(module).__name__}\n{'x'.join(map(str, maps.shape))}", maps.numpy())
+        for name, module, maps in layers
+    ]
+    name = file.path.name if file.path is not None else "the image given"
+    title = (
+        f"{trained.record['model']['name']} on {name}: the first {channels} feature maps of each "
+        "convolution and pooling (each coloured over its own range)"
+    )
+    return plot_feature_maps(pixels, rows, out, title, channels)
+
+
 # ---- show --------------------------------------------------------------------------------------
 
 
