@@ -29,6 +29,7 @@ _EXPORTS = {
     "list_pretrained": "deepstep.api",
     "pretrained": "deepstep.api",
     "summary": "deepstep.api",
+    "compare": "deepstep.api",
     "create_model": "deepstep.models",
     "register_model": "deepstep.models",
     "load_model_file": "deepstep.models",

@@ -11,7 +11,7 @@ run.evaluate(baselines=True)["model"]["mape"]
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -310,6 +310,17 @@ def show(
         config = data.config
         data, data_dir, time = config["data"], data_dir or config.get("data_dir"), time or config.get("time")
     return show_data(data, split=split, n=n, out=out, data_dir=data_dir, time=time)
+
+
+def compare(
+    runs: Sequence[str | Path | Run], out: str | Path | None = "compare.png", *, x: str = "epoch"
+) -> dict[str, Any]:
+    """Runs of one task side by side, as `deepstep compare`: a row each (best validation, test if
+    measured, the options that differ) and their curves drawn to `out` (None: not drawn) against
+    `x`, "epoch" or "seconds" of training."""
+    from deepstep.tasks.compare import compare_runs
+
+    return compare_runs([r.path if isinstance(r, Run) else r for r in runs], out, x)
 
 
 def summary(model: str | Path, input_size: str | tuple[int, ...] | None = None, **model_args: Any):

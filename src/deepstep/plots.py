@@ -117,6 +117,45 @@ def plot_curves(rows: Sequence[dict[str, Any]], out: Path, title: str = "") -> P
     return _save(fig, out)
 
 
+def plot_comparison(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], metric: str, x: str, out: Path) -> Path:
+    """Several runs' curves on shared axes, a colour each: loss, and accuracy (`metric` "val_acc")
+    or mean absolute error (forecasting), validation solid and training dashed, against the
+    epoch or the seconds of training so far (`x`)."""
+    from itertools import accumulate
+
+    from matplotlib.lines import Line2D
+
+    second = ("acc", "accuracy (%)", 100.0) if metric == "val_acc" else ("mae", "mean absolute error (scaled)", 1.0)
+    panels = [("loss", "loss", 1.0), second]
+    fig = _figure(11, 4.4)
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    for colour, (_, rows) in enumerate(runs):
+        xs = [r["epoch"] for r in rows] if x == "epoch" else list(accumulate((r.get("seconds") or 0.0) for r in rows))
+        for ax, (key, _, scale) in zip(axes, panels, strict=True):
+            marker = {"marker": "o", "ms": 3} if len(rows) <= 40 else {}  # dots would hide a long run's line
+            for split, style in (("val", {"ls": "-", **marker}), ("train", {"ls": "--", "alpha": 0.6})):
+                points = [
+                    (a, r[f"{split}_{key}"] * scale)
+                    for a, r in zip(xs, rows, strict=True)
+                    if r.get(f"{split}_{key}") is not None
+                ]
+                if points:
+                    ax.plot(*zip(*points, strict=True), color=f"C{colour % 10}", lw=1.4, **style)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, (_, label, _) in zip(axes, panels, strict=True):
+        ax.set_xlabel("epoch" if x == "epoch" else "seconds of training")
+        if x == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=f"C{i % 10}", lw=2) for i in range(len(runs))]
+    handles += [Line2D([], [], color="grey", ls="-", marker="o", ms=3), Line2D([], [], color="grey", ls="--")]
+    labels = [name for name, _ in runs] + ["validation", "training"]
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)
+    return _save(fig, out)
+
+
 def plot_lr_finding(
     lrs: Sequence[float], losses: Sequence[float], suggestion: float | None, out: Path, title: str
 ) -> Path:

@@ -20,6 +20,7 @@ COMMANDS = (
     "baseline",
     "show",
     "summary",
+    "compare",
     "export",
     "datasets",
     "models",

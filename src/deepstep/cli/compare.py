@@ -1,0 +1,84 @@
+"""deepstep compare: runs side by side: the options they were trained with where these differ,
+their best validation epoch, their test result where it was measured, and their validation
+(solid) and training (dashed) curves on one picture. Choose between runs by validation: the
+test part is measured once, for the run chosen."""
+
+from __future__ import annotations
+
+import argparse
+
+from deepstep.cli.common import formatter, print_json
+
+EXAMPLES = """\
+examples:
+  deepstep compare runs/lr-0.1 runs/lr-0.01                    # -> compare.png
+  deepstep compare runs/* --out sweep.png --x seconds          # curves against seconds of training
+  deepstep compare runs/a runs/b --json
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="runs side by side: differing options, best validation, test, curves on one picture",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=formatter,
+    )
+    parser.add_argument("runs", metavar="RUN", nargs="+", help="run folders written by `deepstep train` (one task)")
+    parser.add_argument("--out", metavar="OUT.png", default="compare.png", help="the picture (default compare.png)")
+    parser.add_argument(
+        "--x", choices=("epoch", "seconds"), default="epoch", help="the curves' x axis: epoch or seconds of training"
+    )
+    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    parser.set_defaults(run=run)
+
+
+def _number(value: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if percent else f"{value:.4g}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from deepstep.tasks.compare import compare_runs
+
+    result = compare_runs(args.runs, args.out, args.x)
+    if args.json:
+        print_json(result)
+        return 0
+    forecasting = result["task"] == "forecasting"
+    best = "best val loss" if forecasting else "best val acc"
+    table = [("run", "model", "epochs", best, "train s", "test", *(f"--{k}" for k in result["differing"]))]
+    for r in result["runs"]:
+        value = r["best_val_loss"] if forecasting else r["best_val_acc"]
+        at = f" @ {r['best_epoch']}" if value is not None and r["best_epoch"] is not None else ""
+        test = r["test"]
+        if test is None:
+            shown = "not measured"
+        elif forecasting:
+            mape = test.get("mape")
+            shown = f"MAE {_number(test.get('mae'))}" + (f", MAPE {mape:.2f}%" if mape is not None else "")
+        else:
+            shown = _number(test.get("accuracy"), percent=True)
+        table.append(
+            (
+                r["run"],
+                str(r["model"]),
+                str(r["epochs"]),
+                _number(value, percent=not forecasting) + at,
+                _number(r["train_seconds"]),
+                shown,
+                *("-" if v is None else str(v) for v in r["options"].values()),
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for i, row in enumerate(table):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        if i == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    if not result["differing"] and len(result["runs"]) > 1:
+        print("(the runs' options are the same)")
+    if result["picture"]:
+        print(f"curves: {result['picture']}")
+    return 0

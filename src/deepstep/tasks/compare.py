@@ -1,0 +1,117 @@
+"""Runs side by side: what each was trained with where they differ, their best validation, their
+test result where it was measured, and their validation curves on one picture. Reads the run
+folders' records only; nothing is trained or evaluated."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from deepstep.engine.run_dir import RunDir
+from deepstep.errors import DeepstepError
+
+# Options that say where things go or how much is printed, not how a model is trained.
+NOT_HYPER_PARAMETERS = frozenset({"out", "resume", "quiet", "data-dir", "checkpoint-every", "workers", "model-file"})
+
+
+def run_record(path: str | Path) -> dict[str, Any]:
+    """What compare needs of one run folder: its task, config, epochs and results."""
+    import yaml
+
+    run = RunDir.open(path)
+    info = run.read_json("run.json")
+    try:
+        config = run.read_config() if run.file("config.yaml").is_file() else {}
+    except yaml.YAMLError:
+        raise DeepstepError(f"{run.file('config.yaml')} is not valid YAML; the run folder is damaged") from None
+    return {
+        "run": str(path),
+        "task": info.get("task", "image-classification"),
+        "model": info.get("model", {}).get("name"),
+        "config": config if isinstance(config, dict) else {},
+        "metrics": run.read_metrics(),
+        "result": info.get("result") or {},
+        "test": run.read_json("test.json"),
+    }
+
+
+def different_options(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """The config keys whose values are not the same in every run, in the config's order. An
+    option a run's config lacks (written before the option existed) counts as its default."""
+    from deepstep.config import TrainConfig
+
+    defaults = TrainConfig().to_dict()
+    keys: list[str] = []
+    for config in configs:
+        keys.extend(k for k in config if k not in keys and k not in NOT_HYPER_PARAMETERS)
+    return [k for k in keys if len({repr(c.get(k, defaults.get(k))) for c in configs}) > 1]
+
+
+def test_result(task: str, test: dict[str, Any] | None) -> dict[str, float] | None:
+    """The test part's headline numbers, if the run was evaluated on it."""
+    if not test:
+        return None
+    if task == "forecasting":
+        model = test.get("model") or {}
+        return {k: model[k] for k in ("mae", "mape") if model.get(k) is not None}
+    return {k: test[k] for k in ("accuracy", "top5_accuracy") if test.get(k) is not None}
+
+
+def legend_label(row: dict[str, Any], most: int = 3) -> str:
+    """The run's folder, and what it was trained with where the runs differ (up to `most` options)."""
+    if not row["options"] or len(row["options"]) > most:
+        return row["run"]
+    given = " ".join(f"--{k} {value}" for k, value in row["options"].items() if value is not None)
+    return f"{row['run']}: {given}" if given else row["run"]
+
+
+def compare_runs(
+    paths: Sequence[str | Path], out: str | Path | None = "compare.png", x: str = "epoch"
+) -> dict[str, Any]:
+    """The runs at `paths` side by side (one task): a row each, with the options that differ
+    between them, and their validation (and training) curves against `x` ("epoch" or "seconds"
+    of training) drawn to `out` (None: no picture)."""
+    from deepstep.config import TrainConfig
+    from deepstep.plots import picture_path
+
+    if not paths:
+        raise DeepstepError("give the run folders to compare: `deepstep compare runs/a runs/b`")
+    if x not in ("epoch", "seconds"):
+        raise DeepstepError(f"--x must be epoch or seconds, got {x!r}")
+    out = picture_path(out) if out is not None else None
+    records = [run_record(p) for p in paths]
+    tasks = {r["task"] for r in records}
+    if len(tasks) > 1:
+        first, other = records[0], next(r for r in records if r["task"] != records[0]["task"])
+        raise DeepstepError(
+            f"{first['run']} is {first['task']} and {other['run']} {other['task']}: compare runs of one task"
+        )
+    task = records[0]["task"]
+    differing = different_options([r["config"] for r in records])
+    defaults = TrainConfig().to_dict()
+    metric = "val_loss" if task == "forecasting" else "val_acc"
+    rows = []
+    for r in records:
+        result = r["result"]
+        best_key = "best_val_loss" if task == "forecasting" else "best_val_acc"
+        rows.append(
+            {
+                "run": r["run"],
+                "model": r["model"],
+                "epochs": len(r["metrics"]),
+                "best_epoch": result.get("best_epoch"),
+                best_key: result.get(best_key),
+                "train_seconds": result.get("train_seconds"),
+                "test": test_result(task, r["test"]),
+                "options": {k: r["config"].get(k, defaults.get(k)) for k in differing},
+            }
+        )
+    picture = None
+    if out is not None:
+        from deepstep.plots import plot_comparison
+
+        drawn = [(legend_label(row), r["metrics"]) for row, r in zip(rows, records, strict=True) if r["metrics"]]
+        if drawn:
+            picture = str(plot_comparison(drawn, metric, x, out))
+    return {"task": task, "differing": differing, "runs": rows, "picture": picture}
