@@ -196,3 +196,23 @@ def test_the_python_api_draws_the_feature_maps_of_a_pil_image(trained_run, image
     with Image.open(image_folder / "test" / "square" / "000.png") as image:
         out = deepstep.load_run(trained_run).feature_maps(image.convert("RGB"), tmp_path / "maps.png", channels=2)
     assert out == tmp_path / "maps.png" and out.stat().st_size > 5_000
+
+
+def test_a_deep_net_s_feature_maps_are_drawn_for_evenly_spaced_layers_ending_with_the_last(
+    trained_run, image_folder, tmp_path, monkeypatch
+):
+    import deepstep.plots as plots
+    import deepstep.tasks.image_classification as images
+
+    drawn = {}
+    monkeypatch.setattr(images, "FEATURE_MAP_ROWS", 3)
+    monkeypatch.setattr(
+        plots, "plot_feature_maps", lambda image, layers, out, title, n: drawn.update(l=layers, t=title)
+    )
+    images.draw_feature_maps(trained_run, image_folder / "test" / "circle" / "000.png", tmp_path / "m.png")
+    assert [label.split("\n")[0] + " " + label.split("\n")[2] for label, _ in drawn["l"]] == [
+        "conv1 6x28x28",
+        "conv2 16x10x10",
+        "pool 16x5x5",
+    ]
+    assert "of 3 of its 4 convolutions and poolings, evenly spaced" in drawn["t"]

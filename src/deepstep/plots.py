@@ -265,8 +265,12 @@ def plot_feature_maps(
 ) -> Path:
     """The image, then a row per layer: its label and the first `channels` maps of its output
     ((k, h, w) each), each map coloured over its own range (yellow: its highest)."""
+    import textwrap
+
     rows, cols = 1 + len(layers), max(1, channels)
-    fig = _figure(1.0 * cols + 1.2, 1.05 * rows + 0.5)
+    width = 1.0 * cols + 1.2
+    title = textwrap.fill(title, width=max(30, int(width * 13)))  # about 13 characters an inch at 10 pt
+    fig = _figure(width, 1.05 * rows + 0.2 + 0.2 * (title.count("\n") + 1))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")

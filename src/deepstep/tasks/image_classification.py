@@ -80,6 +80,7 @@ from deepstep.tasks.runs import (
 TASK = "image-classification"
 Log = Callable[[str], None]
 PLOT_MAX_IMAGES = 12  # predict --plot draws the first ones; a row each
+FEATURE_MAP_ROWS = 32  # summary --image draws at most this many layers' maps, a row each
 # predict decodes this much at a time (at least a batch): 21,000 CIFAR images, 440 photos at 224x224
 PREDICT_DECODE_BYTES = 64 * 2**20
 # Decoding a photo (500x375 JPEG, scaled and cropped for a 224x224 model) takes about 3 ms, mostly
@@ -1477,14 +1478,22 @@ def draw_feature_maps(
     layers = [(name, module, maps) for name, module, maps in layers if maps[0].numel() > 1]  # 1x1: one number, no map
     if not layers:
         raise DeepstepError(f"{run.path}'s model has no convolution or pooling layer to show the feature maps of")
+    calls = len(layers)
+    if calls > FEATURE_MAP_ROWS:  # a deep net (mobilenet: 50+ convolutions): evenly spaced, the last kept
+        layers = [layers[round(i * (calls - 1) / (FEATURE_MAP_ROWS - 1))] for i in range(FEATURE_MAP_ROWS)]
     rows = [
         (f"{name}\n{type(module).__name__}\n{'x'.join(map(str, maps.shape))}", maps.numpy())
         for name, module, maps in layers
     ]
     name = file.path.name if file.path is not None else "the image given"
+    which = (
+        "each convolution and pooling"
+        if calls == len(layers)
+        else f"{len(layers)} of its {calls} convolutions and poolings, evenly spaced"
+    )
     title = (
-        f"{trained.record['model']['name']} on {name}: the first {channels} feature maps of each "
-        "convolution and pooling (each coloured over its own range)"
+        f"{trained.record['model']['name']} on {name}: the first {channels} feature maps of {which} "
+        "(each coloured over its own range)"
     )
     return plot_feature_maps(pixels, rows, out, title, channels)
 
