@@ -36,12 +36,9 @@ def run_record(path: str | Path) -> dict[str, Any]:
     }
 
 
-def different_options(configs: Sequence[dict[str, Any]]) -> list[str]:
+def different_options(configs: Sequence[dict[str, Any]], defaults: dict[str, Any]) -> list[str]:
     """The config keys whose values are not the same in every run, in the config's order. An
     option a run's config lacks (written before the option existed) counts as its default."""
-    from deepstep.config import TrainConfig
-
-    defaults = TrainConfig().to_dict()
     keys: list[str] = []
     for config in configs:
         keys.extend(k for k in config if k not in keys and k not in NOT_HYPER_PARAMETERS)
@@ -88,8 +85,8 @@ def compare_runs(
             f"{first['run']} is {first['task']} and {other['run']} {other['task']}: compare runs of one task"
         )
     task = records[0]["task"]
-    differing = different_options([r["config"] for r in records])
     defaults = TrainConfig().to_dict()
+    differing = different_options([r["config"] for r in records], defaults)
     metric = "val_loss" if task == "forecasting" else "val_acc"
     rows = []
     for r in records:
