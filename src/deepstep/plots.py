@@ -40,6 +40,13 @@ def _add_fallback_fonts() -> None:
     _fonts_checked = True
 
 
+def _wrap(title: str, width: float) -> str:
+    """`title` in lines that fit a figure `width` inches wide at 10 pt (about 13 characters an inch)."""
+    import textwrap
+
+    return textwrap.fill(title, width=max(30, int(width * 13)))
+
+
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
 
@@ -243,7 +250,8 @@ def plot_gradcam(items: Sequence[tuple[np.ndarray, str, dict[str, Any], np.ndarr
 
     pairs = min(3, len(items))
     rows = math.ceil(len(items) / pairs)
-    fig = _figure(2.9 * pairs, 1.75 * rows + 0.5)
+    title = _wrap(f"Grad-CAM at {layer}: where the evidence for the predicted class lies (red: most)", 2.9 * pairs)
+    fig = _figure(2.9 * pairs, 1.75 * rows + 0.3 + 0.2 * (title.count("\n") + 1))
     axes = fig.subplots(rows, 2 * pairs, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -256,7 +264,7 @@ def plot_gradcam(items: Sequence[tuple[np.ndarray, str, dict[str, Any], np.ndarr
         ax_image.set_title("/".join(Path(name).parts[-2:]), fontsize=8)
         ax_cam.imshow(heat(cam)[..., :3], alpha=0.5, interpolation="bilinear")
         ax_cam.set_title(f"{top['label']} {top['probability']:.0%}", fontsize=8)
-    fig.suptitle(f"Grad-CAM at {layer}: where the evidence for the predicted class lies (red: most)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, out)
 
 
@@ -265,11 +273,9 @@ def plot_feature_maps(
 ) -> Path:
     """The image, then a row per layer: its label and the first `channels` maps of its output
     ((k, h, w) each), each map coloured over its own range (yellow: its highest)."""
-    import textwrap
-
     rows, cols = 1 + len(layers), max(1, channels)
     width = 1.0 * cols + 1.2
-    title = textwrap.fill(title, width=max(30, int(width * 13)))  # about 13 characters an inch at 10 pt
+    title = _wrap(title, width)
     fig = _figure(width, 1.05 * rows + 0.2 + 0.2 * (title.count("\n") + 1))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:

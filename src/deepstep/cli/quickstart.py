@@ -1,7 +1,8 @@
 """deepstep quickstart: the whole workflow offline on the CIFAR-10 sample shipped with deepstep.
 
 Trains the LeNet-style tutorial net (train + validate every epoch), evaluates it once on the
-sample's test part, predicts one test image, draws an image grid, and prints where it all is.
+sample's test part, predicts one test image and shows where the net looked in it (Grad-CAM) and
+what each layer made of it (feature maps), draws an image grid, and prints where it all is.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from deepstep.config import resolve_config
     from deepstep.data.sources import data_cache_dir, open_image_source
-    from deepstep.tasks.image_classification import evaluate_run, predict_run, show_images, train
+    from deepstep.tasks.image_classification import (
+        draw_feature_maps,
+        evaluate_run,
+        predict_run,
+        show_images,
+        train,
+    )
 
     progress = progress_enabled(args)
     config = resolve_config({}, {**RECIPE, "epochs": args.epochs, "out": args.out})
@@ -56,17 +63,22 @@ def run(args: argparse.Namespace) -> int:
     print("\n== 3/4 predict one test image")
     test_files = open_image_source("cifar10-sample", data_cache_dir()).splits["test"].files
     image = test_files[len(test_files) // 2]
-    prediction = predict_run(run_path, [image], top_k=5, plot=run_path / "prediction.png")[0]
+    prediction = predict_run(
+        run_path, [image], top_k=5, plot=run_path / "prediction.png", gradcam=run_path / "gradcam.png"
+    )[0]
     ranked = ", ".join(f"{t['label']} {t['probability']:.1%}" for t in prediction["top_k"])
     print(f"{image.parent.name}/{image.name}: predicted {prediction['label']} ({ranked})")
 
     print("\n== 4/4 plots")
     grid = show_images("cifar10-sample", split="train", n=32, out=run_path / "grid.png")
+    maps = draw_feature_maps(run_path, image, run_path / "feature-maps.png")
     for label, path in (
         ("training curves", run_path / "curves.png"),
         ("confusion matrix", result["files"]["confusion_png"]),
         ("surest mistakes", result["files"].get("mistakes_png", "none: every test image right")),
         ("prediction", run_path / "prediction.png"),
+        ("where it looked", run_path / "gradcam.png"),
+        ("feature maps", maps),
         ("image grid", grid),
     ):
         print(f"  {label:<17} {path}")
