@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepstep.errors import DeepstepError, did_you_mean
+from deepstep.models.shapes import looked_into
 
 
 @dataclass
@@ -41,15 +42,8 @@ def spatial_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, t
         return hook
 
     handles = [m.register_forward_hook(record(name)) for name, m in model.named_modules() if name]
-    was_training = model.training
-    model.eval()  # in train mode the pass would move batch norm's running statistics
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    with looked_into(model, handles), torch.no_grad():
+        model(example[:1])
     return list(calls.items())
 
 
@@ -86,17 +80,10 @@ def grad_cam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, laye
         taken[:] = [output]
         return output.clone()  # later in-place ops (a ReLU's) change the copy, not the maps kept
 
-    handle = module.register_forward_hook(keep)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            x = images.detach().float().requires_grad_(True)  # so the maps have a gradient even with frozen weights
-            scores = model(x).float().gather(1, targets.view(-1, 1).to(x.device)).sum()  # images apart in eval mode
-            (grads,) = torch.autograd.grad(scores, taken[0])
-    finally:
-        handle.remove()
-        model.train(was_training)
+    with looked_into(model, [module.register_forward_hook(keep)]), torch.enable_grad():
+        x = images.detach().float().requires_grad_(True)  # so the maps have a gradient even with frozen weights
+        scores = model(x).float().gather(1, targets.view(-1, 1).to(x.device)).sum()  # images apart in eval mode
+        (grads,) = torch.autograd.grad(scores, taken[0])
     maps = taken[0].detach().float()  # (N, C, h, w)
     weights = grads.float().mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
     cam = F.relu((weights * maps).sum(dim=1, keepdim=True))  # (N, 1, h, w)

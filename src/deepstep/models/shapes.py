@@ -6,10 +6,13 @@ import math
 import os
 import re
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from deepstep.errors import DeepstepError
 
@@ -46,6 +49,20 @@ class InputMismatch(Exception):
         self.about_shapes = about_shapes  # what torch raises for a shape it cannot take, not a NameError
 
 
+@contextmanager
+def looked_into(model: nn.Module, handles: list[RemovableHandle]) -> Iterator[nn.Module]:
+    """`model` in eval mode for a pass watched by the hooks `handles`, which are removed after it;
+    its mode is put back. In train mode the pass would move batch norm's running statistics."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+
 def trace_shapes(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) -> list[LayerShape]:
     """Run a zero input of `(batch, *input_size)` through `model`, recording every leaf layer.
 
@@ -76,24 +93,19 @@ def trace_shapes(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) 
     for name, module in leaves:
         handles.append(module.register_forward_pre_hook(before(name)))
         handles.append(module.register_forward_hook(after(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros((batch, *input_size), device=device))
-    except Exception as err:  # a model of the user's may raise anything
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if current:
-            name, module, shape = current[-1]
-            raise InputMismatch(name, module, shape, reason, done) from None
-        after = f"layer {done[-1].name}" if done else "the input"  # between layers: in the forward's own code
-        reason = f"{type(err).__name__}: {reason} ({_raised_at(err)})"
-        shaped = isinstance(err, RuntimeError | ValueError | IndexError)
-        raise InputMismatch(after, None, done[-1].output_shape if done else None, reason, done, shaped) from None
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    with looked_into(model, handles):
+        try:
+            with torch.no_grad():
+                model(torch.zeros((batch, *input_size), device=device))
+        except Exception as err:  # a model of the user's may raise anything
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if current:
+                name, module, shape = current[-1]
+                raise InputMismatch(name, module, shape, reason, done) from None
+            after = f"layer {done[-1].name}" if done else "the input"  # between layers: in the forward's own code
+            reason = f"{type(err).__name__}: {reason} ({_raised_at(err)})"
+            shaped = isinstance(err, RuntimeError | ValueError | IndexError)
+            raise InputMismatch(after, None, done[-1].output_shape if done else None, reason, done, shaped) from None
     return done
 
 
@@ -114,15 +126,8 @@ def feature_maps(model: nn.Module, image: torch.Tensor) -> list[tuple[str, nn.Mo
         return hook
 
     handles = [m.register_forward_hook(keep(name)) for name, m in model.named_modules() if isinstance(m, kinds)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(image.unsqueeze(0))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    with looked_into(model, handles), torch.no_grad():
+        model(image.unsqueeze(0))
     return maps
 
 
