@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import deepstep
 from conftest import CLASSES
@@ -390,3 +391,27 @@ def test_evaluate_shows_the_mistakes_it_was_most_sure_of(trained_run, image_fold
     assert sureness == sorted(sureness)  # the lowest probability of the label (highest loss) first
     assert Path(result["files"]["mistakes_png"]) == trained_run / "mistakes_all.png"
     assert (trained_run / "mistakes_all.png").stat().st_size > 10_000
+
+
+def test_gradcam_draws_the_mistakes_under_their_maps_for_the_class_said(
+    trained_run, image_folder, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    import deepstep.models.gradcam as gradcam
+
+    swapped = tmp_path / "swapped"  # mostly wrong, as above
+    for cls, other in zip(CLASSES, CLASSES[1:] + CLASSES[:1], strict=True):
+        shutil.copytree(image_folder / "test" / cls, swapped / other)
+    targets = []
+    real = gradcam.grad_cam
+    monkeypatch.setattr(gradcam, "grad_cam", lambda m, x, t, layer: targets.append(t.tolist()) or real(m, x, t, layer))
+    evaluate = ["evaluate", str(trained_run), "--split", "all", "--data", str(swapped), "--json"]
+    assert main(evaluate) == 0
+    assert "mistakes_gradcam_png" not in json.loads(capsys.readouterr().out)["files"] and not targets
+    assert main([*evaluate, "--gradcam"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    classes = json.loads((trained_run / "run.json").read_text())["data"]["classes"]
+    assert targets == [[classes.index(m["predicted"]) for m in result["mistakes"]]] and targets[0]
+    picture = Path(result["files"]["mistakes_gradcam_png"])
+    assert picture == trained_run / "mistakes_gradcam_all.png" and Image.open(picture).size[1] > 300

@@ -308,6 +308,10 @@ def test_options_a_task_has_no_use_for_are_refused_not_ignored(seasonal_csv, seq
     assert "--baselines, --backtest do not apply to runs/s (sequence-classification)" in capsys.readouterr().err
     assert main(["evaluate", "runs/s", "--split", "val", "--precision", "bf16"]) == 2
     assert "--precision does not apply to runs/s (sequence-classification)" in capsys.readouterr().err
+    assert main(["evaluate", "runs/f", "--split", "val", "--gradcam"]) == 2
+    assert "--gradcam does not apply to runs/f (forecasting)" in capsys.readouterr().err
+    with pytest.raises(DeepstepError, match=r"^gradcam= is for image runs; runs/s is sequence-classification"):
+        deepstep.load_run("runs/s").evaluate("val", gradcam=True)
     seq = str(sequence_folder / "dataset" / "seq_1.csv")
     assert main(["predict", "runs/s", seq, "--plot", "p.png"]) == 2
     assert "--plot does not apply to runs/s" in capsys.readouterr().err

@@ -66,6 +66,7 @@ class Run:
         data: str | None = None,
         precision: str | None = None,
         device: str | None = None,
+        gradcam: bool | None = None,
         verbose: bool = True,
     ) -> dict[str, Any]:
         """The run's metrics on `split`: "test" (once per run), "val", or, for a classifier, "all" of
@@ -74,9 +75,9 @@ class Run:
         "32" for fp32, "bf16", "16" or "auto", as training's; `device`: as train's, auto when None).
         Forecasting: MAE, RMSE, MAPE, sMAPE, MASE (`baselines`, `backtest`). Sequences: accuracy,
         precision, recall, F1, ROC AUC. `data`, for test and val: where the run's data is now, if it moved
-        since training."""
+        since training. `gradcam` (images): also draw the mistakes under their Grad-CAM maps."""
         task = self.task
-        _images_only(task, self.path, precision=precision, device=device)
+        _images_only(task, self.path, precision=precision, device=device, gradcam=gradcam)
         if task == "forecasting":
             from deepstep.tasks.forecasting import evaluate_run as evaluate_forecast
 
@@ -109,6 +110,7 @@ class Run:
             device=device,
             log=_log(verbose),
             progress=verbose,
+            gradcam=bool(gradcam),
         )
 
     def predict(

@@ -243,14 +243,19 @@ def plot_predictions(items: Sequence[tuple[np.ndarray, str, list[dict[str, Any]]
     return _save(fig, out)
 
 
-def plot_gradcam(items: Sequence[tuple[np.ndarray, str, dict[str, Any], np.ndarray]], out: Path, layer: str) -> Path:
+def plot_gradcam(
+    items: Sequence[tuple[np.ndarray, str, dict[str, Any], np.ndarray]],
+    out: Path,
+    layer: str,
+    target: str = "the predicted class",
+) -> Path:
     """Each image (uint8) beside itself under its Grad-CAM map (H, W, 0-1) for the class it was
-    given (`{"label", "probability"}`), three pairs a row."""
+    given (`{"label", "probability"}`, `target` in the title), three pairs a row."""
     from matplotlib import colormaps
 
     pairs = min(3, len(items))
     rows = math.ceil(len(items) / pairs)
-    title = _wrap(f"Grad-CAM at {layer}: where the evidence for the predicted class lies (red: most)", 2.9 * pairs)
+    title = _wrap(f"Grad-CAM at {layer}: where the evidence for {target} lies (red: most)", 2.9 * pairs)
     fig = _figure(2.9 * pairs, 1.75 * rows + 0.3 + 0.2 * (title.count("\n") + 1))
     axes = fig.subplots(rows, 2 * pairs, squeeze=False)
     for ax in axes.flat:

@@ -103,6 +103,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "with --split all, the other data to score",
     )
     parser.add_argument("--data-dir", metavar="DIR", help="data cache, if not the one used in training")
+    parser.add_argument(
+        "--gradcam",
+        action="store_true",
+        help="images: also draw the mistakes under their Grad-CAM maps for the class said "
+        "(mistakes_gradcam_SPLIT.png): where the evidence that misled the model lies",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_file(parser, "a run of your own model")
     add_forecast_options(parser)
@@ -113,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from deepstep.tasks import run_task
 
     task = run_task(args.run_dir)
-    images = ("tta", "tta_translate", "precision", "device")
+    images = ("tta", "tta_translate", "precision", "device", "gradcam")
     forecast = ("baselines", "backtest", "order", "seasonal_order")
     unused = {"image-classification": forecast, "forecasting": images, "sequence-classification": images + forecast}
     refuse_options(args, unused[task], args.run_dir, task)
@@ -136,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         log=(lambda m: None) if quiet else print,
         progress=progress_enabled(args) and not quiet,
+        gradcam=args.gradcam,
     )
     if args.json:
         print_json(result)

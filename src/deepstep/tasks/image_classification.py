@@ -931,6 +931,7 @@ def evaluate_run(
     device: str | None = None,
     log: Log = print,
     progress: bool = True,
+    gradcam: bool = False,
 ) -> dict[str, Any]:
     """Loss, accuracy, per-class accuracy and confusion matrix on `split`: test, val, or "all", every
     image of other data given as `data` (all its parts; not recorded as a test evaluation);
@@ -938,6 +939,7 @@ def evaluate_run(
     `data`: where the run's data is now, if it moved since training. `precision`: "32" (fp32,
     also when None), "bf16", "16" or "auto", as training's --precision; the kernels are chosen
     as training chooses them for that precision. `device`: as train's --device (auto when None).
+    `gradcam`: also draw the mistakes under their Grad-CAM maps for the class said.
 
     The test split is measured once per run; a second measurement needs `force` and is recorded.
     """
@@ -976,8 +978,15 @@ def evaluate_run(
     result["files"] = save_confusion(run.path, split, matrix, trained.classes, title)
     result["mistakes"] = most_confident_mistakes(kept["output"], kept["target"], trained.classes)
     if result["mistakes"] and not getattr(batches, "skipped", None):  # skipped files would shift the images
+        images = mistake_images(part, result["mistakes"], trained.prep)
         out = run.path / f"mistakes_{split}.png"
-        result["files"]["mistakes_png"] = str(plot_mistakes(part, result["mistakes"], trained.prep, out, split))
+        result["files"]["mistakes_png"] = str(plot_mistakes(images, result["mistakes"], out, split))
+        if gradcam:
+            out = run.path / f"mistakes_gradcam_{split}.png"
+            found = plot_mistakes_gradcam(
+                trained.model, images, result["mistakes"], trained.classes, trained.prep, out, on
+            )
+            result["files"]["mistakes_gradcam_png"] = str(found)
     run.write_json(f"{split}.json", result)
     if split == "test":
         record_test_evaluation(
@@ -1014,11 +1023,9 @@ def most_confident_mistakes(
     ]
 
 
-def plot_mistakes(part: Part, mistakes: list[dict[str, Any]], prep: Preprocessing, out: Path, split: str) -> Path:
-    """The mistakes' images, at the model's input size, each titled with its label and what the
-    model said with its probability."""
+def mistake_images(part: Part, mistakes: list[dict[str, Any]], prep: Preprocessing) -> list[np.ndarray]:
+    """The mistakes' images (C, H, W) uint8, at the model's input size, as it saw them."""
     from deepstep.data.decode import prepare_image
-    from deepstep.plots import plot_image_grid
 
     images = []
     for m in mistakes:
@@ -1029,9 +1036,40 @@ def plot_mistakes(part: Part, mistakes: list[dict[str, Any]], prep: Preprocessin
             images.append(read_for_model(part.files[i], prep))
         else:
             images.append(prepare_image(part.open(i), prep.size, prep.channels, prep.resize))
+    return images
+
+
+def plot_mistakes(images: list[np.ndarray], mistakes: list[dict[str, Any]], out: Path, split: str) -> Path:
+    """The mistakes' images, each titled with its label and what the model said with its probability."""
+    from deepstep.plots import plot_image_grid
+
     labels = [f"is {m['label']}\nsaid {m['predicted']} {m['probability']:.0%}" for m in mistakes]
     title = f"{split}: the {len(mistakes)} mistakes with the highest loss"
     return plot_image_grid(images, labels, out, title=title)
+
+
+def plot_mistakes_gradcam(
+    model: nn.Module,
+    images: list[np.ndarray],
+    mistakes: list[dict[str, Any]],
+    classes: Sequence[str],
+    prep: Preprocessing,
+    out: Path,
+    device: torch.device,
+) -> Path:
+    """The mistakes beside their Grad-CAM maps for the class the model said (fastai's top losses
+    with heatmaps): where it found the evidence that misled it."""
+    from deepstep.models.gradcam import grad_cam
+    from deepstep.plots import plot_gradcam
+
+    index = {name: i for i, name in enumerate(classes)}  # a run's class names are unique (folder names)
+    x = prep.normalize(torch.from_numpy(np.stack(images))).to(device)
+    found = grad_cam(model, x, torch.tensor([index[m["predicted"]] for m in mistakes]), None)
+    items = [
+        (image, f"is {m['label']}", {"label": f"said {m['predicted']}", "probability": m["probability"]}, heat)
+        for image, m, heat in zip(images, mistakes, found.maps.numpy(), strict=True)
+    ]
+    return plot_gradcam(items, out, f"{found.layer} ({'x'.join(map(str, found.layer_shape))})", "the class said")
 
 
 def inference_precision(
