@@ -170,6 +170,8 @@ def test_a_run_s_feature_maps_are_drawn_a_row_a_layer_call_with_its_own_preproce
         ("pool\nMaxPool2d\n16x5x5", (16, 5, 5)),  # the same pool, called again
     ]
     assert (tmp_path / "maps.png").stat().st_size > 10_000
+    assert main(["summary", str(trained_run), "--image", str(image), "--plot", str(tmp_path / "j.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["feature_maps"] == str(tmp_path / "j.png")
 
 
 def test_feature_maps_need_a_run_and_one_image_file(trained_run, image_folder, capsys):

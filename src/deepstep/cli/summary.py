@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, args.image, args.plot, channels=8 if args.channels is None else args.channels
         )
     if args.json:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), **({"feature_maps": str(drawn)} if args.image is not None else {})})
         return 0
     table = [("layer", "type", "output shape", "parameters", "output size")]
     for r in result.rows:
