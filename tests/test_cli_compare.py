@@ -71,8 +71,9 @@ def test_runs_of_other_tasks_and_folders_that_are_not_runs_are_one_line_errors(i
     assert main([*forecast, "--out", "runs/f", "--quiet"]) == 0
     cases = [
         (["runs/a", "runs/f"], "runs/a is image-classification and runs/f forecasting: compare runs of one task"),
-        (["runs/a", str(image_folder)], "is not a deepstep run folder (no run.json)"),
+        (["runs/nothing"], "run folder runs/nothing does not exist"),
         (["runs/a", "runs/nothing"], "run folder runs/nothing does not exist"),
+        ([str(image_folder)], "is a run folder (with run.json) written by `deepstep train`"),
         (["runs/a", "--out", "runs"], "runs is a folder: give a picture's file name"),
     ]
     for argv, message in cases:
@@ -103,3 +104,19 @@ def test_the_python_api_compares_runs_or_their_folders_without_drawing_when_aske
     assert train_lenet(image_folder, "--epochs", "1", "--lr", "0.1", out="runs/b") == 0
     result = deepstep.compare([deepstep.load_run("runs/a"), "runs/b"], out=None)
     assert result["picture"] is None and result["differing"] == ["lr"] and not Path("compare.png").exists()
+
+
+def test_what_a_glob_takes_in_besides_run_folders_is_left_out_with_a_note(image_folder, tmp_path, capsys):
+    assert train_lenet(image_folder, "--epochs", "1", out="runs/a") == 0
+    assert train_lenet(image_folder, "--epochs", "1", "--lr", "0.1", out="runs/b") == 0
+    Path("runs/compare.png").write_bytes(b"an earlier picture")
+    Path("runs/failed").mkdir()  # a run that never started
+    capsys.readouterr()
+    argv = ["compare", "runs/a", "runs/b", "runs/compare.png", "runs/failed", "--out", str(tmp_path / "c.png")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "note: left out runs/compare.png: not a run folder (no run.json)",
+        "note: left out runs/failed: not a run folder (no run.json)",
+    ]
+    assert [line.split()[0] for line in captured.out.splitlines()[2:4]] == ["runs/a", "runs/b"]

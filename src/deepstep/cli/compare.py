@@ -6,6 +6,7 @@ test part is measured once, for the run chosen."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from deepstep.cli.common import formatter, print_json
 
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from deepstep.tasks.compare import compare_runs
 
     result = compare_runs(args.runs, args.out, args.x)
+    for path in result["skipped"]:
+        print(f"note: left out {path}: not a run folder (no run.json)", file=sys.stderr)
     if args.json:
         print_json(result)
         return 0

@@ -68,7 +68,8 @@ def compare_runs(
 ) -> dict[str, Any]:
     """The runs at `paths` side by side (one task): a row each, with the options that differ
     between them, and their validation (and training) curves against `x` ("epoch" or "seconds"
-    of training) drawn to `out` (None: no picture)."""
+    of training) drawn to `out` (None: no picture). Paths that exist but are not run folders (a
+    picture a glob took in) are left out and listed in "skipped"; a missing path is an error."""
     from deepstep.config import TrainConfig
     from deepstep.plots import picture_path
 
@@ -77,7 +78,12 @@ def compare_runs(
     if x not in ("epoch", "seconds"):
         raise DeepstepError(f"--x must be epoch or seconds, got {x!r}")
     out = picture_path(out) if out is not None else None
-    records = [run_record(p) for p in paths]
+    skipped = [str(p) for p in paths if Path(p).exists() and not RunDir(p).exists()]  # `runs/*` takes in compare.png
+    records = [run_record(p) for p in paths if str(p) not in skipped]
+    if not records:
+        raise DeepstepError(
+            f"none of {', '.join(map(str, paths))} is a run folder (with run.json) written by `deepstep train`"
+        )
     tasks = {r["task"] for r in records}
     if len(tasks) > 1:
         first, other = records[0], next(r for r in records if r["task"] != records[0]["task"])
@@ -111,4 +117,4 @@ def compare_runs(
         drawn = [(legend_label(row), r["metrics"]) for row, r in zip(rows, records, strict=True) if r["metrics"]]
         if drawn:
             picture = str(plot_comparison(drawn, metric, x, out))
-    return {"task": task, "differing": differing, "runs": rows, "picture": picture}
+    return {"task": task, "differing": differing, "runs": rows, "picture": picture, "skipped": skipped}
