@@ -981,10 +981,19 @@ def evaluate_run(
         images = mistake_images(part, result["mistakes"], trained.prep)
         out = run.path / f"mistakes_{split}.png"
         result["files"]["mistakes_png"] = str(plot_mistakes(images, result["mistakes"], out, split))
-        if gradcam:
-            out = run.path / f"mistakes_gradcam_{split}.png"
-            found = plot_mistakes_gradcam(
-                trained.model, images, result["mistakes"], trained.classes, trained.prep, out, on
+        if gradcam:  # the maps for the class wrongly said: where the evidence that misled the model lies
+            index = {name: i for i, name in enumerate(trained.classes)}  # a run's class names are unique
+            found = draw_gradcam(
+                trained.model,
+                trained.prep,
+                images,
+                [f"is {m['label']}" for m in result["mistakes"]],
+                [{"label": f"said {m['predicted']}", "probability": m["probability"]} for m in result["mistakes"]],
+                [index[m["predicted"]] for m in result["mistakes"]],
+                run.path / f"mistakes_gradcam_{split}.png",
+                None,
+                on,
+                "the class said",
             )
             result["files"]["mistakes_gradcam_png"] = str(found)
     run.write_json(f"{split}.json", result)
@@ -1046,30 +1055,6 @@ def plot_mistakes(images: list[np.ndarray], mistakes: list[dict[str, Any]], out:
     labels = [f"is {m['label']}\nsaid {m['predicted']} {m['probability']:.0%}" for m in mistakes]
     title = f"{split}: the {len(mistakes)} mistakes with the highest loss"
     return plot_image_grid(images, labels, out, title=title)
-
-
-def plot_mistakes_gradcam(
-    model: nn.Module,
-    images: list[np.ndarray],
-    mistakes: list[dict[str, Any]],
-    classes: Sequence[str],
-    prep: Preprocessing,
-    out: Path,
-    device: torch.device,
-) -> Path:
-    """The mistakes beside their Grad-CAM maps for the class the model said (fastai's top losses
-    with heatmaps): where it found the evidence that misled it."""
-    from deepstep.models.gradcam import grad_cam
-    from deepstep.plots import plot_gradcam
-
-    index = {name: i for i, name in enumerate(classes)}  # a run's class names are unique (folder names)
-    x = prep.normalize(torch.from_numpy(np.stack(images))).to(device)
-    found = grad_cam(model, x, torch.tensor([index[m["predicted"]] for m in mistakes]), None)
-    items = [
-        (image, f"is {m['label']}", {"label": f"said {m['predicted']}", "probability": m["probability"]}, heat)
-        for image, m, heat in zip(images, mistakes, found.maps.numpy(), strict=True)
-    ]
-    return plot_gradcam(items, out, f"{found.layer} ({'x'.join(map(str, found.layer_shape))})", "the class said")
 
 
 def inference_precision(
@@ -1460,35 +1445,43 @@ def classify_files(
         plot_predictions(
             [(image, name, r["top_k"]) for (image, name), r in zip(shown, results, strict=False)], Path(plot)
         )
-    if gradcam is not None:
-        draw_gradcam(plain, prep, shown, predicted, results, Path(gradcam), gradcam_layer, device, layout)
+    if gradcam is not None:  # the maps of the model as it is, without TTA
+        draw_gradcam(
+            plain,
+            prep,
+            [image for image, _ in shown],
+            [name for _, name in shown],
+            [r["top_k"][0] for r in results[: len(shown)]],
+            predicted,
+            Path(gradcam),
+            gradcam_layer,
+            device,
+        )
     return results
 
 
 def draw_gradcam(
     model: nn.Module,
     prep: Preprocessing,
-    shown: Sequence[tuple[np.ndarray, str]],
-    predicted: Sequence[int],
-    results: Sequence[dict[str, Any]],
+    images: Sequence[np.ndarray],
+    names: Sequence[str],
+    tops: Sequence[dict[str, Any]],
+    targets: Sequence[int],
     out: Path,
     layer: str | None,
     device: torch.device,
-    layout: torch.memory_format,
+    target: str = "the predicted class",
 ) -> Path:
-    """The images `shown` (uint8, as the model saw them) beside their Grad-CAM maps for the class
-    each was predicted (without TTA: the maps are of the model as it is), in fp32."""
+    """The `images` (uint8, as the model saw them), each titled with its name and `tops` entry
+    ({"label", "probability"}), beside its Grad-CAM map for the class index in `targets`, taken
+    in fp32 at `layer` (None: the last with a height and width); `target` says what class that is."""
     from deepstep.models.gradcam import grad_cam
     from deepstep.plots import plot_gradcam
 
-    images = np.stack([image for image, _ in shown])
-    x = prep.normalize(torch.from_numpy(images)).to(device).contiguous(memory_format=layout)
-    found = grad_cam(model, x, torch.tensor(predicted), layer)
-    items = [
-        (image, name, r["top_k"][0], heat)
-        for (image, name), r, heat in zip(shown, results, found.maps.numpy(), strict=False)
-    ]
-    return plot_gradcam(items, out, f"{found.layer} ({'x'.join(map(str, found.layer_shape))})")
+    x = prep.normalize(torch.from_numpy(np.stack(images))).to(device)
+    found = grad_cam(model, x, torch.tensor(list(targets)), layer)
+    items = list(zip(images, names, tops, found.maps.numpy(), strict=True))
+    return plot_gradcam(items, out, f"{found.layer} ({format_size(found.layer_shape)})", target)
 
 
 def draw_feature_maps(
@@ -1520,7 +1513,7 @@ def draw_feature_maps(
     if calls > FEATURE_MAP_ROWS:  # a deep net (mobilenet: 50+ convolutions): evenly spaced, the last kept
         layers = [layers[round(i * (calls - 1) / (FEATURE_MAP_ROWS - 1))] for i in range(FEATURE_MAP_ROWS)]
     rows = [
-        (f"{name}\n{type(module).__name__}\n{'x'.join(map(str, maps.shape))}", maps.numpy())
+        (f"{name}\n{type(module).__name__}\n{format_size(tuple(maps.shape))}", maps.numpy())
         for name, module, maps in layers
     ]
     name = file.path.name if file.path is not None else "the image given"
