@@ -39,10 +39,29 @@ def test_the_table_shows_the_test_result_only_of_runs_evaluated_on_it(image_fold
     accuracy = json.loads(capsys.readouterr().out)["accuracy"]
     assert main(["compare", "runs/a", "runs/b", "--out", str(tmp_path / "c.png")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["run", "model", "epochs", "best", "val", "acc", "train", "s", "test", "--seed"]
+    header = ["run", "model", "epochs", "best", "val", "acc", "val", "part", "train", "s", "test", "--seed"]
+    assert lines[0].split() == header
     assert lines[2].startswith("runs/a ") and "not measured" in lines[2] and lines[2].endswith(" 0")
     assert lines[3].startswith("runs/b ") and f"{accuracy:.2%}" in lines[3] and lines[3].endswith(" 1")
+    assert lines[2].split()[6] == "A" and lines[3].split()[6] == "B"  # --seed draws the validation part
+    assert lines[4].startswith("the runs were validated on 2 different parts")
+    assert "of each class of the train part (stratified, seed 0)" in lines[5] and lines[5].split()[0] == "A"
+    assert "of each class of the train part (stratified, seed 1)" in lines[6] and lines[6].split()[0] == "B"
     assert lines[-1] == f"curves: {tmp_path / 'c.png'}"
+
+
+def test_runs_validated_on_other_examples_are_told_apart_even_when_no_option_differs(image_folder, tmp_path, capsys):
+    assert train_lenet(image_folder, "--epochs", "1", out="runs/a") == 0
+    assert train_lenet(image_folder, "--epochs", "1", "--lr", "0.1", out="runs/b") == 0
+    first = sorted((image_folder / "train").glob("*/*.png"))[0]
+    Image.new("RGB", (32, 32), (9, 99, 199)).save(first)  # the data changed between the runs
+    assert train_lenet(image_folder, "--epochs", "1", out="runs/c") == 0
+    result = _compare(capsys, "runs/a", "runs/b", "runs/c", "--out", str(tmp_path / "c.png"))
+    assert [r["val_part"] for r in result["runs"]] == ["A", "A", "B"] and result["differing"] == ["lr"]
+    fingerprints = [json.loads(Path(f"runs/{r}/run.json").read_text())["data"]["fingerprint"] for r in "ac"]
+    assert [part.rsplit(" ", 1)[1] for part in result["val_parts"].values()] == [f[:8] for f in fingerprints]
+    assert main(["compare", "runs/a", "runs/b", "--out", str(tmp_path / "c.png")]) == 0
+    assert "val part" not in capsys.readouterr().out  # one part: nothing to tell apart
 
 
 def test_an_option_an_older_run_s_config_lacks_counts_as_its_default(image_folder, tmp_path, capsys):
@@ -91,10 +110,14 @@ def test_forecasting_runs_are_compared_by_validation_loss_and_test_errors(season
     errors = json.loads(capsys.readouterr().out)["model"]
     result = _compare(capsys, "runs/f2", "runs/f3", "--out", str(tmp_path / "f.png"))
     assert result["task"] == "forecasting" and result["differing"] == ["epochs"]
+    assert [r["val_part"] for r in result["runs"]] == ["A", "A"] and len(result["val_parts"]) == 1
     assert result["runs"][1]["test"] == {"mae": errors["mae"], "mape": errors["mape"]}
     assert main(["compare", "runs/f2", "runs/f3", "--out", str(tmp_path / "f.png")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "best val loss" in lines[0] and f"MAE {errors['mae']:.4g}, MAPE {errors['mape']:.2f}%" in lines[3]
+    assert main([*forecast, "--epochs", "2", "--val-size", "15", "--out", "runs/v15"]) == 0
+    result = _compare(capsys, "runs/f2", "runs/v15", "--out", str(tmp_path / "f.png"))
+    assert [r["val_part"] for r in result["runs"]] == ["A", "B"] and result["val_parts"]["B"].startswith("15 steps")
 
 
 def test_the_python_api_compares_runs_or_their_folders_without_drawing_when_asked(image_folder, capsys):
@@ -120,3 +143,13 @@ def test_what_a_glob_takes_in_besides_run_folders_is_left_out_with_a_note(image_
         "note: left out runs/failed: not a run folder (no run.json)",
     ]
     assert [line.split()[0] for line in captured.out.splitlines()[2:4]] == ["runs/a", "runs/b"]
+
+
+def test_sequence_runs_with_another_test_part_were_validated_on_other_sequences(sequence_folder, tmp_path, capsys):
+    train = ["train", "--data", str(sequence_folder), "--hidden", "4", "--epochs", "1", "--quiet"]
+    assert main([*train, "--out", "runs/a"]) == 0
+    assert main([*train, "--lr", "0.01", "--out", "runs/b"]) == 0
+    assert main([*train, "--test-size", "0.3", "--out", "runs/c"]) == 0
+    result = _compare(capsys, "runs/a", "runs/b", "runs/c", "--out", str(tmp_path / "s.png"))
+    assert [r["val_part"] for r in result["runs"]] == ["A", "A", "B"]
+    assert "beside a test part of 30% of each class" in result["val_parts"]["B"]

@@ -35,6 +35,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+# What makes two runs' validation parts the same, by task.
+SAME_PART = {
+    "image-classification": "the same data, --val-split and --seed",
+    "sequence-classification": "the same data, --test-size, --val-size and --seed",
+    "forecasting": "the same data, --val-size, --test-size and --horizon",
+}
+
+
 def _number(value: float | None, percent: bool = False) -> str:
     if value is None:
         return "-"
@@ -52,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     forecasting = result["task"] == "forecasting"
     best = "best val loss" if forecasting else "best val acc"
-    table = [("run", "model", "epochs", best, "train s", "test", *(f"--{k}" for k in result["differing"]))]
+    parts = result["val_parts"] if len(result["val_parts"]) > 1 else {}
+    table = [("run", "model", "epochs", best, *(["val part"] if parts else []), "train s", "test")]
+    table[0] += tuple(f"--{k}" for k in result["differing"])
     for r in result["runs"]:
         value = r["best_val_loss"] if forecasting else r["best_val_acc"]
         at = f" @ {r['best_epoch']}" if value is not None and r["best_epoch"] is not None else ""
@@ -70,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 str(r["model"]),
                 str(r["epochs"]),
                 _number(value, percent=not forecasting) + at,
+                *([r["val_part"] or "-"] if parts else []),
                 _number(r["train_seconds"]),
                 shown,
                 *("-" if v is None else str(v) for v in r["options"].values()),
@@ -82,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
             print("-" * (sum(widths) + 2 * (len(widths) - 1)))
     if not result["differing"] and len(result["runs"]) > 1:
         print("(the runs' options are the same)")
+    if parts:
+        print(
+            f"the runs were validated on {len(parts)} different parts, so their validation numbers differ by the "
+            f"examples as well as by the training (runs share a part with {SAME_PART[result['task']]}):"
+        )
+        for letter, part in parts.items():
+            print(f"  {letter}  {part}")
     if result["picture"]:
         print(f"curves: {result['picture']}")
     return 0

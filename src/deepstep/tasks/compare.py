@@ -4,6 +4,7 @@ folders' records only; nothing is trained or evaluated."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ def run_record(path: str | Path) -> dict[str, Any]:
         "model": info.get("model", {}).get("name"),
         "config": config if isinstance(config, dict) else {},
         "metrics": run.read_metrics(),
+        "data": info.get("data") or {},
         "result": info.get("result") or {},
         "test": run.read_json("test.json"),
     }
@@ -43,6 +45,43 @@ def different_options(configs: Sequence[dict[str, Any]], defaults: dict[str, Any
     for config in configs:
         keys.extend(k for k in config if k not in keys and k not in NOT_HYPER_PARAMETERS)
     return [k for k in keys if len({repr(c.get(k, defaults.get(k))) for c in configs}) > 1]
+
+
+def validation_part(task: str, data: dict[str, Any]) -> tuple[str, str] | None:
+    """What a run was validated on: a key, the same for runs that measured their validation numbers
+    on the same examples (the data's content and which part of it), and its description. None for
+    a run without a validation part, or one whose run.json does not say."""
+    if not data.get("fingerprint"):
+        return None
+    if task == "forecasting":
+        spans, windows = data.get("spans") or {}, (data.get("windows") or {}).get("val")
+        if not spans.get("val") or not windows:
+            return None
+        part = {"spans": spans, "windows": windows}
+        said = f"{spans['val']} steps from row {spans['val_start']} ({windows} windows)"
+    else:
+        val = data.get("val") or {}
+        if not val.get("count"):
+            return None
+        part = {"val": val, "test": data.get("test")}  # the validation part is drawn from what the test part leaves
+        items = "images" if task == "image-classification" else "sequences"
+        said = f"{val['count']} {items}, {val.get('origin', 'origin not recorded')}"
+        if task == "sequence-classification":  # a folder's test part is in its fingerprint, a sequence set's is not
+            said += f", beside a test part of {(data.get('test') or {}).get('origin', 'unrecorded origin')}"
+    key = json.dumps([data["fingerprint"], part], sort_keys=True)
+    return key, f"{said}, of data {data['fingerprint'][:8]}"
+
+
+def name_validation_parts(parts: Sequence[tuple[str, str] | None]) -> tuple[list[str | None], dict[str, str]]:
+    """A letter for each run's validation part (A for the first run's, B for the next other one...)
+    and what each letter stands for."""
+    letters: dict[str, str] = {}
+    described: dict[str, str] = {}
+    for part in parts:
+        if part is not None and part[0] not in letters:
+            letters[part[0]] = chr(ord("A") + len(letters)) if len(letters) < 26 else str(len(letters) + 1)
+            described[letters[part[0]]] = part[1]
+    return [None if part is None else letters[part[0]] for part in parts], described
 
 
 def test_result(task: str, test: dict[str, Any] | None) -> dict[str, float] | None:
@@ -69,7 +108,9 @@ def compare_runs(
     """The runs at `paths` side by side (one task): a row each, with the options that differ
     between them, and their validation (and training) curves against `x` ("epoch" or "seconds"
     of training) drawn to `out` (None: no picture). Paths that exist but are not run folders (a
-    picture a glob took in) are left out and listed in "skipped"; a missing path is an error."""
+    picture a glob took in) are left out and listed in "skipped"; a missing path is an error.
+    "val_parts" names, by letter, the validation parts the runs were measured on (each row's
+    "val_part"): more than one means their validation numbers are not on the same examples."""
     from deepstep.config import TrainConfig
     from deepstep.plots import picture_path
 
@@ -94,8 +135,9 @@ def compare_runs(
     defaults = TrainConfig().to_dict()
     differing = different_options([r["config"] for r in records], defaults)
     metric = "val_loss" if task == "forecasting" else "val_acc"
+    letters, val_parts = name_validation_parts([validation_part(task, r["data"]) for r in records])
     rows = []
-    for r in records:
+    for r, letter in zip(records, letters, strict=True):
         result = r["result"]
         best_key = "best_val_loss" if task == "forecasting" else "best_val_acc"
         rows.append(
@@ -108,6 +150,7 @@ def compare_runs(
                 "train_seconds": result.get("train_seconds"),
                 "test": test_result(task, r["test"]),
                 "options": {k: r["config"].get(k, defaults.get(k)) for k in differing},
+                "val_part": letter,
             }
         )
     picture = None
@@ -117,4 +160,11 @@ def compare_runs(
         drawn = [(legend_label(row), r["metrics"]) for row, r in zip(rows, records, strict=True) if r["metrics"]]
         if drawn:
             picture = str(plot_comparison(drawn, metric, x, out))
-    return {"task": task, "differing": differing, "runs": rows, "picture": picture, "skipped": skipped}
+    return {
+        "task": task,
+        "differing": differing,
+        "runs": rows,
+        "val_parts": val_parts,
+        "picture": picture,
+        "skipped": skipped,
+    }
