@@ -153,3 +153,14 @@ def test_sequence_runs_with_another_test_part_were_validated_on_other_sequences(
     result = _compare(capsys, "runs/a", "runs/b", "runs/c", "--out", str(tmp_path / "s.png"))
     assert [r["val_part"] for r in result["runs"]] == ["A", "A", "B"]
     assert "beside a test part of 30% of each class" in result["val_parts"]["B"]
+
+
+def test_runs_of_two_models_show_the_model_once(image_folder, tmp_path, capsys):
+    assert train_lenet(image_folder, "--epochs", "1", out="runs/a") == 0
+    assert train_lenet(image_folder, "--epochs", "1", "--model", "simple-cnn", out="runs/b") == 0
+    result = _compare(capsys, "runs/a", "runs/b", "--out", str(tmp_path / "c.png"))
+    assert result["differing"] == ["model"]
+    assert main(["compare", "runs/a", "runs/b", "--out", str(tmp_path / "c.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "model", "epochs", "best", "val", "acc", "train", "s", "test"]
+    assert [line.split()[1] for line in lines[2:4]] == ["lenet", "simple-cnn"]

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     best = "best val loss" if forecasting else "best val acc"
     parts = result["val_parts"] if len(result["val_parts"]) > 1 else {}
     table = [("run", "model", "epochs", best, *(["val part"] if parts else []), "train s", "test")]
-    table[0] += tuple(f"--{k}" for k in result["differing"])
+    options = [k for k in result["differing"] if k != "model"]  # the model has its column
+    table[0] += tuple(f"--{k}" for k in options)
     for r in result["runs"]:
         value = r["best_val_loss"] if forecasting else r["best_val_acc"]
         at = f" @ {r['best_epoch']}" if value is not None and r["best_epoch"] is not None else ""
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 *([r["val_part"] or "-"] if parts else []),
                 _number(r["train_seconds"]),
                 shown,
-                *("-" if v is None else str(v) for v in r["options"].values()),
+                *("-" if r["options"][k] is None else str(r["options"][k]) for k in options),
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
