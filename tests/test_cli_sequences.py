@@ -223,7 +223,8 @@ def test_a_sequence_folder_is_classified_and_measured_with_f1_and_roc_auc(sequen
     assert main([*args, "--bidirectional"]) == 0
     info = json.loads(Path("runs/s/run.json").read_text())
     assert info["task"] == "sequence-classification" and info["model"]["args"]["bidirectional"] is True
-    capsys.readouterr()
+    said = capsys.readouterr().out
+    assert "parameters (num_classes=1, input_features=2, hidden=16, layers=1, dropout=0.0, bidirectional=True)" in said
     assert main(["evaluate", "runs/s", "--json"]) == 0
     result = _json(capsys)
     assert result["accuracy"] >= 0.9 and result["roc_auc"] >= 0.9

@@ -538,7 +538,8 @@ def train_run(config: TrainConfig, job: Job, must_match: Sequence[str], log: Log
     parameters = sum(p.numel() for p in model.parameters())
 
     def log_setup(folder: str) -> None:
-        log(f"model: {config.model}, {parameters:,} parameters ({job.model_args})")
+        given = ", ".join(f"{k}={v}" for k, v in job.model_args.items())  # as --model-arg takes them
+        log(f"model: {config.model}, {parameters:,} parameters ({given})")
         log(
             f"device: {device.type}"
             + (f", {threads} threads" if threads else "")
