@@ -92,6 +92,18 @@ def test_resume_after_two_epochs_ends_where_four_straight_epochs_end(image_folde
     assert info["resumes"][0]["from_epoch"] == 2 and "epochs: 2 -> 4" in info["resumes"][0]["changed"]
 
 
+def test_a_run_from_before_an_option_existed_resumes_with_the_option_at_its_default(image_folder, capsys):
+    assert _train(image_folder, "--epochs", "1", out="runs/old") == 0
+    config = yaml.safe_load(Path("runs/old/config.yaml").read_text())
+    for name in ("cutout", "mixup", "cutmix", "ema", "class-weights"):  # options newer than the run
+        del config[name]
+    Path("runs/old/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    capsys.readouterr()
+    assert main(["train", "--out", "runs/old", "--resume", "--epochs", "2", "--quiet"]) == 0, capsys.readouterr().err
+    info = json.loads(Path("runs/old/run.json").read_text())
+    assert info["resumes"][0]["changed"] == ["epochs: 1 -> 2"] and info["result"]["epochs"] == 2
+
+
 def test_resuming_a_finished_run_says_how_to_train_on_and_leaves_its_record(image_folder, capsys):
     assert _train(image_folder, "--epochs", "2", out="runs/done") == 0
     capsys.readouterr()

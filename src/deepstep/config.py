@@ -523,6 +523,14 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def with_defaults(saved: dict[str, Any], task: str | None) -> dict[str, Any]:
+    """A run's saved config (flag names as keys) with the options it lacks, because it was written
+    before they existed, at their defaults for its task: an option comes in at the value that
+    keeps what deepstep did before it."""
+    defaults = {**TrainConfig().to_dict(), **{flag(k): v for k, v in TASK_DEFAULTS.get(task or "", {}).items()}}
+    return {**defaults, **saved}
+
+
 def preset_source(config: TrainConfig, name: str) -> str:
     """'the tutorial recipe' or 'the default for forecasting' when `name` has the value that preset
     gives it (so a log line does not credit the user with a choice they may not have made), else ''."""

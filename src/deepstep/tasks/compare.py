@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from deepstep.config import with_defaults
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError
 
@@ -26,11 +27,12 @@ def run_record(path: str | Path) -> dict[str, Any]:
         config = run.read_config() if run.file("config.yaml").is_file() else {}
     except yaml.YAMLError:
         raise DeepstepError(f"{run.file('config.yaml')} is not valid YAML; the run folder is damaged") from None
+    task = info.get("task", "image-classification")
     return {
         "run": str(path),
-        "task": info.get("task", "image-classification"),
+        "task": task,
         "model": info.get("model", {}).get("name"),
-        "config": config if isinstance(config, dict) else {},
+        "config": with_defaults(config if isinstance(config, dict) else {}, task),
         "metrics": run.read_metrics(),
         "data": info.get("data") or {},
         "result": info.get("result") or {},
@@ -38,13 +40,13 @@ def run_record(path: str | Path) -> dict[str, Any]:
     }
 
 
-def different_options(configs: Sequence[dict[str, Any]], defaults: dict[str, Any]) -> list[str]:
-    """The config keys whose values are not the same in every run, in the config's order. An
-    option a run's config lacks (written before the option existed) counts as its default."""
+def different_options(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """The config keys whose values are not the same in every run, in the config's order (each
+    config filled with `with_defaults`)."""
     keys: list[str] = []
     for config in configs:
         keys.extend(k for k in config if k not in keys and k not in NOT_HYPER_PARAMETERS)
-    return [k for k in keys if len({repr(c.get(k, defaults.get(k))) for c in configs}) > 1]
+    return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
 
 
 def validation_part(task: str, data: dict[str, Any]) -> tuple[str, str] | None:
@@ -111,7 +113,6 @@ def compare_runs(
     picture a glob took in) are left out and listed in "skipped"; a missing path is an error.
     "val_parts" names, by letter, the validation parts the runs were measured on (each row's
     "val_part"): more than one means their validation numbers are not on the same examples."""
-    from deepstep.config import TrainConfig
     from deepstep.plots import picture_path
 
     if not paths:
@@ -132,8 +133,7 @@ def compare_runs(
             f"{first['run']} is {first['task']} and {other['run']} {other['task']}: compare runs of one task"
         )
     task = records[0]["task"]
-    defaults = TrainConfig().to_dict()
-    differing = different_options([r["config"] for r in records], defaults)
+    differing = different_options([r["config"] for r in records])
     metric = "val_loss" if task == "forecasting" else "val_acc"
     letters, val_parts = name_validation_parts([validation_part(task, r["data"]) for r in records])
     rows = []
@@ -149,7 +149,7 @@ def compare_runs(
                 best_key: result.get(best_key),
                 "train_seconds": result.get("train_seconds"),
                 "test": test_result(task, r["test"]),
-                "options": {k: r["config"].get(k, defaults.get(k)) for k in differing},
+                "options": {k: r["config"].get(k) for k in differing},
                 "val_part": letter,
             }
         )

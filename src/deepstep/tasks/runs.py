@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepstep.config import PATH_OPTIONS, TrainConfig, absolute_path, flag, preset_source
+from deepstep.config import PATH_OPTIONS, TrainConfig, absolute_path, flag, preset_source, with_defaults
 from deepstep.engine.fit import FitState, Monitor, Training, unrepeatable_note
 from deepstep.engine.loop import Step
 from deepstep.engine.optim import Plateau, WeightAverage
@@ -160,7 +160,7 @@ def open_run_for_resume(config: TrainConfig, must_match: Sequence[str]) -> tuple
             f"{run.path} has no checkpoint to resume: its run stopped before its first one; "
             "leave out --resume to start it again"
         )
-    before, now_ = run.read_config(), config.to_dict()
+    before, now_ = with_defaults(run.read_config(), config.task), config.to_dict()
     for name in PATH_OPTIONS:  # a run from before paths were recorded absolute, resumed where it was made
         before[flag(name)] = absolute_path(name, before.get(flag(name)))
     blocking = [flag(k) for k in must_match if before.get(flag(k)) != now_.get(flag(k))]
@@ -178,7 +178,8 @@ def run_config(run: RunDir, data: str | None = None) -> TrainConfig:
     is now, if it moved since training (the run's fingerprint check then says whether it is the same)."""
     from deepstep.config import check_values
 
-    config = TrainConfig(**check_values(run.read_config(), source=str(run.file("config.yaml"))))
+    saved = run.read_config()
+    config = TrainConfig(**check_values(with_defaults(saved, saved.get("task")), source=str(run.file("config.yaml"))))
     if data:
         return dataclasses.replace(config, data=absolute_path("data", data))
     if Path(config.data).is_absolute() and not Path(config.data).exists():
