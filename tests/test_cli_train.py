@@ -104,6 +104,37 @@ def test_a_run_from_before_an_option_existed_resumes_with_the_option_at_its_defa
     assert info["resumes"][0]["changed"] == ["epochs: 1 -> 2"] and info["result"]["epochs"] == 2
 
 
+def test_monitor_val_loss_keeps_the_epoch_of_the_lowest_validation_loss_and_resume_keeps_it(
+    image_folder, seasonal_csv, capsys
+):
+    assert _train(image_folder, "--epochs", "6", "--monitor", "val_loss", out="runs/loss") == 0
+    with open("runs/loss/metrics.csv") as f:
+        rows = [(int(r["epoch"]), float(r["val_loss"]), float(r["val_acc"])) for r in csv.DictReader(f)]
+    lowest = min(rows, key=lambda r: r[1])  # min keeps the first of equals, as the monitor does
+    first_best_acc = max(rows, key=lambda r: r[2])
+    assert lowest[0] != first_best_acc[0]  # so the test tells the two monitors apart
+    info = json.loads(Path("runs/loss/run.json").read_text())["result"]
+    assert info["best_epoch"] == lowest[0] and info["best_val_loss"] == pytest.approx(lowest[1], rel=1e-5)
+    assert "best_val_acc" not in info
+    assert json.loads(Path("runs/loss/checkpoints/best.json").read_text())["epoch"] == lowest[0]
+    assert f"best val loss {info['best_val_loss']:.4g} at epoch {lowest[0]}" in capsys.readouterr().out
+    result = _compare_json(capsys, "runs/loss")
+    assert result["runs"][0]["best_val_acc"] == lowest[2]  # compare reads the chosen epoch's accuracy
+    assert main(["train", "--out", "runs/loss", "--resume", "--epochs", "8", "--monitor", "val_acc", "--quiet"]) == 2
+    assert (
+        "cannot resume runs/loss with a different monitor (monitor: 'val_loss' -> 'val_acc')" in capsys.readouterr().err
+    )
+    forecast = ["train", "--data", str(seasonal_csv), "--target", "Sales", "--monitor", "val_acc"]
+    assert main(forecast) == 2
+    assert "--monitor val_acc: a forecast has no accuracy; it is chosen by val_loss" in capsys.readouterr().err
+
+
+def _compare_json(capsys, *runs):
+    capsys.readouterr()
+    assert main(["compare", *runs, "--json", "--out", "c.png"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def test_resuming_a_finished_run_says_how_to_train_on_and_leaves_its_record(image_folder, capsys):
     assert _train(image_folder, "--epochs", "2", out="runs/done") == 0
     capsys.readouterr()

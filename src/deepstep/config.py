@@ -26,6 +26,7 @@ IN_MEMORY = ("auto", "yes", "no")
 TASKS = ("auto", "image-classification", "forecasting", "sequence-classification")
 FILLS = ("none", "interpolate", "ffill", "drop")
 CLASS_WEIGHTS = ("none", "balanced")
+MONITORS = ("val_acc", "val_loss")
 
 
 @dataclass
@@ -102,6 +103,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     patience: int = 0
+    monitor: str = "val_acc"  # what picks the best checkpoint and drives --patience; val_loss for forecasting
     out: str | None = None
     resume: bool = False
     recipe: str | None = None
@@ -132,6 +134,7 @@ class TrainConfig:
             ("task", TASKS),
             ("fill", FILLS),
             ("class_weights", CLASS_WEIGHTS),
+            ("monitor", MONITORS),
         ):
             value = getattr(self, name)
             if value not in choices:
@@ -188,6 +191,8 @@ class TrainConfig:
             raise DeepstepError("--find-lr tries learning rates on a fresh model: it cannot --resume a run")
         if self.patience < 0:
             raise DeepstepError(f"--patience must be >= 0 (0 turns early stopping off), got {self.patience}")
+        if self.task == "forecasting" and self.monitor != "val_loss":
+            raise DeepstepError(f"--monitor {self.monitor}: a forecast has no accuracy; it is chosen by val_loss")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is not None and len(value) not in (1, 3):
@@ -518,7 +523,7 @@ _SEQUENCE_DEFAULTS = {
     "precision": "32",
 }
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "forecasting": _SEQUENCE_DEFAULTS,
+    "forecasting": {**_SEQUENCE_DEFAULTS, "monitor": "val_loss"},
     "sequence-classification": _SEQUENCE_DEFAULTS,
 }
 

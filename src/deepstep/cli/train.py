@@ -11,6 +11,7 @@ from deepstep.config import (
     DEVICES,
     FILLS,
     IN_MEMORY,
+    MONITORS,
     OPTIMIZERS,
     PRECISIONS,
     RECIPES,
@@ -452,7 +453,20 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "patience",
-        {"type": int, "metavar": "N", "help": "stop after N epochs without a better val accuracy (default 0: never)"},
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "stop after N epochs without a better --monitor value (default 0: never)",
+        },
+    ),
+    (
+        "monitor",
+        {
+            "choices": MONITORS,
+            "help": "the validation metric that picks the best checkpoint and drives --patience and --schedule "
+            "plateau: val_acc (default; a classifier's) or val_loss (a forecast's only one; finer than "
+            "the accuracy of a small validation part, which ties from epoch to epoch)",
+        },
     ),
     ("out", {"metavar": "DIR", "help": "run folder (default runs/MODEL-DATA[-N])"}),
     (

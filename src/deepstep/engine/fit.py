@@ -77,6 +77,11 @@ class Monitor:
     name: str = "val_acc"
     higher_is_better: bool = True
 
+    @classmethod
+    def named(cls, name: str) -> Monitor:
+        """--monitor's metric: an accuracy is better higher, a loss lower."""
+        return cls(name, higher_is_better=not name.endswith("loss"))
+
     def better(self, value: float, best: float | None) -> bool:
         if best is None:
             return True

@@ -86,6 +86,15 @@ def name_validation_parts(parts: Sequence[tuple[str, str] | None]) -> tuple[list
     return [None if part is None else letters[part[0]] for part in parts], described
 
 
+def at_best_epoch(metrics: Sequence[dict[str, Any]], result: dict[str, Any], key: str) -> float | None:
+    """`key` ("best_val_acc") of the best checkpoint: the value recorded for what --monitor chose, or,
+    when the run was chosen by another metric (--monitor val_loss), the epoch's own val_acc."""
+    if result.get(key) is not None:
+        return result[key]
+    row = next((m for m in metrics if m.get("epoch") == result.get("best_epoch")), {})
+    return row.get(key.removeprefix("best_"))
+
+
 def test_result(task: str, test: dict[str, Any] | None) -> dict[str, float] | None:
     """The test part's headline numbers, if the run was evaluated on it."""
     if not test:
@@ -146,7 +155,7 @@ def compare_runs(
                 "model": r["model"],
                 "epochs": len(r["metrics"]),
                 "best_epoch": result.get("best_epoch"),
-                best_key: result.get(best_key),
+                best_key: at_best_epoch(r["metrics"], result, best_key),
                 "train_seconds": result.get("train_seconds"),
                 "test": test_result(task, r["test"]),
                 "options": {k: r["config"].get(k) for k in differing},

@@ -165,7 +165,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         val_batches=_batches(data, val_starts, config, train=False) if len(val_starts) else None,
         train_step=forecast_step(config.relative),
         eval_step=forecast_step(config.relative),
-        monitor=Monitor("val_loss", higher_is_better=False),
+        monitor=Monitor.named(config.monitor),  # val_loss: the only one a forecast has
         meta={
             "columns": data.series.columns,
             "lookback": L,

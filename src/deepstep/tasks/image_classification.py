@@ -93,6 +93,7 @@ PROBE_FILES = 8
 
 # Changing these between a run and its resume would make the result meaningless.
 RESUME_MUST_MATCH = (
+    "monitor",  # the best checkpoint so far was chosen by it
     "data",
     "model",
     "model_args",
@@ -791,7 +792,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
             out = write_batch_preview(global_batches, data.prep, data.source.classes, run.file("train-batch.png"))
             log(f"augmented training images: {out}")
 
-    monitor = Monitor("val_acc", True)
+    monitor = Monitor.named(config.monitor)
     state = fit(
         training,
         epochs=config.epochs,

@@ -284,6 +284,7 @@ def write_record(
 
 # What every recurrent run must keep to be resumed; each sequence task adds its data options.
 RECURRENT_MUST_MATCH = (
+    "monitor",
     "data",
     "model",
     "model_args",

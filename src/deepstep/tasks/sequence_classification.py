@@ -143,7 +143,7 @@ def train(config: TrainConfig, log: Log = print, progress: bool = True) -> Path:
         else _batches(standardise(val, mean, std), val.labels, config.batch_size, False, 0),
         train_step=sequence_step,
         eval_step=sequence_step,
-        monitor=Monitor("val_acc", higher_is_better=True),
+        monitor=Monitor.named(config.monitor),
         meta={
             "classes": data.classes,
             "features": data.features,
