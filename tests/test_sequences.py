@@ -52,6 +52,17 @@ def test_a_zip_of_the_folder_is_recognised_and_unpacked_once(sequence_folder, tm
     assert first.root == again.root and first.fingerprint == again.fingerprint
 
 
+def test_an_image_folder_with_a_labels_csv_is_not_taken_for_sequences(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "dogs" / "train").mkdir(parents=True)  # Kaggle's layout: images, and labels.csv beside them
+    Image.new("RGB", (8, 8)).save(tmp_path / "dogs" / "train" / "0a1b.jpg")
+    (tmp_path / "dogs" / "labels.csv").write_text("id,breed\n0a1b,husky\n")
+    assert not is_sequence_spec(str(tmp_path / "dogs")) and infer_task(str(tmp_path / "dogs")) == "image-classification"
+    with pytest.raises(DeepstepError, match="'0a1b' is not one"):  # asked for sequences all the same
+        load_sequences(str(tmp_path / "dogs"), tmp_path)
+
+
 def test_an_npz_with_lengths_keeps_each_sequence_its_own_length(tmp_path):
     x = np.zeros((3, 5, 2), np.float32)
     np.savez(tmp_path / "d.npz", X=x, y=np.array([0, 1, 2]), lengths=np.array([5, 3, 1]))

@@ -67,7 +67,8 @@ def is_sequence_spec(spec: str) -> bool:
     if path.suffix.lower() == ".npz":
         return True
     if path.is_dir():
-        return _labels_file(path, quiet=True) is not None
+        labels = _labels_file(path, quiet=True)
+        return labels is not None and _sequence_files(labels) != {}  # not an image folder's labels.csv
     if path.is_file() and path.suffix.lower() == ".zip":
         import zipfile
 
@@ -246,14 +247,26 @@ def _npz_lengths(path: Path, lengths: np.ndarray, count: int, steps: int) -> np.
     return lengths
 
 
-def _load_folder(root: Path, name: str) -> SequenceSet:
-    labels_path = _labels_file(root)
-    labels_by_id = _id_map(labels_path)
+def _sequence_files(labels_path: Path) -> dict[str, Path]:
+    """The per-sequence CSVs beside (or below) a labels CSV, by their id: ..._<id>.csv."""
     files = {}
     for p in sorted(labels_path.parent.rglob("*.csv")):
         match = TRAILING_ID.search(p.stem)
         if p != labels_path and match:
             files[str(int(match.group(1)))] = p
+    return files
+
+
+def _load_folder(root: Path, name: str) -> SequenceSet:
+    labels_path = _labels_file(root)
+    labels_by_id = _id_map(labels_path)
+    files = _sequence_files(labels_path)
+    not_ids = [i for i in labels_by_id if not is_number(i)]
+    if not_ids:
+        raise DeepstepError(
+            f"{labels_path}: a sequence's id is the number ending its file's name (..._<id>.csv); "
+            f"{not_ids[0]!r} is not one"
+        )
     ids = [str(int(float(i))) for i in labels_by_id]
     missing = [i for i in ids if i not in files]
     if missing:
