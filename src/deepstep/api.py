@@ -67,17 +67,19 @@ class Run:
         precision: str | None = None,
         device: str | None = None,
         gradcam: bool | None = None,
+        labels: str | None = None,
         verbose: bool = True,
     ) -> dict[str, Any]:
         """The run's metrics on `split`: "test" (once per run), "val", or, for a classifier, "all" of
-        other labelled data given as `data` (e.g. new photos in class folders). Images: accuracy, loss, each
+        other labelled data given as `data` (e.g. new photos in class folders, or named by the CSV
+        `labels`). Images: accuracy, loss, each
         class's accuracy, precision, recall and F1, macro F1 (ROC AUC for two classes), confusion matrix (`tta`: "flip" or "flip-translate" averaging; `precision`: None or
         "32" for fp32, "bf16", "16" or "auto", as training's; `device`: as train's, auto when None).
         Forecasting: MAE, RMSE, MAPE, sMAPE, MASE (`baselines`, `backtest`). Sequences: accuracy,
         precision, recall, F1, ROC AUC. `data`, for test and val: where the run's data is now, if it moved
         since training. `gradcam` (images): also draw the mistakes under their Grad-CAM maps."""
         task = self.task
-        _images_only(task, self.path, precision=precision, device=device, gradcam=gradcam)
+        _images_only(task, self.path, precision=precision, device=device, gradcam=gradcam, labels=labels)
         if task == "forecasting":
             from deepstep.tasks.forecasting import evaluate_run as evaluate_forecast
 
@@ -111,6 +113,7 @@ class Run:
             log=_log(verbose),
             progress=verbose,
             gradcam=bool(gradcam),
+            labels=labels,
         )
 
     def predict(
@@ -303,15 +306,18 @@ def show(
     out: str | Path = "grid.png",
     data_dir: str | None = None,
     time: str | None = None,
+    labels: str | None = None,
 ) -> Path:
-    """Save a picture of a dataset: a labelled grid of `n` images of a split, a series' columns
-    over time, or `n` labelled sequences; returns the PNG's path. A `Run` shows the data it trained on."""
+    """Save a picture of a dataset: a labelled grid of `n` images of a split (`labels`: the CSV
+    naming each image's class, as train's --labels), a series' columns over time, or `n` labelled
+    sequences; returns the PNG's path. A `Run` shows the data it trained on."""
     from deepstep.tasks import show as show_data
 
     if isinstance(data, Run):
         config = data.config
         data, data_dir, time = config["data"], data_dir or config.get("data_dir"), time or config.get("time")
-    return show_data(data, split=split, n=n, out=out, data_dir=data_dir, time=time)
+        labels = labels or config.get("labels")
+    return show_data(data, split=split, n=n, out=out, data_dir=data_dir, time=time, labels=labels)
 
 
 def compare(

@@ -52,6 +52,7 @@ class TrainConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     strict: bool = False
+    labels: str | None = None  # a CSV naming each image's class, in place of class folders
     # sequences: forecasting a CSV column, or classifying one sequence per file
     target: str | None = None
     features: list[str] | None = None
@@ -261,12 +262,12 @@ def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-PATH_OPTIONS = ("data", "data_dir", "group_file", "model_file")
+PATH_OPTIONS = ("data", "data_dir", "group_file", "model_file", "labels")
 
 
 def absolute_path(name: str, value: Any) -> Any:
-    """`value` of option `name` as an absolute path if it is one: --data and --group-file only if
-    they exist as given (else they name a built-in dataset, or a file inside the data)."""
+    """`value` of option `name` as an absolute path if it is one: --data, --group-file and --labels
+    only if they exist as given (else they name a built-in dataset, or a file inside the data)."""
     if name not in PATH_OPTIONS or not value or (name != "data_dir" and not Path(value).exists()):
         return value
     return os.path.abspath(value)  # not resolve(): the user's own path, symlinks and all

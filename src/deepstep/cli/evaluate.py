@@ -87,7 +87,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=("test", "val", "all"),
         help="default test; all: every example of other labelled data given with --data (classifiers)",
     )
-    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="default best (by val accuracy)")
+    parser.add_argument(
+        "--checkpoint", default="best", choices=("best", "last"), help="default best (by the run's --monitor)"
+    )
     add_tta_options(parser)
     parser.add_argument("--force", action="store_true", help="evaluate the test part again (recorded)")
     parser.add_argument(
@@ -101,6 +103,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="where the run's data is now, if it moved since training (its content is checked); "
         "with --split all, the other data to score",
+    )
+    parser.add_argument(
+        "--labels",
+        metavar="FILE.csv",
+        help="images: the CSV naming each image's class (as train's --labels), for --data in another place",
     )
     parser.add_argument("--data-dir", metavar="DIR", help="data cache, if not the one used in training")
     parser.add_argument(
@@ -119,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from deepstep.tasks import run_task
 
     task = run_task(args.run_dir)
-    images = ("tta", "tta_translate", "precision", "device", "gradcam")
+    images = ("tta", "tta_translate", "precision", "device", "gradcam", "labels")
     forecast = ("baselines", "backtest", "order", "seasonal_order")
     unused = {"image-classification": forecast, "forecasting": images, "sequence-classification": images + forecast}
     refuse_options(args, unused[task], args.run_dir, task)
@@ -143,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         log=(lambda m: None) if quiet else print,
         progress=progress_enabled(args) and not quiet,
         gradcam=args.gradcam,
+        labels=args.labels,
     )
     if args.json:
         print_json(result)

@@ -35,6 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n", type=int, default=16, help="number of images or sequences (default 16)")
     parser.add_argument("--out", default="grid.png", metavar="OUT.png", help="default grid.png")
     parser.add_argument("--time", metavar="COL[,COL]", help="series: the time column(s), if not inferred")
+    parser.add_argument(
+        "--labels", metavar="FILE.csv", help="images: the CSV naming each image's class, as train's --labels"
+    )
     parser.add_argument("--data-dir", metavar="DIR", help="cache for downloads and unpacked archives")
     parser.set_defaults(run=run)
 
@@ -51,12 +54,21 @@ def run(args: argparse.Namespace) -> int:
     task = infer_task(args.data)
     unused = {
         "image-classification": ("time",),
-        "forecasting": ("split",),
-        "sequence-classification": ("split", "time"),
+        "forecasting": ("split", "labels"),
+        "sequence-classification": ("split", "time", "labels"),
     }
     refuse_options(args, unused[task], args.data, task)
     split = args.split or "train"
-    out = show(args.data, split=split, n=args.n, out=args.out, data_dir=args.data_dir, time=args.time, task=task)
+    out = show(
+        args.data,
+        split=split,
+        n=args.n,
+        out=args.out,
+        data_dir=args.data_dir,
+        time=args.time,
+        task=task,
+        labels=args.labels,
+    )
     what = {"forecasting": "series", "sequence-classification": "sequences"}.get(task, "grid")
     print(f"{what}: {out}")
     return 0

@@ -67,6 +67,14 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "labels",
+        {
+            "metavar": "FILE.csv",
+            "help": "images: a CSV of 'image,class' rows naming each image's class, for a folder of images "
+            "without class folders (Kaggle's layout); looked for inside --data too",
+        },
+    ),
+    (
         "task",
         {
             "choices": TASKS,

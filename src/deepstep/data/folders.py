@@ -37,6 +37,7 @@ class ImageFolderLayout:
     classes: list[str]
     splits: dict[str, FolderSplit]
     notes: list[str]  # what was left out and why: empty class folders, files that are not images
+    labels_file: Path | None = None  # the CSV that names the images' classes, if not their folders
 
 
 def is_archive(path: Path) -> bool:
@@ -107,9 +108,11 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[
     subfolders = _class_folders(folder)
     if not subfolders:
         if any(_is_image(p.name) for p in folder.iterdir()):
+            tables = sorted(p.name for where in (folder, folder.parent) for p in where.glob("*.csv"))
             raise DeepstepError(
                 f"{folder} holds images but no class subfolders: put each class in its own folder, "
                 f"{folder}/<class>/<image>.jpg (ImageFolder layout)"
+                + (f", or give the CSV that names each image's class: --labels {tables[0]}" if tables else "")
             )
         raise DeepstepError(
             f"{folder} has no class subfolders: expected {folder}/<class>/<image>.jpg (ImageFolder layout)"
@@ -138,6 +141,105 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[
     return classes, FolderSplit(files, labels), _left_out_notes(folder, empty, loose, others)
 
 
+def read_labels_table(path: Path) -> list[list[str]]:
+    """A labels CSV's rows of cells (stripped; blank lines left out), split by commas, semicolons
+    or tabs, whichever its first line holds."""
+    import csv
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        text = path.read_text(encoding="cp1252")  # as Excel saves on Windows
+    first = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=first.count)
+    return [[c.strip() for c in row] for row in csv.reader(text.splitlines(), delimiter=delimiter) if any(row)]
+
+
+def _image_lookup(folder: Path, images: list[Path]) -> dict[str, Path | None]:
+    """Each image under `folder` by its path there, its file name, and both without the extension
+    (Kaggle's ids leave it out); None for a name that two images share."""
+    lookup: dict[str, Path | None] = {}
+    for image, relative in zip(images, relative_names(folder, images), strict=True):
+        name = relative.rsplit("/", 1)[-1]
+        for key in {relative, relative.rsplit(".", 1)[0], name, name.rsplit(".", 1)[0]}:
+            lookup[key] = None if key in lookup and lookup[key] != image else image
+    return lookup
+
+
+def scan_labelled_folder(folder: Path, labels: Path) -> ImageFolderLayout:
+    """Images under `folder` whose classes a CSV names, one `image,class` row each after a header
+    (as Kaggle ships data sets; fastai's ImageDataLoaders.from_csv, Keras's flow_from_dataframe):
+    the image by its file name or its path under `folder`, with or without the extension."""
+    if not folder.is_dir():
+        raise DeepstepError(f"{folder} is not a folder: --labels names the classes of the images in a folder")
+    others: list[Path] = []
+    images = find_images(folder, others)
+    if not images:
+        raise DeepstepError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    lookup = _image_lookup(folder, images)
+    rows = read_labels_table(labels)
+
+    def key(cell: str) -> str:
+        return cell.replace("\\", "/").removeprefix("./")
+
+    if rows and key(rows[0][0]) not in lookup:
+        header, rows = rows[0], rows[1:]
+    else:
+        header = ["image", "class"]
+    if len(header) != 2 or any(len(row) != len(header) for row in rows):
+        width = len(header) if len(header) != 2 else next(len(row) for row in rows if len(row) != 2)
+        raise DeepstepError(
+            f"{labels}: --labels reads two columns, each image and its class; this has {width}"
+            + (f" ({', '.join(header)})" if len(header) > 2 else "")
+            + ("; a column per class (one-hot) is not read: make it one column of class names" if width > 2 else "")
+        )
+    if not rows:
+        raise DeepstepError(f"{labels} holds no 'image,class' rows")
+    chosen: dict[Path, str] = {}
+    missing = []
+    for number, (name, label) in enumerate(rows, start=2):
+        image = lookup.get(key(name), False)
+        if image is None:
+            raise DeepstepError(
+                f"{labels} line {number}: {name!r} is the name of several images under {folder}; "
+                "give its path there, with its extension"
+            )
+        if image is False:
+            missing.append(name)
+            continue
+        if not label:
+            raise DeepstepError(f"{labels} line {number}: {name} has no class")
+        if chosen.setdefault(image, label) != label:
+            raise DeepstepError(f"{labels} gives {name} two classes: {chosen[image]} and {label}")
+    if missing:
+        raise DeepstepError(
+            f"{labels} names {len(missing)} image(s) that are not under {folder} (first: {first_few(missing)}); "
+            "its first column names each image by its file name or its path there"
+        )
+    classes = sorted(set(chosen.values()), key=lambda c: (0, float(c), c) if _is_number(c) else (1, 0.0, c))
+    index = {name: i for i, name in enumerate(classes)}
+    files = [image for image in images if image in chosen]  # the folder's order, as a class folder's
+    files.sort(key=lambda image: index[chosen[image]])  # stable: by class, then as found
+    unnamed = [image for image in images if image not in chosen]
+    others = [p for p in others if p.resolve() != labels.resolve()]
+    notes = _left_out_notes(folder, [], [], others)
+    if unnamed:
+        notes.append(
+            f"{folder}: left out {len(unnamed)} image(s) that {labels.name} does not name "
+            f"({first_few(p.relative_to(folder) for p in unnamed)}); predict them with `deepstep predict RUN`"
+        )
+    labelled = FolderSplit(files, [index[chosen[image]] for image in files])
+    return ImageFolderLayout(folder, classes, {"train": labelled}, notes, labels_file=labels)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _descend_single_folder(root: Path) -> Path:
     """An archive often wraps everything in one top folder: step into it."""
     while True:
@@ -150,8 +252,23 @@ def _descend_single_folder(root: Path) -> Path:
         return root
 
 
-def scan_image_folder(path: Path) -> ImageFolderLayout:
-    """Read an ImageFolder layout: `train/` (+ `val/`, `test/`) or one folder of class folders."""
+def find_labels_file(labels: str, folder: Path) -> Path:
+    """--labels as given, or, if not there, inside the data folder (an archive's own labels.csv, or
+    one that moved with its folder)."""
+    path = Path(labels).expanduser()
+    if path.is_file():
+        return path
+    inside = [folder / labels] if (folder / labels).is_file() else sorted(folder.rglob(path.name))
+    if inside:
+        return inside[0]
+    raise DeepstepError(f"--labels {labels} not found (looked as given and inside {folder})")
+
+
+def scan_image_folder(path: Path, labels: str | None = None) -> ImageFolderLayout:
+    """Read an ImageFolder layout: `train/` (+ `val/`, `test/`) or one folder of class folders; or,
+    with `labels` (a CSV), the images under `path` that it names."""
+    if labels and path.is_dir():
+        return scan_labelled_folder(path, find_labels_file(labels, path))
     if not path.exists():
         raise DeepstepError(
             f"{path} does not exist: give an image folder, a .tar.gz/.zip of one, or a built-in dataset name"

@@ -91,6 +91,7 @@ class ImageSource:
     test_origin: str
     root: Path | None = None
     notes: list[str] = field(default_factory=list)  # what the folder scan left out, logged by train
+    labels_file: Path | None = None  # the CSV that named the classes (--labels), if not class folders
 
 
 @dataclass
@@ -154,33 +155,49 @@ AUTHORS_FILES = {
 
 
 def open_image_source(
-    spec: str, data_dir: Path | None = None, test_split: float = 0.2, *, carve_test: bool = True
+    spec: str,
+    data_dir: Path | None = None,
+    test_split: float = 0.2,
+    *,
+    carve_test: bool = True,
+    labels: str | None = None,
 ) -> ImageSource:
     """A built-in dataset name, an image folder, or a .tar.gz/.zip archive of one. A folder without
     test/ has `test_split` of each class carved as its test part, unless not `carve_test` (every
-    image is then in train, as when a whole folder is scored)."""
+    image is then in train, as when a whole folder is scored). `labels`: a CSV naming the class of
+    each image in the folder (scan_labelled_folder), in place of class folders."""
     data_dir = data_cache_dir(data_dir)
+    path = Path(spec).expanduser()
+    if labels and (spec in DATASETS or path.name in AUTHORS_FILES):
+        raise DeepstepError(f"--labels names the classes of a folder's images; {spec} has its own: leave it out")
     if spec in DATASETS:
         return DATASETS.get(spec).open(data_dir, test_split)
     check_image_spec(spec)
-    path = Path(spec).expanduser()
     if path.name in AUTHORS_FILES:
         return DATASETS.get(AUTHORS_FILES[path.name]).open(data_dir, test_split, given=path)
     if is_archive(path):
         folder = unpack_archive(path, data_dir)
-        if idx := find_idx_files(folder):
+        if not labels and (idx := find_idx_files(folder)):
             return _idx_source(idx, archive_stem(path), data_dir)
-        return _folder_source(folder, archive_stem(path), test_split, data_dir, unpacked=True, carve_test=carve_test)
-    if path.is_dir() and (idx := find_idx_files(path)):
+        return _folder_source(
+            folder, archive_stem(path), test_split, data_dir, unpacked=True, carve_test=carve_test, labels=labels
+        )
+    if path.is_dir() and not labels and (idx := find_idx_files(path)):
         return _idx_source(idx, path.resolve().name, data_dir)
-    return _folder_source(path, path.resolve().name, test_split, data_dir, carve_test=carve_test)
+    return _folder_source(path, path.resolve().name, test_split, data_dir, carve_test=carve_test, labels=labels)
 
 
 def _folder_source(
-    path: Path, name: str, test_split: float, data_dir: Path, unpacked: bool = False, carve_test: bool = True
+    path: Path,
+    name: str,
+    test_split: float,
+    data_dir: Path,
+    unpacked: bool = False,
+    carve_test: bool = True,
+    labels: str | None = None,
 ) -> ImageSource:
     """`unpacked`: `path` is deepstep's own unpacking of an archive, named by the archive's content hash."""
-    layout = scan_image_folder(path)
+    layout = scan_image_folder(path, labels)
     splits = {
         split: ImageSplit(labels=np.asarray(s.labels, dtype=np.int64), files=s.files)
         for split, s in layout.splits.items()
@@ -212,6 +229,7 @@ def _folder_source(
         test_origin=origin,
         root=layout.root,
         notes=layout.notes,
+        labels_file=layout.labels_file,
     )
 
 
@@ -228,6 +246,8 @@ def _layout_fingerprint(
     files = [path for _, path in named]
     hashes = [""] * len(files) if archive_id else content_hashes(layout.root, files, data_dir)
     digest = hashlib.sha256(f"{layout.classes}|{test_split}|{archive_id}".encode())
+    if layout.labels_file is not None:  # the classes are the CSV's, not the folders'
+        digest.update(b"labels|" + hashlib.sha256(layout.labels_file.read_bytes()).digest())
     for (split, _), name, content in zip(named, relative_names(layout.root, files), hashes, strict=True):
         digest.update(f"{split}|{name}|{content}\n".encode())
     return digest.hexdigest()[:16]

@@ -31,7 +31,7 @@ TASK_OPTIONS: dict[str, tuple[str, ...]] = {
             "pretrained", "freeze_backbone", "unfreeze_after", "backbone_lr_scale", "image_size", "resize",
             "in_memory", "workers", "val_split", "test_split", "mean", "std", "strict", "label_smoothing",
             "augment", "crop_padding", "alternate_flip", "cutout", "mixup", "cutmix", "progressive_crop",
-            "progressive_until",
+            "progressive_until", "labels",
         ),
         (IMAGES,),
     ),
@@ -117,6 +117,7 @@ def show(
     data_dir: str | None = None,
     time: str | None = None,
     task: str | None = None,
+    labels: str | None = None,
 ) -> Path:
     """A picture of a dataset, by what it holds (`task`, inferred when not given): a labelled
     grid of images from `split`, the columns of a series over time, or `n` labelled sequences.
@@ -126,7 +127,7 @@ def show(
         return task_module(task).show_series(data, out=out, time=time)
     if task == "sequence-classification":
         return task_module(task).show_sequences(data, n=n, out=out, data_dir=data_dir)
-    return task_module(task).show_images(data, split=split, n=n, out=out, data_dir=data_dir)
+    return task_module(task).show_images(data, split=split, n=n, out=out, data_dir=data_dir, labels=labels)
 
 
 def train(config, log=print, progress: bool = True) -> Path:

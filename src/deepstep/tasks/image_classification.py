@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepstep.config import PRECISIONS, TrainConfig, parse_image_size, preset_source
+from deepstep.config import PRECISIONS, TrainConfig, absolute_path, parse_image_size, preset_source
 from deepstep.data.batches import first_batch
 from deepstep.data.folders import find_images, in_natural_order
 from deepstep.data.images import ImageBatches, MixedBatches, Pixels, channel_stats, load_pixels, normalize
@@ -114,6 +114,7 @@ RESUME_MUST_MATCH = (
     "progressive_until",
     "resize",
     "pretrained",
+    "labels",
 )
 
 
@@ -433,7 +434,7 @@ def carve_validation(part: Part, fraction: float, seed: int) -> tuple[Part, Part
 
 def open_training_source(config: TrainConfig) -> ImageSource:
     """The data's files and classes (an archive unpacked, a test part carved), nothing decoded yet."""
-    source = open_image_source(config.data, data_cache_dir(config.data_dir), config.test_split)
+    source = open_image_source(config.data, data_cache_dir(config.data_dir), config.test_split, labels=config.labels)
     if len(source.classes) < 2:
         raise DeepstepError(
             f"{config.data} has one class ({source.classes[0]}): a classifier needs at least two, one folder each"
@@ -483,6 +484,7 @@ def prepare_training_data(
         "root": str(source.root) if source.root else None,
         "fingerprint": source.fingerprint,
         "classes": source.classes,
+        **({"labels": str(source.labels_file)} if source.labels_file else {}),
         "in_memory": in_memory,
         "train": {"count": len(_labels(train))},
         "val": val_info,
@@ -872,8 +874,9 @@ def _log_start(
     log: Log, model_name: str, data: TrainingData, setup: Setup, run: RunDir | None, weights: torch.Tensor | None
 ) -> None:
     r, prep = data.report, data.prep
+    named = f" (classes from {Path(r['labels']).name})" if r.get("labels") else ""
     log(
-        f"data: {r['name']}: {r['train']['count']} train / {r['val']['count']} val ({r['val']['origin']}) / "
+        f"data: {r['name']}{named}: {r['train']['count']} train / {r['val']['count']} val ({r['val']['origin']}) / "
         f"{r['test']['count']} test ({r['test']['origin']}; not used in training)"
         + ("" if data.in_memory else "; streamed from disk")
     )
@@ -933,9 +936,11 @@ def evaluate_run(
     log: Log = print,
     progress: bool = True,
     gradcam: bool = False,
+    labels: str | None = None,
 ) -> dict[str, Any]:
     """Loss, accuracy, per-class accuracy and confusion matrix on `split`: test, val, or "all", every
-    image of other data given as `data` (all its parts; not recorded as a test evaluation);
+    image of other data given as `data` (all its parts; not recorded as a test evaluation), in class
+    folders or named by the CSV `labels` (as train's --labels);
     with `tta` ("flip" or "flip-translate"), each image's logits are averaged over views of it.
     `data`: where the run's data is now, if it moved since training. `precision`: "32" (fp32,
     also when None), "bf16", "16" or "auto", as training's --precision; the kernels are chosen
@@ -950,6 +955,8 @@ def evaluate_run(
     history = test_evaluations(run, split, force, lambda e: f"accuracy {e['accuracy']:.2%}")
     info = run.read_json("run.json")
     config = run_config(run, data)
+    if labels or split == "all":  # other data has its own labels CSV, or class folders
+        config = dataclasses.replace(config, labels=absolute_path("labels", labels))
     trained = load_trained(run, checkpoint)
     on, batch_size = resolve_device(device or "auto"), 256
     chosen = inference_precision(precision, trained.model, on, lambda: batch_size * _run_cost(trained), "evaluate")
@@ -1094,7 +1101,9 @@ def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data
     """The test part, the validation part rebuilt exactly as training carved it, or every image
     of other data (`split` "all")."""
     data_dir = data_cache_dir(data_dir, config.data_dir)
-    source = open_image_source(config.data, data_dir, config.test_split, carve_test=split != "all")
+    source = open_image_source(
+        config.data, data_dir, config.test_split, carve_test=split != "all", labels=config.labels
+    )
     if split == "all":
         if source.fingerprint == info["data"]["fingerprint"]:
             raise DeepstepError(same_data_for_all(config.data))
@@ -1542,11 +1551,12 @@ def show_images(
     data_dir: str | None = None,
     test_split: float = 0.2,
     seed: int = 0,
+    labels: str | None = None,
 ) -> Path:
-    """A labelled grid of `n` images drawn at random (seeded) from a split."""
+    """A labelled grid of `n` images drawn at random (seeded) from a split (`labels`: as train's)."""
     if n < 1:
         raise DeepstepError(f"--n must be at least 1, got {n}")
-    source = open_image_source(data, data_cache_dir(data_dir), test_split)
+    source = open_image_source(data, data_cache_dir(data_dir), test_split, labels=labels)
     if split not in source.splits:
         raise DeepstepError(f"{source.name} has no {split!r} split; it has {', '.join(source.splits)}")
     part = source.splits[split]
