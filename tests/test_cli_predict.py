@@ -26,6 +26,32 @@ def test_predict_matches_evaluate_on_the_test_images(trained_run, image_folder, 
     assert json.loads(capsys.readouterr().out)["accuracy"] == correct / len(results) and len(results) == 18
 
 
+def test_out_writes_each_image_s_class_and_every_class_s_probability_as_csv(
+    trained_run, image_folder, tmp_path, capsys
+):
+    import csv
+
+    out = tmp_path / "predictions.csv"
+    argv = ["predict", str(trained_run), str(image_folder / "test"), "--top-k", "1", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    results = json.loads(capsys.readouterr().out)
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["file", "label", "probability", "circle", "square", "stripes"]
+    assert [(r["file"], r["label"]) for r in rows] == [(r["file"], r["label"]) for r in results] and len(rows) == 18
+    for row, result in zip(rows, results, strict=True):
+        chances = {c: float(row[c]) for c in ("circle", "square", "stripes")}
+        assert abs(sum(chances.values()) - 1) < 1e-4 and max(chances, key=chances.get) == row["label"]
+        assert float(row["probability"]) == chances[row["label"]]
+        assert chances[row["label"]] == pytest.approx(result["top_k"][0]["probability"], abs=1e-6)
+    for wrong, message in (
+        (tmp_path, "is a folder: give the table's file name"),
+        (tmp_path / "p.txt", "end the name with .csv"),
+    ):
+        assert main(["predict", str(trained_run), str(image_folder / "test"), "--out", str(wrong)]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_a_folder_s_images_are_predicted_in_natural_order(trained_run, image_folder, tmp_path, capsys):
     import shutil
 

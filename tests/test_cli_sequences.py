@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -359,6 +360,12 @@ def test_predict_takes_a_folder_of_sequence_csvs_and_leaves_the_labels_file_out(
     assert "header_only.csv holds no rows of numbers: a sequence is one row per time step" in capsys.readouterr().err
     assert main(["predict", "runs/s", "nowhere"]) == 2
     assert "nowhere does not exist; give sequence CSV files" in capsys.readouterr().err
+    archive = shutil.make_archive(str(sequence_folder.parent / "moves"), "zip", sequence_folder)  # as shipped
+    assert main(["predict", "runs/s", archive, "--out", "p.csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 61 and lines[-1] == "written: p.csv" and lines[0].split(":")[0].endswith("seq_1.csv")
+    table = Path("p.csv").read_text().splitlines()
+    assert table[0] == "file,label,probability,-1,1" and len(table) == 61
     (sequence_folder / "inf_1.csv").write_text("1,2\n1,inf\n")
     assert main(["predict", "runs/s", str(sequence_folder / "inf_1.csv")]) == 2
     assert "inf_1.csv: row 2 holds inf or nan" in capsys.readouterr().err

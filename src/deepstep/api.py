@@ -130,6 +130,7 @@ class Run:
         strict: bool = False,
         gradcam: str | Path | None = None,
         gradcam_layer: str | None = None,
+        out: str | Path | None = None,
         verbose: bool = True,
     ) -> list[dict[str, Any]] | dict[str, Any]:
         """Top-k classes with softmax probabilities for each image file (or folder of images, or
@@ -141,7 +142,9 @@ class Run:
         (auto when None); `strict`: an unreadable image in a folder is an error instead of being
         left out with a warning; `top_k`: how many classes per image (default 5); `gradcam`: a
         picture of the first 12 images under their Grad-CAM maps for the class predicted, taken at
-        `gradcam_layer` (default: the last layer whose output has a height and width)."""
+        `gradcam_layer` (default: the last layer whose output has a height and width). `out`: a
+        classifier's CSV of each input's class and every class's probability ("probabilities" in
+        each result then holds them too), or where a forecast's CSV goes."""
         task = self.task
         _images_only(
             task,
@@ -158,7 +161,7 @@ class Run:
 
             if images is not None:
                 raise DeepstepError("a forecasting run predicts the steps after its own data: call run.predict()")
-            return forecast(self.path, checkpoint=checkpoint, plot=plot, data=data)
+            return forecast(self.path, checkpoint=checkpoint, plot=plot, data=data, out=out)
         if data is not None:
             raise DeepstepError(f"data= is for a forecasting run; {self.path} is {task}: leave it out")
         if images is None:
@@ -167,7 +170,7 @@ class Run:
         if task == "sequence-classification":
             from deepstep.tasks.sequence_classification import predict_run as classify
 
-            return classify(self.path, inputs, checkpoint=checkpoint)
+            return classify(self.path, inputs, checkpoint=checkpoint, out=out)
         from deepstep.tasks.image_classification import predict_run
 
         return predict_run(
@@ -183,6 +186,7 @@ class Run:
             strict=strict,
             gradcam=gradcam,
             gradcam_layer=gradcam_layer,
+            out=out,
         )
 
     def load_model(self, checkpoint: str = "best") -> nn.Module:
@@ -402,12 +406,13 @@ class Pretrained:
         strict: bool = False,
         gradcam: str | Path | None = None,
         gradcam_layer: str | None = None,
+        out: str | Path | None = None,
         verbose: bool = True,
     ) -> list[dict[str, Any]]:
         """Top-k ImageNet label names with softmax probabilities for each image file, folder or
         PIL image (as `Run.predict`'s); `precision`: None or "32" for fp32, "bf16", "16" or
         "auto", as training's; `device`: as train's (auto when None); `strict`, `gradcam`,
-        `gradcam_layer`: as `Run.predict`'s."""
+        `gradcam_layer`, `out`: as `Run.predict`'s."""
         from deepstep.tasks.image_classification import predict_pretrained
 
         paths = _inputs(images)
@@ -423,6 +428,7 @@ class Pretrained:
             strict=strict,
             gradcam=gradcam,
             gradcam_layer=gradcam_layer,
+            out=out,
         )
 
 

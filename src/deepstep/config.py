@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepstep.errors import DeepstepError, did_you_mean
+from deepstep.errors import DeepstepError, did_you_mean, reason_of
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "muon")
 SCHEDULES = ("none", "step", "cosine", "onecycle", "linear", "plateau")
@@ -485,7 +485,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise DeepstepError(f"config file {path} is not valid {path.suffix[1:].upper()}: {err}") from None
     except Exception as err:  # yaml.YAMLError without importing yaml at module level
         if type(err).__module__.startswith("yaml"):
-            first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+            first_line = reason_of(err)
             raise DeepstepError(f"config file {path} is not valid YAML: {first_line}") from None
         raise
     if not isinstance(raw, dict):

@@ -37,6 +37,14 @@ def kind_of(value: object) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
+def reason_of(err: BaseException, most: int = 200) -> str:
+    """An exception said in a one-line error: the first line of its message, cut to `most`
+    characters (a library's message may list a whole archive's files), or its type's name."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first if len(first) <= most else first[: most - 3].rstrip() + "..."
+
+
 def first_few(names: Iterable[object], most: int = 3) -> str:
     """The first `most` names, comma-separated, then ', ...' when there are more."""
     names = [str(n) for n in names]

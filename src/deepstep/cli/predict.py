@@ -86,7 +86,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--data", metavar="PATH", help="forecasting: where the run's series is now, if it moved since training"
     )
     parser.add_argument(
-        "--out", metavar="FILE.csv", help="forecasting: where to write the forecast (default RUN/forecast.csv)"
+        "--out",
+        metavar="FILE.csv",
+        help="classifiers: a CSV of each input's class, its probability and every class's; "
+        "forecasting: where to write the forecast (default RUN/forecast.csv)",
     )
     parser.set_defaults(run=run)
 
@@ -103,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
         task = run_task(args.inputs[0])
         images_only = ("top_k", "tta", "tta_translate", "precision", "device", "strict", "gradcam", "gradcam_layer")
         unused = {
-            "image-classification": ("out", "data"),
+            "image-classification": ("data",),
             "forecasting": images_only,
-            "sequence-classification": (*images_only, "plot", "out", "data"),
+            "sequence-classification": (*images_only, "plot", "data"),
         }
         refuse_options(args, unused[task], args.inputs[0], task)
         if task == "forecasting":
@@ -128,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         "strict": args.strict,
         "gradcam": args.gradcam,
         "gradcam_layer": args.gradcam_layer,
+        "out": args.out,
         "log": _stderr if args.json else print,  # --json keeps stdout for the JSON alone
     }
     if args.pretrained:
@@ -151,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         for what, path in (("plot", args.plot), ("grad-cam", args.gradcam)):
             if path:
                 print(f"{what}: {path}{more}")
+        if args.out:
+            print(f"written: {args.out}")
     return 0
 
 
@@ -182,7 +188,7 @@ def _sequences(args: argparse.Namespace) -> int:
 
     if len(args.inputs) < 2:
         raise DeepstepError("give the run folder and at least one sequence CSV or .npz: `deepstep predict RUN seq.csv`")
-    results = predict_run(args.inputs[0], args.inputs[1:], checkpoint=args.checkpoint)
+    results = predict_run(args.inputs[0], args.inputs[1:], checkpoint=args.checkpoint, out=args.out)
     if args.json:
         print_json(results)
         return 0
@@ -190,4 +196,6 @@ def _sequences(args: argparse.Namespace) -> int:
         probs = ", ".join(f"{c} {p:.1%}" for c, p in r["probabilities"].items())
         where = f"{r['file']} sequence {r['sequence']}" if "sequence" in r else r["file"]
         print(f"{where}: {r['label']}  ({probs})")
+    if args.out:
+        print(f"written: {args.out}")
     return 0

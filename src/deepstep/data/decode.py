@@ -1,4 +1,4 @@
-"""Decode image files into uint8 arrays (C, H, W). Imports only numpy and Pillow: decode
+"""Decode image files into uint8 arrays (C, H, W). Imports only numpy, Pillow and deepstep.errors: decode
 workers are spawned processes, and this keeps their start-up short."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from deepstep.errors import reason_of
 
 # Pillow's decompression-bomb guard, in pixels: open_image refuses images over it.
 Image.MAX_IMAGE_PIXELS = 89_478_485
@@ -106,7 +108,7 @@ def decode_files(
 
 
 def describe_error(err: BaseException) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    text = reason_of(err)
     if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
         return f"image too large: over {Image.MAX_IMAGE_PIXELS:,} pixels (decompression-bomb guard); scale it down"
     if isinstance(err, PermissionError):

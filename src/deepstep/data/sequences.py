@@ -17,7 +17,7 @@ import numpy as np
 from deepstep.data.folders import is_archive, unpack_archive
 from deepstep.data.series import is_number
 from deepstep.data.splits import stratified_split
-from deepstep.errors import DeepstepError
+from deepstep.errors import DeepstepError, reason_of
 
 LABEL_FILE = re.compile(r"(target|label|class)", re.IGNORECASE)
 TRAILING_ID = re.compile(r"(\d+)$")
@@ -90,7 +90,7 @@ def read_numbers(path: Path) -> np.ndarray:
     except pd.errors.EmptyDataError:
         raise DeepstepError(f"{path} is empty") from None
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise DeepstepError(f"{path} is not a readable CSV: {str(err).splitlines()[0]}") from None
+        raise DeepstepError(f"{path} is not a readable CSV: {reason_of(err)}") from None
     if len(frame) and pd.to_numeric(frame.iloc[0], errors="coerce").isna().all():
         frame = frame.iloc[1:]  # a header line
     values = frame.apply(pd.to_numeric, errors="coerce")
@@ -199,7 +199,7 @@ def read_npz(path: Path, labelled: bool = True) -> tuple[list[np.ndarray], np.nd
                 f"{path}: X is an object array (sequences of different lengths?); pad them into one float array "
                 "X (N, T, F) and save their lengths beside it as 'lengths'"
             ) from None
-        raise DeepstepError(f"{path} is not a readable .npz: {str(err).splitlines()[0]}") from None
+        raise DeepstepError(f"{path} is not a readable .npz: {reason_of(err)}") from None
     if x.ndim == 2:
         x = x[:, :, None]
     if y is not None and y.ndim == 2 and y.shape[1] == 1:

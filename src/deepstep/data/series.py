@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from deepstep.errors import DeepstepError, did_you_mean
+from deepstep.errors import DeepstepError, did_you_mean, reason_of
 
 TIME_NAMES = ("date", "time", "datetime", "timestamp", "month", "week", "day", "year", "period", "ds")
 
@@ -147,7 +147,7 @@ def _read_table(spec: str):
     except pd.errors.ParserWarning:
         raise DeepstepError(f"{path}: some rows have more cells than the header has columns; fix those rows") from None
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = reason_of(err)
         raise DeepstepError(f"{path} is not a readable CSV: {first}") from None
     if one_column:
         filled = np.flatnonzero(frame.notna().any(axis=1).to_numpy())

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from deepstep.data.batches import BatchesWrapper
-from deepstep.errors import DeepstepError, PeerStopped
+from deepstep.errors import DeepstepError, PeerStopped, reason_of
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def check_compiler(device: torch.device) -> None:
     try:
         get_cpp_compiler()
     except RuntimeError as err:  # inductor's InvalidCxxCompiler
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = reason_of(err)
         raise DeepstepError(
             f"--compile needs a C++ compiler on a CPU ({reason}); install g++ or clang (or set CXX to one), "
             "or train without --compile"

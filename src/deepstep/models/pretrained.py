@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from deepstep.errors import DeepstepError, did_you_mean
+from deepstep.errors import DeepstepError, did_you_mean, reason_of
 
 
 @dataclass(frozen=True)
@@ -144,13 +144,13 @@ def load_pretrained(name: str) -> tuple[nn.Module, PretrainedSpec]:
         ) from None
     except RuntimeError as err:  # the bytes that came do not match the hash in the file's name; nothing was kept
         raise DeepstepError(
-            f"the download of {spec.weights.url} was damaged ({str(err).splitlines()[0]}); run the command again"
+            f"the download of {spec.weights.url} was damaged ({reason_of(err)}); run the command again"
         ) from None
     try:
         with _weights_only_loading():
             model = torchvision.models.get_model(name, weights=spec.weights)
     except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = reason_of(err)
         if "weights_only" in str(err) or "Unsupported global" in str(err):
             first = "it holds more than tensors, and deepstep loads weights files with weights_only=True only"
         raise DeepstepError(

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from deepstep.errors import DeepstepError
+from deepstep.errors import DeepstepError, reason_of
 
 
 @dataclass
@@ -98,7 +98,7 @@ def trace_shapes(model: nn.Module, input_size: tuple[int, ...], batch: int = 1) 
             with torch.no_grad():
                 model(torch.zeros((batch, *input_size), device=device))
         except Exception as err:  # a model of the user's may raise anything
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = reason_of(err)
             if current:
                 name, module, shape = current[-1]
                 raise InputMismatch(name, module, shape, reason, done) from None

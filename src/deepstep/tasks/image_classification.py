@@ -67,6 +67,7 @@ from deepstep.tasks.runs import (
     now,
     open_run_for_resume,
     optimization,
+    prediction_table_path,
     record_test_evaluation,
     run_config,
     same_data_for_all,
@@ -74,6 +75,7 @@ from deepstep.tasks.runs import (
     start_run,
     test_evaluations,
     weighted_mean,
+    write_predictions,
     write_record,
 )
 
@@ -1310,13 +1312,16 @@ def predict_run(
     strict: bool = False,
     gradcam: str | Path | None = None,
     gradcam_layer: str | None = None,
+    out: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Class and softmax probabilities for each image, with the run's own pre-processing.
     `precision`: as evaluate's (fp32 when None); `device`: as train's (auto when None); `strict`:
     an unreadable image in a folder is an error, not left out with a warning; `top_k`: how many
     classes per image (default 5); `gradcam`: a picture of the first images' Grad-CAM maps, at
-    `gradcam_layer` (default: the last layer whose output has a height and width)."""
+    `gradcam_layer` (default: the last layer whose output has a height and width); `out`: a CSV
+    of every image's class and every class's probability."""
     top_k = checked_top_k(top_k)
+    out = prediction_table_path(out) if out is not None else None
     run = RunDir.open(run_path)
     on = resolve_device(device or "auto")
     trained = load_trained(run, checkpoint)
@@ -1337,6 +1342,7 @@ def predict_run(
         strict=strict,
         gradcam=gradcam,
         gradcam_layer=gradcam_layer,
+        out=out,
     )
 
 
@@ -1354,13 +1360,15 @@ def predict_pretrained(
     strict: bool = False,
     gradcam: str | Path | None = None,
     gradcam_layer: str | None = None,
+    out: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """ImageNet top-k label names and probabilities from torchvision's pretrained `model_name`,
     with the weights' own pre-processing (resize the short side, center-crop, normalise).
-    `top_k`, `precision`, `device`, `strict`, `gradcam`, `gradcam_layer`: as `predict_run`'s."""
+    `top_k`, `precision`, `device`, `strict`, `gradcam`, `gradcam_layer`, `out`: as `predict_run`'s."""
     from deepstep.models.pretrained import load_pretrained
 
     top_k = checked_top_k(top_k)
+    out = prediction_table_path(out) if out is not None else None
     files = image_files(inputs)  # a wrong path or device is said before the weights are loaded (or downloaded)
     on = resolve_device(device or "auto")
     model, spec = load_pretrained(model_name)
@@ -1382,6 +1390,7 @@ def predict_pretrained(
         strict=strict,
         gradcam=gradcam,
         gradcam_layer=gradcam_layer,
+        out=out,
     )
 
 
@@ -1401,9 +1410,11 @@ def classify_files(
     strict: bool = False,
     gradcam: str | Path | None = None,
     gradcam_layer: str | None = None,
+    out: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Softmax over the model's outputs for each image file (from `image_files`, which checks
-    each path once): the top-k classes, best first. An unreadable file found in a folder is left
+    each path once): the top-k classes, best first; with `out`, every class's probability too
+    ("probabilities"), written to that CSV (write_predictions). An unreadable file found in a folder is left
     out with a warning, unless `strict`. The model runs on `device` with the kernels
     training would choose for `precision`, all batches in one autocast region, so that it casts
     the weights once. The files are decoded in parts of up to `PREDICT_DECODE_BYTES`, so a folder
@@ -1436,10 +1447,13 @@ def classify_files(
                 probs = torch.softmax(model(x).float(), dim=1)
                 values, indices = probs.topk(top_k, dim=1)
                 batch = read[start : start + batch_size]
-                for file, p, idx in zip(batch, values.tolist(), indices.tolist(), strict=True):
+                every = probs.tolist() if out is not None else [None] * len(batch)
+                for file, p, idx, full in zip(batch, values.tolist(), indices.tolist(), every, strict=True):
                     ranked = [{"label": classes[i], "probability": q} for i, q in zip(idx, p, strict=True)]
                     where = {"file": str(file.path)} if file.path is not None else {"file": None, "image": file.index}
                     results.append({**where, "label": ranked[0]["label"], "top_k": ranked})
+                    if full is not None:
+                        results[-1]["probabilities"] = dict(zip(classes, full, strict=True))
                     if len(predicted) < len(shown):
                         predicted.append(idx[0])
     if reader.skipped:
@@ -1449,6 +1463,8 @@ def classify_files(
             f"warning: skipped {len(reader.skipped)} unreadable image(s) of {len(files)} "
             f"(first: {reader.skipped[0]}); --strict makes this an error"
         )
+    if out is not None:
+        write_predictions(results, classes, out)
     if plot is not None:
         from deepstep.plots import plot_predictions
 

@@ -345,6 +345,40 @@ def class_numbers(data: str, data_classes: Sequence[str], run_classes: Sequence[
     return np.array([list(run_classes).index(c) for c in data_classes], dtype=np.int64)
 
 
+def prediction_table_path(out: str | Path) -> Path:
+    """Where predict's --out table goes, checked before anything is predicted."""
+    out = Path(out)
+    if out.is_dir():
+        raise DeepstepError(f"{out} is a folder: give the table's file name, e.g. {out / 'predictions.csv'}")
+    if out.suffix.lower() != ".csv":
+        raise DeepstepError(f"--out {out}: predictions are written as CSV; end the name with .csv")
+    if not out.parent.is_dir():
+        raise DeepstepError(f"--out {out}: the folder {out.parent} does not exist")
+    return out
+
+
+def write_predictions(results: Sequence[dict[str, Any]], classes: Sequence[str], out: str | Path) -> Path:
+    """A CSV of predictions, a row each: the input (file, and the sequence or image's place when it
+    has one), the class said and its probability, then every class's probability in the run's
+    order (for a spreadsheet, a ROC curve, or a Kaggle submission)."""
+    import csv
+    import io
+
+    from deepstep.engine.files import write_text
+
+    places = [key for key in ("sequence", "image") if any(key in r for r in results)]
+    buffer = io.StringIO()
+    table = csv.writer(buffer, lineterminator="\n")
+    table.writerow(["file", *places, "label", "probability", *classes])
+    for r in results:
+        chances = r["probabilities"]
+        row = [r["file"] or "", *(r.get(key, "") for key in places), r["label"], f"{chances[r['label']]:.6g}"]
+        table.writerow(row + [f"{chances[c]:.6g}" for c in classes])
+    out = Path(out)
+    write_text(out, buffer.getvalue())
+    return out
+
+
 def class_weights(config: TrainConfig, labels: np.ndarray, classes: Sequence[str]) -> torch.Tensor | None:
     """--class-weights balanced: each class's loss weighted by N / (K x its count in the train part)
     (N examples, K classes present), as sklearn's compute_class_weight("balanced") and Keras's

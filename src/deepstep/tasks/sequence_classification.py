@@ -36,6 +36,7 @@ from deepstep.tasks.runs import (
     describe_class_weights,
     load_model,
     now,
+    prediction_table_path,
     record_test_evaluation,
     run_config,
     same_data_for_all,
@@ -43,6 +44,7 @@ from deepstep.tasks.runs import (
     test_evaluations,
     train_run,
     weighted_mean,
+    write_predictions,
 )
 
 TASK = "sequence-classification"
@@ -224,17 +226,18 @@ def evaluate_run(
 
 
 def sequence_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """The CSV files given, and the sequence CSVs in the folders given: as in training, those
-    named ..._<id>.csv (so a labels or groups file beside them is left out), in natural order
-    (seq_2.csv before seq_10.csv)."""
-    from deepstep.data.folders import in_natural_order
+    """The CSV files given, and the sequence CSVs in the folders (or .zip / .tar.gz archives) given
+    and their subfolders: as in training, those named ..._<id>.csv (so a labels or groups file
+    beside them is left out), in natural order (seq_2.csv before seq_10.csv)."""
+    from deepstep.data.folders import in_natural_order, is_archive, unpack_archive
     from deepstep.data.sequences import LABEL_FILE, TRAILING_ID
 
     files: list[Path] = []
     for given in map(Path, inputs):
-        if given.is_dir():
+        folder = unpack_archive(given, data_cache_dir()) if given.is_file() and is_archive(given) else given
+        if folder.is_dir():
             found = in_natural_order(
-                [f for f in given.glob("*.csv") if TRAILING_ID.search(f.stem) and not LABEL_FILE.search(f.stem)]
+                [f for f in folder.rglob("*.csv") if TRAILING_ID.search(f.stem) and not LABEL_FILE.search(f.stem)]
             )
             if not found:
                 raise DeepstepError(f"{given} holds no sequence CSV files (named ..._<id>.csv)")
@@ -282,9 +285,12 @@ def sequence_inputs(inputs: Sequence[Any], features: int) -> list[tuple[dict[str
     return given
 
 
-def predict_run(run_path: str | Path, inputs: Sequence[Any], *, checkpoint: str = "best") -> list[dict[str, Any]]:
+def predict_run(
+    run_path: str | Path, inputs: Sequence[Any], *, checkpoint: str = "best", out: str | Path | None = None
+) -> list[dict[str, Any]]:
     """The class and class probabilities of each sequence CSV (rows = time steps, columns =
-    features), or array of that shape."""
+    features), or array of that shape; `out`: also a CSV of them (write_predictions)."""
+    out = prediction_table_path(out) if out is not None else None
     run = RunDir.open(run_path)
     model, record = load_model(run, checkpoint)
     given = sequence_inputs(inputs, record["features"])
@@ -295,7 +301,7 @@ def predict_run(run_path: str | Path, inputs: Sequence[Any], *, checkpoint: str 
     with torch.inference_mode():
         probs = probabilities(model(torch.from_numpy(x), torch.from_numpy(lengths))).numpy()
     classes = record["classes"]
-    return [
+    results = [
         {
             **where,
             "label": classes[int(p.argmax())],
@@ -303,6 +309,9 @@ def predict_run(run_path: str | Path, inputs: Sequence[Any], *, checkpoint: str 
         }
         for (where, _), p in zip(given, probs, strict=True)
     ]
+    if out is not None:
+        write_predictions(results, classes, out)
+    return results
 
 
 # ---- show --------------------------------------------------------------------------------------
