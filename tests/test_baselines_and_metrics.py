@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from deepstep.tasks.baselines import arima_forecasts, choose_arima, differencing, fit_arima, naive, seasonal_naive
-from deepstep.tasks.metrics import classification_metrics, forecast_metrics, mase_scale, metric_notes, roc_auc
+from deepstep.tasks.metrics import (
+    classification_metrics,
+    forecast_metrics,
+    mase_scale,
+    metric_notes,
+    roc_auc,
+    roc_curve,
+    save_roc,
+)
 
 
 def test_naive_repeats_the_last_value_before_each_origin():
@@ -59,6 +67,24 @@ def test_arima_finds_an_autoregressive_process():
     result, choice = choose_arima(y, season=0)
     assert choice.order[0] >= 1 and choice.order[1] == 0 and choice.tried == 18
     assert result.params[1] == pytest.approx(0.8, abs=0.15)  # ar.L1 after the constant
+
+
+def test_the_roc_curve_steps_through_each_distinct_score_and_its_area_is_the_auc(tmp_path):
+    fpr, tpr = roc_curve(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0]))
+    assert fpr.tolist() == [0, 0, 0.5, 0.5, 1] and tpr.tolist() == [0, 0.5, 0.5, 1, 1]
+    fpr, tpr = roc_curve(np.array([0.5, 0.5]), np.array([1, 0]))  # a tie: one threshold, a straight run
+    assert fpr.tolist() == [0, 1] and tpr.tolist() == [0, 1]
+    rng = np.random.default_rng(0)
+    scores, positive = rng.integers(0, 20, 500) / 20, rng.random(500) < 0.4  # many ties
+    fpr, tpr = roc_curve(scores + positive * 0.1, positive)
+    area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    assert area == pytest.approx(roc_auc(scores + positive * 0.1, positive), abs=1e-12)
+    probs = np.array([[0.7, 0.3], [0.4, 0.6], [0.2, 0.8], [0.9, 0.1]])
+    files = save_roc(tmp_path, "test", probs, np.array([0, 0, 1, 1]), ["cat", "dog"])
+    assert files == {"roc_png": str(tmp_path / "roc_test.png")} and (tmp_path / "roc_test.png").stat().st_size > 0
+    assert save_roc(tmp_path, "val", probs, np.array([1, 1, 1, 1]), ["cat", "dog"]) == {}  # one class: no curve
+    three = np.full((4, 3), 1 / 3)
+    assert save_roc(tmp_path, "val", three, np.array([0, 1, 2, 1]), ["a", "b", "c"]) == {}
 
 
 def test_roc_auc_counts_ordered_pairs_and_averages_ties():

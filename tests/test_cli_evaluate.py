@@ -353,6 +353,7 @@ def test_a_two_class_run_reports_the_positive_class_s_f1_and_the_roc_auc(tmp_pat
     result = json.loads(Path("runs/pets/test.json").read_text())
     assert result["positive_class"] == "dog" and 0 <= result["roc_auc"] <= 1
     assert f"F1 {result['f1']:.3f} (dog as positive)  ROC AUC {result['roc_auc']:.3f}  loss" in first
+    assert result["files"]["roc_png"] == "runs/pets/roc_test.png" and Path("runs/pets/roc_test.png").is_file()
 
 
 def test_the_most_confident_mistakes_are_the_wrong_answers_with_the_highest_loss():
@@ -408,7 +409,8 @@ def test_gradcam_draws_the_mistakes_under_their_maps_for_the_class_said(
     monkeypatch.setattr(gradcam, "grad_cam", lambda m, x, t, layer: targets.append(t.tolist()) or real(m, x, t, layer))
     evaluate = ["evaluate", str(trained_run), "--split", "all", "--data", str(swapped), "--json"]
     assert main(evaluate) == 0
-    assert "mistakes_gradcam_png" not in json.loads(capsys.readouterr().out)["files"] and not targets
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert "mistakes_gradcam_png" not in files and "roc_png" not in files and not targets  # 3 classes: no ROC
     assert main([*evaluate, "--gradcam"]) == 0
     result = json.loads(capsys.readouterr().out)
     classes = json.loads((trained_run / "run.json").read_text())["data"]["classes"]

@@ -230,7 +230,7 @@ def test_a_sequence_folder_is_classified_and_measured_with_f1_and_roc_auc(sequen
     result = _json(capsys)
     assert result["accuracy"] >= 0.9 and result["roc_auc"] >= 0.9
     assert {"precision", "recall", "f1", "confusion_matrix"} <= set(result)
-    assert Path("runs/s/confusion_test.png").is_file()
+    assert Path("runs/s/confusion_test.png").is_file() and result["files"]["roc_png"] == "runs/s/roc_test.png"
     rising = sequence_folder / "dataset" / "seq_1.csv"
     assert main(["predict", "runs/s", str(rising), "--json"]) == 0
     prediction = _json(capsys)[0]

@@ -213,6 +213,26 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], out: Path, title:
     return _save(fig, out)
 
 
+def plot_roc(fpr: np.ndarray, tpr: np.ndarray, auc: float, decided: tuple[float, float], out: Path, title: str) -> Path:
+    """A ROC curve: the true positive rate against the false positive rate as the threshold on
+    the positive class's probability falls, beside the diagonal of a guess; `decided`: the point
+    (false, true positive rate) of the model's own decisions, at a probability of 0.5."""
+    fig = _figure(5.5, 5.5)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="guessing (AUC 0.5)")
+    ax.plot(fpr, tpr, linewidth=2, label=f"model (AUC {auc:.3f})")  # tied scores: a straight run
+    ax.plot(*decided, "o", color="C3", label="its decisions (probability 0.5)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (recall)")
+    ax.set_title(_wrap(title, 4.5))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, out)
+
+
 def _show_image(ax, image: np.ndarray) -> None:
     """image: (C, H, W) or (H, W, C) uint8."""
     if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):

@@ -264,5 +264,5 @@ def _run_sequences(args: argparse.Namespace) -> int:
         f"F1 {result['f1']:.3f}{auc}  loss {result['loss']:.4f}  ({result['sequences']} sequences)"
     )
     _print_per_class(result["per_class"], "sequences")
-    print(f"written: {result['files']['json']}, {result['files']['confusion_png']}, {result['files']['confusion_csv']}")
+    print(f"written: {', '.join(result['files'].values())}")
     return 0

@@ -52,7 +52,7 @@ from deepstep.hardware import available_cores
 from deepstep.models import check_input, create_model, file_record, get_model_spec
 from deepstep.models.registry import in_user_code
 from deepstep.models.shapes import activation_bytes, format_size, multiply_adds
-from deepstep.tasks.metrics import TOP_K, classification_metrics, save_confusion
+from deepstep.tasks.metrics import TOP_K, classification_metrics, save_confusion, save_roc
 from deepstep.tasks.runs import (
     build_ema,
     build_lookahead,
@@ -986,6 +986,8 @@ def evaluate_run(
     title += (f" with {tta} TTA" if tta else "") + (f", in {chosen.name}" if chosen.name != "32" else "")
     matrix = np.asarray(result["confusion_matrix"])
     result["files"] = save_confusion(run.path, split, matrix, trained.classes, title)
+    probs = torch.softmax(kept["output"].float(), dim=1).numpy()
+    result["files"].update(save_roc(run.path, split, probs, kept["target"].numpy(), trained.classes))
     result["mistakes"] = most_confident_mistakes(kept["output"], kept["target"], trained.classes)
     if result["mistakes"] and not getattr(batches, "skipped", None):  # skipped files would shift the images
         images = mistake_images(part, result["mistakes"], trained.prep)

@@ -77,6 +77,37 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve's points (false positive rate, true positive rate), from (0, 0) to (1, 1), one
+    per distinct score taken as the threshold (the examples scoring at least it said positive)."""
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, positive = scores[order], positive[order]
+    last_of_ties = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # a threshold per distinct score
+    tp = np.cumsum(positive)[last_of_ties]
+    fp = np.cumsum(~positive)[last_of_ties]
+    return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
+
+
+def save_roc(folder: Path, split: str, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, str]:
+    """roc_SPLIT.png in `folder` for two classes (the second taken as the positive one, as
+    classification_metrics takes it) when both are present; returns its path by role, else {}."""
+    positive = np.asarray(labels) == 1
+    auc = roc_auc(np.asarray(probs)[:, 1], positive) if len(classes) == 2 else None
+    if auc is None:
+        return {}
+    from deepstep.plots import plot_roc
+
+    fpr, tpr = roc_curve(np.asarray(probs)[:, 1], positive)
+    said = np.asarray(probs).argmax(axis=1) == 1  # the model's own decisions: the more probable class
+    decided = (float((said & ~positive).sum() / (~positive).sum()), float((said & positive).sum() / positive.sum()))
+    title = (
+        f"{split}: ROC curve, {classes[1]} ({int(positive.sum())}) as the positive class "
+        f"against {classes[0]} ({int((~positive).sum())})"
+    )
+    return {"roc_png": str(plot_roc(fpr, tpr, auc, decided, folder / f"roc_{split}.png", title))}
+
+
 TOP_K = 5  # top-5 accuracy, as timm and Keras's TopKCategoricalAccuracy report it, for more classes than that
 
 

@@ -26,7 +26,7 @@ from deepstep.engine.loop import evaluate
 from deepstep.engine.precision import resolve_precision
 from deepstep.engine.run_dir import RunDir
 from deepstep.errors import DeepstepError, kind_of
-from deepstep.tasks.metrics import classification_metrics, save_confusion
+from deepstep.tasks.metrics import classification_metrics, save_confusion, save_roc
 from deepstep.tasks.runs import (
     RECURRENT_MUST_MATCH,
     Job,
@@ -217,6 +217,7 @@ def evaluate_run(
     }
     title = f"{split}: accuracy {report['accuracy']:.2%}, F1 {report['f1']:.3f}"
     result["files"] = save_confusion(run.path, split, np.asarray(report["confusion_matrix"]), classes, title)
+    result["files"].update(save_roc(run.path, split, kept["output"].numpy(), kept["target"].numpy(), classes))
     run.write_json(f"{split}.json", result)
     if split == "test":
         record_test_evaluation(
