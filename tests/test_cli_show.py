@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import yaml
 from PIL import Image
 
 from deepstep.cli import main
@@ -49,23 +52,35 @@ def test_a_picture_that_cannot_be_written_where_asked_is_one_line(image_folder, 
 
 
 def test_a_run_folder_given_as_data_is_named_as_one_with_the_data_it_trained_on(trained_run, image_folder, capsys):
-    for command in (["show", str(trained_run)], ["train", "--data", str(trained_run)]):
-        assert main(command) == 2
-        err = capsys.readouterr().err
-        assert err.endswith(f"runs/tiny is a deepstep run folder, not data; it trained on {image_folder}: give that\n")
-        assert err.count("\n") == 1
+    assert main(["train", "--data", str(trained_run)]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"runs/tiny is a deepstep run folder, not data; it trained on {image_folder}: give that\n")
+    assert err.count("\n") == 1
     assert main(["train", "--data", "runs"]) == 2  # their curves.png would have been images of a class "tiny"
     assert capsys.readouterr().err.endswith(
         "runs holds deepstep run folders (tiny), not class folders of images: give the data a run trained on\n"
     )
 
 
-def test_show_of_a_run_in_python_draws_the_data_it_trained_on(trained_run, image_folder, tmp_path):
+def test_show_of_a_run_in_python_or_by_its_folder_draws_the_data_it_trained_on(
+    trained_run, image_folder, tmp_path, monkeypatch
+):
     import deepstep
+    import deepstep.tasks
 
     out = deepstep.show(deepstep.load_run(trained_run), split="test", n=9, out=tmp_path / "run.png")
+    assert main(["show", str(trained_run), "--split", "test", "--n", "9", "--out", str(tmp_path / "folder.png")]) == 0
     assert main(["show", str(image_folder), "--split", "test", "--n", "9", "--out", str(tmp_path / "data.png")]) == 0
-    assert Image.open(out).tobytes() == Image.open(tmp_path / "data.png").tobytes()
+    drawn = Image.open(tmp_path / "data.png").tobytes()
+    assert Image.open(out).tobytes() == drawn == Image.open(tmp_path / "folder.png").tobytes()
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    config["data-dir"] = str(tmp_path / "cache")  # as a run trained with --data-dir
+    (trained_run / "config.yaml").write_text(yaml.safe_dump(config))
+    asked = []
+    monkeypatch.setattr(deepstep.tasks, "show", lambda data, **options: asked.append(options) or Path("x.png"))
+    deepstep.show(deepstep.load_run(trained_run))
+    assert main(["show", str(trained_run)]) == 0
+    assert [options["data_dir"] for options in asked] == [str(tmp_path / "cache")] * 2
 
 
 def test_show_of_a_missing_split_names_the_ones_there(image_folder, capsys):

@@ -319,7 +319,7 @@ def show(
 
     if isinstance(data, Run):
         config = data.config
-        data, data_dir, time = config["data"], data_dir or config.get("data_dir"), time or config.get("time")
+        data, data_dir, time = config["data"], data_dir or config.get("data-dir"), time or config.get("time")
         labels = labels or config.get("labels")
     return show_data(data, split=split, n=n, out=out, data_dir=data_dir, time=time, labels=labels)
 

@@ -13,6 +13,7 @@ examples:
   deepstep show ../shared/data/cifar10-jpeg.tar.gz --split test --n 32 --out test-grid.png
   deepstep show airline-passengers.csv --out series.png       # each numeric column over time
   deepstep show IndoorMovement.zip --n 8 --out moves.png       # sequences, the classes taking turns
+  deepstep show runs/lenet-cifar10-sample                      # the data a run trained on
 """
 
 
@@ -28,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "data",
         metavar="DATA",
         nargs="?",
-        help="built-in dataset, image folder or archive, series CSV, or labelled sequences",
+        help="built-in dataset, image folder or archive, series CSV, or labelled sequences; or a run folder, "
+        "for the data it trained on",
     )
     parser.add_argument("--data", dest="data_flag", metavar="D", help="DATA given as train takes it")
     parser.add_argument("--split", help="images: train, test (or val when the folder has one); default train")
@@ -51,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
     args.data = args.data if args.data is not None else args.data_flag
     if args.data is None:
         raise DeepstepError("give the data to show: `deepstep show cifar10-sample` (`deepstep datasets` lists more)")
+    from deepstep.engine.run_dir import RunDir
+
+    if RunDir(args.data).exists():  # the data it trained on, as deepstep.show(run) shows it
+        saved = RunDir.open(args.data).read_config()
+        args.data, args.data_dir = saved.get("data"), args.data_dir or saved.get("data-dir")
+        args.time, args.labels = args.time or saved.get("time"), args.labels or saved.get("labels")
     task = infer_task(args.data)
     unused = {
         "image-classification": ("time",),
