@@ -73,6 +73,11 @@ def test_pretrained_probabilities_sum_to_one_over_the_1000_classes(tmp_path):
     [result] = model.predict(_photo(tmp_path / "a.png", (64, 500)), top_k=1000)
     assert sum(t["probability"] for t in result["top_k"]) == pytest.approx(1.0, abs=1e-4)
     assert len({t["label"] for t in result["top_k"]}) == 1000
+    [again] = model.predict(tmp_path / "a.png", top_k=1, out=tmp_path / "p.csv")  # a column per ImageNet class
+    header, row = (line.split(",") for line in (tmp_path / "p.csv").read_text().splitlines())
+    assert header[:3] == ["file", "label", "probability"] and len(header) == len(row) == 1003
+    assert sum(map(float, row[3:])) == pytest.approx(1.0, abs=1e-3) and row[1] == again["label"]
+    assert float(row[2]) == float(row[3 + model.categories.index(row[1])])  # the class said, and its column
 
 
 def test_missing_weights_offline_name_the_file_and_folder(tmp_path, monkeypatch, capsys):
