@@ -68,6 +68,7 @@ def test_paths_with_extensions_numeric_classes_and_semicolons_are_read(tmp_path)
         ("id,label\nsame,cat\n", "'same' is the name of several images under"),
         ("id,label\nb,cat\nb.png,dog\n", "gives b.png two classes: cat and dog"),
         ("id,label\nb,\n", "line 2: b has no class"),
+        ("b.png,cat\n\nsame.jpg,\n", "line 3: same.jpg has no class"),  # no header; a blank line counted
         ("id,label\n", "holds no 'image,class' rows"),
     ],
 )

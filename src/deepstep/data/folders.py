@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepstep.data.decode import IMAGE_EXTENSIONS
+from deepstep.data.series import is_number
 from deepstep.errors import DeepstepError, first_few
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
@@ -141,9 +142,9 @@ def scan_class_folders(folder: Path, classes: list[str] | None = None) -> tuple[
     return classes, FolderSplit(files, labels), _left_out_notes(folder, empty, loose, others)
 
 
-def read_labels_table(path: Path) -> list[list[str]]:
-    """A labels CSV's rows of cells (stripped; blank lines left out), split by commas, semicolons
-    or tabs, whichever its first line holds."""
+def read_labels_table(path: Path) -> list[tuple[int, list[str]]]:
+    """A labels CSV's rows of cells (stripped), each with its line number (blank lines left out),
+    split by commas, semicolons or tabs, whichever its first line holds."""
     import csv
 
     try:
@@ -152,7 +153,8 @@ def read_labels_table(path: Path) -> list[list[str]]:
         text = path.read_text(encoding="cp1252")  # as Excel saves on Windows
     first = text.split("\n", 1)[0]
     delimiter = max(",;\t", key=first.count)
-    return [[c.strip() for c in row] for row in csv.reader(text.splitlines(), delimiter=delimiter) if any(row)]
+    rows = csv.reader(text.splitlines(), delimiter=delimiter)
+    return [(number, [c.strip() for c in row]) for number, row in enumerate(rows, start=1) if any(row)]
 
 
 def _image_lookup(folder: Path, images: list[Path]) -> dict[str, Path | None]:
@@ -182,12 +184,12 @@ def scan_labelled_folder(folder: Path, labels: Path) -> ImageFolderLayout:
     def key(cell: str) -> str:
         return cell.replace("\\", "/").removeprefix("./")
 
-    if rows and key(rows[0][0]) not in lookup:
-        header, rows = rows[0], rows[1:]
+    if rows and key(rows[0][1][0]) not in lookup:
+        header, rows = rows[0][1], rows[1:]
     else:
         header = ["image", "class"]
-    if len(header) != 2 or any(len(row) != len(header) for row in rows):
-        width = len(header) if len(header) != 2 else next(len(row) for row in rows if len(row) != 2)
+    if len(header) != 2 or any(len(row) != len(header) for _, row in rows):
+        width = len(header) if len(header) != 2 else next(len(row) for _, row in rows if len(row) != 2)
         raise DeepstepError(
             f"{labels}: --labels reads two columns, each image and its class; this has {width}"
             + (f" ({', '.join(header)})" if len(header) > 2 else "")
@@ -197,7 +199,7 @@ def scan_labelled_folder(folder: Path, labels: Path) -> ImageFolderLayout:
         raise DeepstepError(f"{labels} holds no 'image,class' rows")
     chosen: dict[Path, str] = {}
     missing = []
-    for number, (name, label) in enumerate(rows, start=2):
+    for number, (name, label) in rows:
         image = lookup.get(key(name), False)
         if image is None:
             raise DeepstepError(
@@ -216,7 +218,7 @@ def scan_labelled_folder(folder: Path, labels: Path) -> ImageFolderLayout:
             f"{labels} names {len(missing)} image(s) that are not under {folder} (first: {first_few(missing)}); "
             "its first column names each image by its file name or its path there"
         )
-    classes = sorted(set(chosen.values()), key=lambda c: (0, float(c), c) if _is_number(c) else (1, 0.0, c))
+    classes = sorted(set(chosen.values()), key=lambda c: (0, float(c), c) if is_number(c) else (1, 0.0, c))
     index = {name: i for i, name in enumerate(classes)}
     files = [image for image in images if image in chosen]  # the folder's order, as a class folder's
     files.sort(key=lambda image: index[chosen[image]])  # stable: by class, then as found
@@ -230,14 +232,6 @@ def scan_labelled_folder(folder: Path, labels: Path) -> ImageFolderLayout:
         )
     labelled = FolderSplit(files, [index[chosen[image]] for image in files])
     return ImageFolderLayout(folder, classes, {"train": labelled}, notes, labels_file=labels)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _descend_single_folder(root: Path) -> Path:
