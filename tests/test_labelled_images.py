@@ -48,7 +48,7 @@ def test_paths_with_extensions_numeric_classes_and_semicolons_are_read(tmp_path)
     (tmp_path / "a").mkdir()
     for name in ("x.png", "y.png", "z.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / "a" / name)
-    (tmp_path / "classes.csv").write_text("a/x.png;10\n./a/y.png;2\nz.png;2\n")  # no header row
+    (tmp_path / "classes.csv").write_text(f"a/x.png;10\n./a/y.png;2\n{tmp_path / 'a' / 'z.png'};2\n")  # no header
     layout = scan_image_folder(tmp_path, str(tmp_path / "classes.csv"))
     assert layout.classes == ["2", "10"]  # numbers in their order, not as text
     assert [

@@ -181,8 +181,11 @@ def scan_labelled_folder(folder: Path, labels: Path) -> ImageFolderLayout:
     lookup = _image_lookup(folder, images)
     rows = read_labels_table(labels)
 
-    def key(cell: str) -> str:
-        return cell.replace("\\", "/").removeprefix("./")
+    roots = {str(where).replace("\\", "/").rstrip("/") + "/" for where in (folder.absolute(), folder.resolve())}
+
+    def key(cell: str) -> str:  # a path under the folder (or an absolute one there), as the lookup names it
+        cell = cell.replace("\\", "/").removeprefix("./")
+        return next((cell.removeprefix(root) for root in roots if cell.startswith(root)), cell)
 
     if rows and key(rows[0][1][0]) not in lookup:
         header, rows = rows[0][1], rows[1:]
