@@ -80,11 +80,14 @@ def test_the_roc_curve_steps_through_each_distinct_score_and_its_area_is_the_auc
     area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
     assert area == pytest.approx(roc_auc(scores + positive * 0.1, positive), abs=1e-12)
     probs = np.array([[0.7, 0.3], [0.4, 0.6], [0.2, 0.8], [0.9, 0.1]])
-    files = save_roc(tmp_path, "test", probs, np.array([0, 0, 1, 1]), ["cat", "dog"])
+    labels = np.array([0, 0, 1, 1])
+    files = save_roc(tmp_path, "test", probs, labels, ["cat", "dog"], roc_auc(probs[:, 1], labels == 1))
     assert files == {"roc_png": str(tmp_path / "roc_test.png")} and (tmp_path / "roc_test.png").stat().st_size > 0
-    assert save_roc(tmp_path, "val", probs, np.array([1, 1, 1, 1]), ["cat", "dog"]) == {}  # one class: no curve
+    one = np.array([1, 1, 1, 1])
+    assert save_roc(tmp_path, "val", probs, one, ["cat", "dog"], roc_auc(probs[:, 1], one == 1)) == {}  # one class
     three = np.full((4, 3), 1 / 3)
-    assert save_roc(tmp_path, "val", three, np.array([0, 1, 2, 1]), ["a", "b", "c"]) == {}
+    no_auc = classification_metrics(three, np.array([0, 1, 2, 1]), ["a", "b", "c"]).get("roc_auc")
+    assert save_roc(tmp_path, "val", three, np.array([0, 1, 2, 1]), ["a", "b", "c"], no_auc) == {}
 
 
 def test_roc_auc_counts_ordered_pairs_and_averages_ties():

@@ -968,7 +968,8 @@ def evaluate_run(
     if tta:
         model = ViewAveraged(model, tta)
     means, kept = evaluate(model, classification_step(), batches, chosen, keep=("output", "target"))
-    report = _classification_report(kept["output"], kept["target"], trained.classes)
+    probs, targets = torch.softmax(kept["output"].float(), dim=1).numpy(), kept["target"].numpy()
+    report = _classification_report(probs, targets, trained.classes)
     result = {
         "split": split,
         **({"data": str(config.data)} if split == "all" else {}),
@@ -986,8 +987,7 @@ def evaluate_run(
     title += (f" with {tta} TTA" if tta else "") + (f", in {chosen.name}" if chosen.name != "32" else "")
     matrix = np.asarray(result["confusion_matrix"])
     result["files"] = save_confusion(run.path, split, matrix, trained.classes, title)
-    probs = torch.softmax(kept["output"].float(), dim=1).numpy()
-    result["files"].update(save_roc(run.path, split, probs, kept["target"].numpy(), trained.classes))
+    result["files"].update(save_roc(run.path, split, probs, targets, trained.classes, result.get("roc_auc")))
     result["mistakes"] = most_confident_mistakes(kept["output"], kept["target"], trained.classes)
     if result["mistakes"] and not getattr(batches, "skipped", None):  # skipped files would shift the images
         images = mistake_images(part, result["mistakes"], trained.prep)
@@ -1142,10 +1142,10 @@ def _evaluation_part(info, config: TrainConfig, prep: Preprocessing, split, data
     return val
 
 
-def _classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
+def _classification_report(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """classification_metrics' report (precision, recall and F1 per class and their macro means; ROC
     AUC for two classes), with each class's accuracy (its recall; None for a class without images)."""
-    report = classification_metrics(torch.softmax(logits.float(), dim=1).numpy(), labels.numpy(), classes)
+    report = classification_metrics(probs, labels, classes)
     report["per_class_accuracy"] = {
         c: (scores["recall"] if scores["support"] else None) for c, scores in report["per_class"].items()
     }

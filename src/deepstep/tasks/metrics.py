@@ -89,15 +89,17 @@ def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.
     return np.r_[0.0, fp / max(fp[-1], 1)], np.r_[0.0, tp / max(tp[-1], 1)]
 
 
-def save_roc(folder: Path, split: str, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, str]:
+def save_roc(
+    folder: Path, split: str, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], auc: float | None
+) -> dict[str, str]:
     """roc_SPLIT.png in `folder` for two classes (the second taken as the positive one, as
-    classification_metrics takes it) when both are present; returns its path by role, else {}."""
-    positive = np.asarray(labels) == 1
-    auc = roc_auc(np.asarray(probs)[:, 1], positive) if len(classes) == 2 else None
+    classification_metrics takes it) when both are present, `auc` being classification_metrics'
+    "roc_auc" (None or absent otherwise); returns its path by role, else {}."""
     if auc is None:
         return {}
     from deepstep.plots import plot_roc
 
+    positive = np.asarray(labels) == 1
     fpr, tpr = roc_curve(np.asarray(probs)[:, 1], positive)
     said = np.asarray(probs).argmax(axis=1) == 1  # the model's own decisions: the more probable class
     decided = (float((said & ~positive).sum() / (~positive).sum()), float((said & positive).sum() / positive.sum()))

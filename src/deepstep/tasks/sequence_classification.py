@@ -217,7 +217,9 @@ def evaluate_run(
     }
     title = f"{split}: accuracy {report['accuracy']:.2%}, F1 {report['f1']:.3f}"
     result["files"] = save_confusion(run.path, split, np.asarray(report["confusion_matrix"]), classes, title)
-    result["files"].update(save_roc(run.path, split, kept["output"].numpy(), kept["target"].numpy(), classes))
+    result["files"].update(
+        save_roc(run.path, split, kept["output"].numpy(), kept["target"].numpy(), classes, report.get("roc_auc"))
+    )
     run.write_json(f"{split}.json", result)
     if split == "test":
         record_test_evaluation(
