@@ -316,11 +316,12 @@ def show(
     naming each image's class, as train's --labels), a series' columns over time, or `n` labelled
     sequences; returns the PNG's path. A `Run` shows the data it trained on."""
     from deepstep.tasks import show as show_data
+    from deepstep.tasks import trained_on
 
     if isinstance(data, Run):
-        config = data.config
-        data, data_dir, time = config["data"], data_dir or config.get("data-dir"), time or config.get("time")
-        labels = labels or config.get("labels")
+        saved = trained_on(data.path)
+        data, data_dir, time = saved["data"], data_dir or saved["data_dir"], time or saved["time"]
+        labels = labels or saved["labels"]
     return show_data(data, split=split, n=n, out=out, data_dir=data_dir, time=time, labels=labels)
 
 

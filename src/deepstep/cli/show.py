@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deepstep.errors import DeepstepError
-    from deepstep.tasks import infer_task, show
+    from deepstep.tasks import infer_task, show, trained_on
 
     if args.data is not None and args.data_flag is not None:
         raise DeepstepError(f"give the data once: {args.data} or --data {args.data_flag}")
@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from deepstep.engine.run_dir import RunDir
 
     if RunDir(args.data).exists():  # the data it trained on, as deepstep.show(run) shows it
-        saved = RunDir.open(args.data).read_config()
-        args.data, args.data_dir = saved.get("data"), args.data_dir or saved.get("data-dir")
-        args.time, args.labels = args.time or saved.get("time"), args.labels or saved.get("labels")
+        saved = trained_on(args.data)
+        args.data, args.data_dir = saved["data"], args.data_dir or saved["data_dir"]
+        args.time, args.labels = args.time or saved["time"], args.labels or saved["labels"]
     task = infer_task(args.data)
     unused = {
         "image-classification": ("time",),

@@ -108,6 +108,15 @@ def resolve_train_config(file_values: dict | None, flags: dict | None):
     return resolve_config(file_values, flags, task=task).with_absolute_paths()
 
 
+def trained_on(run_path: str | Path) -> dict:
+    """What `show` needs to draw the data a run trained on, from its config.yaml: data, data_dir,
+    time and labels (None where the run had none)."""
+    from deepstep.engine.run_dir import RunDir
+
+    saved = RunDir.open(run_path).read_config()
+    return {name: saved.get(name.replace("_", "-")) for name in ("data", "data_dir", "time", "labels")}
+
+
 def show(
     data: str,
     *,
